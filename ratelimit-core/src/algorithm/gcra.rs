@@ -1,0 +1,108 @@
+//! The generic cell rate algorithm: one theoretical arrival time (TAT) per key.
+//!
+//! A rate of `amount` per `period` spaces requests `interval = period / amount` apart (rounded
+//! up, so rounding never admits more than the rate) and tolerates up to `burst` of them at
+//! once: a request of cost `n` at `now` is admitted when
+//! `max(tat, now) + n × interval ≤ now + burst × interval`, and then moves the TAT there.
+
+use super::Verdict;
+use crate::limits::RateParams;
+
+/// Judges a request of `cost` at `now` against the TAT `tat`. Returns the verdict and the
+/// TAT to store if the request is admitted.
+pub(crate) fn check(tat: u64, rate: &RateParams, now: u64, cost: u64) -> (Verdict, u64) {
+    let interval = rate.interval;
+    let tolerance = rate.tolerance;
+    let base = tat.max(now);
+    let used = base - now;
+    let left_now = tolerance.saturating_sub(used) / interval;
+    if cost > rate.burst {
+        return (Verdict::deny(left_now, used, None), tat);
+    }
+    let new_tat = base.saturating_add(cost * interval);
+    let after = new_tat - now;
+    if after <= tolerance {
+        (
+            Verdict::allow((tolerance - after) / interval, after),
+            new_tat,
+        )
+    } else {
+        (Verdict::deny(left_now, used, Some(after - tolerance)), tat)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate::Rate;
+
+    const S: u64 = 1_000_000_000;
+
+    fn params(rate: &str, burst: Option<u64>) -> RateParams {
+        RateParams::new(Rate::parse(rate).unwrap(), burst)
+    }
+
+    #[test]
+    fn a_full_burst_then_one_every_interval() {
+        let p = params("10/minute", None);
+        let mut tat = 0;
+        for i in 0..10 {
+            let (v, t) = check(tat, &p, 0, 1);
+            assert!(v.allowed, "request {i}");
+            assert_eq!(v.remaining, 9 - i);
+            tat = t;
+        }
+        let (v, _) = check(tat, &p, 0, 1);
+        assert_eq!(v, Verdict::deny(0, 60 * S, Some(6 * S)));
+        // One interval later exactly one more fits.
+        let (v, t) = check(tat, &p, 6 * S, 1);
+        assert!(v.allowed);
+        assert_eq!(v.remaining, 0);
+        let (v, _) = check(t, &p, 6 * S, 1);
+        assert!(!v.allowed);
+        // Just before the interval, still nothing.
+        let (v, _) = check(tat, &p, 6 * S - 1, 1);
+        assert_eq!(v.retry_after, Some(1));
+    }
+
+    #[test]
+    fn burst_caps_what_passes_at_once() {
+        let p = params("10/minute", Some(3));
+        let mut tat = 0;
+        for _ in 0..3 {
+            let (v, t) = check(tat, &p, 0, 1);
+            assert!(v.allowed);
+            tat = t;
+        }
+        let (v, _) = check(tat, &p, 0, 1);
+        assert_eq!(v.retry_after, Some(6 * S));
+    }
+
+    #[test]
+    fn cost_is_all_or_nothing_and_capped() {
+        let p = params("10/minute", None);
+        let (v, tat) = check(0, &p, 0, 7);
+        assert!(v.allowed);
+        assert_eq!(v.remaining, 3);
+        let (v, same) = check(tat, &p, 0, 4);
+        assert!(!v.allowed);
+        assert_eq!(same, tat, "a rejection consumes nothing");
+        assert_eq!(v.remaining, 3);
+        assert_eq!(v.retry_after, Some(6 * S));
+        let (v, _) = check(0, &p, 0, 11);
+        assert_eq!(v.retry_after, None, "a cost above the burst never passes");
+        assert!(!v.allowed);
+    }
+
+    #[test]
+    fn refills_fully_after_the_period() {
+        let p = params("10/minute", None);
+        let (_, tat) = check(0, &p, 0, 10);
+        let (v, _) = check(tat, &p, 60 * S, 10);
+        assert!(v.allowed);
+        let (v, _) = check(tat, &p, 30 * S, 5);
+        assert!(v.allowed);
+        let (v, _) = check(tat, &p, 30 * S, 6);
+        assert!(!v.allowed);
+    }
+}

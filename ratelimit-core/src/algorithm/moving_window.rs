@@ -1,0 +1,102 @@
+//! A moving window: a log of the requests admitted in the last period. A request fits when
+//! the costs logged in `(now - period, now]` plus its own stay within the amount.
+
+use std::collections::VecDeque;
+
+use super::Verdict;
+use crate::limits::RateParams;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MovingWindow {
+    /// `(time, cost)` of admitted requests, oldest first; the costs sum to `count`, which
+    /// never exceeds the amount, so the log holds at most `amount` entries.
+    log: VecDeque<(u64, u64)>,
+    count: u64,
+}
+
+impl MovingWindow {
+    pub(crate) fn check(
+        &mut self,
+        rate: &RateParams,
+        now: u64,
+        cost: u64,
+        consume: bool,
+    ) -> Verdict {
+        let period = rate.period;
+        while let Some(&(at, n)) = self.log.front() {
+            if at.saturating_add(period) > now {
+                break;
+            }
+            self.log.pop_front();
+            self.count -= n;
+        }
+        let free = rate.amount - self.count;
+        let reset = self
+            .log
+            .back()
+            .map_or(0, |&(at, _)| at.saturating_add(period) - now);
+        if cost > rate.amount {
+            return Verdict::deny(free, reset, None);
+        }
+        if cost <= free {
+            if consume {
+                match self.log.back_mut() {
+                    Some((at, n)) if *at == now => *n += cost,
+                    _ => self.log.push_back((now, cost)),
+                }
+                self.count += cost;
+            }
+            return Verdict::allow(free - cost, period);
+        }
+        let mut need = cost - free;
+        let mut retry = 0;
+        for &(at, n) in &self.log {
+            retry = at.saturating_add(period) - now;
+            if n >= need {
+                break;
+            }
+            need -= n;
+        }
+        Verdict::deny(free, reset, Some(retry))
+    }
+
+    pub(crate) fn expires_at(&self, rate: &RateParams) -> u64 {
+        self.log
+            .back()
+            .map_or(0, |&(at, _)| at.saturating_add(rate.period))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate::Rate;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn counts_exactly_the_last_period() {
+        let p = RateParams::new(Rate::parse("3/minute").unwrap(), None);
+        let mut w = MovingWindow::default();
+        assert!(w.check(&p, 0, 1, true).allowed);
+        assert!(w.check(&p, 10 * S, 2, true).allowed);
+        let v = w.check(&p, 30 * S, 1, true);
+        assert_eq!(v, Verdict::deny(0, 40 * S, Some(30 * S)));
+        // At 60 s the first request leaves the window; the next two leave at 70 s.
+        assert!(!w.check(&p, 60 * S - 1, 1, true).allowed);
+        assert!(w.check(&p, 60 * S, 1, true).allowed);
+        let v = w.check(&p, 60 * S, 2, true);
+        assert_eq!(v.retry_after, Some(10 * S));
+        assert_eq!(w.check(&p, 60 * S, 4, true).retry_after, None);
+    }
+
+    #[test]
+    fn a_peek_logs_nothing() {
+        let p = RateParams::new(Rate::parse("1/second").unwrap(), None);
+        let mut w = MovingWindow::default();
+        assert!(w.check(&p, 0, 1, false).allowed);
+        assert!(w.check(&p, 0, 1, true).allowed);
+        assert!(!w.check(&p, 0, 1, true).allowed);
+        assert_eq!(w.expires_at(&p), S);
+    }
+}

@@ -1,0 +1,54 @@
+//! The engine behind [`ratelimit`](https://docs.rs/ratelimit): the rate grammar, the
+//! algorithms, the stores and the [`Limiter`].
+//!
+//! It is a plain library as well: no web framework is needed to limit anything.
+//!
+//! ```
+//! use ratelimit_core::{Limiter, Limits};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let limiter = Limiter::new();
+//! let limits: Limits = "3/second; 100/hour".parse().unwrap();
+//! for _ in 0..3 {
+//!     assert!(limiter.check(&limits, "gpu-worker-7", 1).await.unwrap().is_allowed());
+//! }
+//! let refused = limiter.check(&limits, "gpu-worker-7", 1).await.unwrap();
+//! assert!(!refused.is_allowed());
+//! assert_eq!(refused.rate().to_string(), "3 per 1 second");
+//! assert!(refused.retry_after().unwrap().as_millis() <= 334);
+//! # }
+//! ```
+//!
+//! Without the default `runtime` feature only the [`rate`] grammar is built, with no
+//! dependency at all: that is how the `#[rate_limit]` attribute checks its string at compile
+//! time.
+
+pub mod rate;
+
+#[cfg(feature = "runtime")]
+mod algorithm;
+#[cfg(feature = "runtime")]
+mod clock;
+#[cfg(feature = "runtime")]
+mod decision;
+#[cfg(feature = "runtime")]
+mod limiter;
+#[cfg(feature = "runtime")]
+mod limits;
+#[cfg(feature = "runtime")]
+pub mod store;
+
+#[cfg(feature = "runtime")]
+pub use algorithm::{Algorithm, UnknownAlgorithm};
+#[cfg(feature = "runtime")]
+pub use clock::{Clock, FakeClock, MonotonicClock};
+#[cfg(feature = "runtime")]
+pub use decision::Decision;
+#[cfg(feature = "runtime")]
+pub use limiter::{Limiter, LimiterBuilder};
+#[cfg(feature = "runtime")]
+pub use limits::Limits;
+pub use rate::{ParseError, Rate, Unit};
+#[cfg(feature = "runtime")]
+pub use store::{MemoryStore, Store, StoreError};
