@@ -1,0 +1,295 @@
+//! Every algorithm through the limiter and the in-memory store on a fake clock, against
+//! simple reference models built from the log of admitted requests.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ready;
+use proptest::prelude::*;
+use ratelimit_core::{Algorithm, Decision, FakeClock, Limiter, Limits, MemoryStore};
+
+fn limiter(algorithm: Algorithm) -> (Limiter, FakeClock) {
+    let clock = FakeClock::new();
+    let limiter = Limiter::builder()
+        .store(MemoryStore::with_clock(clock.clone()))
+        .algorithm(algorithm)
+        .build();
+    (limiter, clock)
+}
+
+/// A reference model: the admitted requests, and what each algorithm says of a new one.
+struct Model {
+    algorithm: Algorithm,
+    amount: u64,
+    period: u64,
+    admitted: Vec<(u64, u64)>,
+}
+
+impl Model {
+    fn sum(&self, pred: impl Fn(u64) -> bool) -> u64 {
+        self.admitted
+            .iter()
+            .filter(|(t, _)| pred(*t))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn admits(&self, t: u64, n: u64) -> bool {
+        let (a, w) = (self.amount, self.period);
+        match self.algorithm {
+            Algorithm::MovingWindow => self.sum(|ti| ti + w > t) + n <= a,
+            Algorithm::SlidingWindow => {
+                let idx = t / w;
+                let prev = self.sum(|ti| idx > 0 && ti / w == idx - 1);
+                let curr = self.sum(|ti| ti / w == idx);
+                let left = w - (t - idx * w);
+                (u128::from(prev) * u128::from(left) / u128::from(w)) as u64 + curr + n <= a
+            }
+            Algorithm::FixedWindow => {
+                let mut start: Option<u64> = None;
+                let mut count = 0;
+                for &(ti, ni) in &self.admitted {
+                    if start.is_none_or(|s| ti >= s + w) {
+                        start = Some(ti);
+                        count = 0;
+                    }
+                    count += ni;
+                }
+                if start.is_none_or(|s| t >= s + w) {
+                    count = 0;
+                }
+                count + n <= a
+            }
+            Algorithm::Gcra => {
+                // A leaky bucket of "time owed": each request pours n × interval in, and it
+                // drains one nanosecond per nanosecond; it may hold amount × interval.
+                let interval = w.div_ceil(a);
+                self.level(t) + n * interval <= a * interval
+            }
+        }
+    }
+
+    fn level(&self, t: u64) -> u64 {
+        let interval = self.period.div_ceil(self.amount);
+        let (mut level, mut last) = (0u64, 0u64);
+        for &(ti, ni) in &self.admitted {
+            level = level.saturating_sub(ti - last) + ni * interval;
+            last = ti;
+        }
+        level.saturating_sub(t - last)
+    }
+}
+
+fn check(limiter: &Limiter, limits: &Limits, clock: &FakeClock, t: u64, n: u64) -> Decision {
+    clock.set(t);
+    ready(limiter.check(limits, "k", n)).unwrap()
+}
+
+fn run(algorithm: Algorithm, rate: &str, steps: &[(u64, u64)]) -> Result<(), TestCaseError> {
+    let limits = Limits::parse(rate).unwrap();
+    let r = limits.rates().next().unwrap();
+    let (limiter, clock) = limiter(algorithm);
+    let mut model = Model {
+        algorithm,
+        amount: r.amount(),
+        period: r.period().as_nanos() as u64,
+        admitted: vec![],
+    };
+    let mut t = 1_000; // away from zero, where nothing has happened yet
+    for &(dt, n) in steps {
+        t += dt;
+        let d = check(&limiter, &limits, &clock, t, n);
+        prop_assert_eq!(
+            d.is_allowed(),
+            model.admits(t, n),
+            "{} at {} cost {}",
+            algorithm,
+            t,
+            n
+        );
+        if d.is_allowed() {
+            if algorithm == Algorithm::Gcra {
+                let interval = model.period.div_ceil(model.amount);
+                let left = (model.amount * interval - model.level(t) - n * interval) / interval;
+                prop_assert_eq!(d.remaining(), left, "GCRA remaining at {}", t);
+            }
+            model.admitted.push((t, n));
+        } else if let Some(retry) = d.retry_after() {
+            let retry = retry.as_nanos() as u64;
+            prop_assert!(
+                model.admits(t + retry, n),
+                "{algorithm}: not admitted at retry_after {retry}"
+            );
+            prop_assert!(
+                !model.admits(t + retry - 1, n),
+                "{algorithm}: retry_after {retry} is late"
+            );
+        } else {
+            prop_assert!(
+                n > model.amount,
+                "never admitted only when the cost exceeds the amount"
+            );
+        }
+    }
+    // The property the windows exist for.
+    let (a, w) = (model.amount, model.period);
+    match algorithm {
+        Algorithm::MovingWindow => {
+            for &(ti, _) in &model.admitted {
+                prop_assert!(model.sum(|tj| tj <= ti && tj + w > ti) <= a);
+            }
+        }
+        Algorithm::FixedWindow => {
+            let mut start = None;
+            let mut count = 0;
+            for &(ti, ni) in &model.admitted {
+                if start.is_none_or(|s| ti >= s + w) {
+                    start = Some(ti);
+                    count = 0;
+                }
+                count += ni;
+                prop_assert!(count <= a);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn steps() -> impl Strategy<Value = Vec<(u64, u64)>> {
+    // Gaps from nothing to a bit over a period of the rates below, and costs up to 6.
+    let gap = prop_oneof![Just(0u64), 1u64..2_000_000, 1_000_000u64..1_500_000_000];
+    prop::collection::vec((gap, 1u64..=6), 1..80)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn moving_window_matches_the_log(steps in steps(), rate in prop::sample::select(vec!["5/second", "3/250ms", "8/2 seconds"])) {
+        run(Algorithm::MovingWindow, rate, &steps)?;
+    }
+
+    #[test]
+    fn fixed_window_matches_the_log(steps in steps(), rate in prop::sample::select(vec!["5/second", "3/250ms", "8/2 seconds"])) {
+        run(Algorithm::FixedWindow, rate, &steps)?;
+    }
+
+    #[test]
+    fn sliding_window_matches_the_log(steps in steps(), rate in prop::sample::select(vec!["5/second", "3/250ms", "8/2 seconds"])) {
+        run(Algorithm::SlidingWindow, rate, &steps)?;
+    }
+
+    #[test]
+    fn gcra_matches_the_leaky_bucket(steps in steps(), rate in prop::sample::select(vec!["5/second", "3/250ms", "7/second", "8/2 seconds"])) {
+        run(Algorithm::Gcra, rate, &steps)?;
+    }
+}
+
+#[test]
+fn several_rates_pass_or_fail_as_one() {
+    for algorithm in Algorithm::ALL {
+        let (limiter, clock) = limiter(algorithm);
+        let limits = Limits::parse("3/second; 5/minute").unwrap();
+        let at = |secs: u64| {
+            clock.set(secs * 1_000_000_000);
+            ready(limiter.check(&limits, "k", 1)).unwrap()
+        };
+        for _ in 0..3 {
+            assert!(at(0).is_allowed(), "{algorithm}");
+        }
+        let refused = at(0);
+        assert!(!refused.is_allowed());
+        assert_eq!(
+            (refused.rate_index(), refused.limit()),
+            (0, 3),
+            "{algorithm}: the second-rate limit binds"
+        );
+        // 3 s later the per-second rate passes again, and the minute has 2 left: the
+        // refusal above took nothing from the minute.
+        assert!(at(3).is_allowed(), "{algorithm}");
+        let last = at(3);
+        assert!(last.is_allowed(), "{algorithm}");
+        assert_eq!((last.rate_index(), last.remaining()), (1, 0), "{algorithm}");
+        let refused = at(3);
+        assert_eq!(refused.rate_index(), 1, "{algorithm}: now the minute binds");
+        // The minute refused, so the second was not charged either.
+        let peek = ready(limiter.peek(&limits, "k", 2)).unwrap();
+        assert_eq!(peek.rate_index(), 1);
+    }
+}
+
+#[test]
+fn peek_charges_nothing_and_keys_and_limits_are_separate() {
+    for algorithm in Algorithm::ALL {
+        let (limiter, _clock) = limiter(algorithm);
+        let limits = Limits::parse("2/minute").unwrap();
+        for _ in 0..5 {
+            let d = ready(limiter.peek(&limits, "a", 2)).unwrap();
+            assert!(d.is_allowed(), "{algorithm}");
+            assert_eq!(d.remaining(), 0);
+        }
+        assert!(ready(limiter.check(&limits, "a", 2)).unwrap().is_allowed());
+        assert!(!ready(limiter.check(&limits, "a", 1)).unwrap().is_allowed());
+        assert!(
+            ready(limiter.check(&limits, "b", 2)).unwrap().is_allowed(),
+            "{algorithm}: b has its own budget"
+        );
+        let other = Limits::parse("3/minute").unwrap();
+        assert!(
+            ready(limiter.check(&other, "a", 3)).unwrap().is_allowed(),
+            "{algorithm}: other limits, other budget"
+        );
+    }
+}
+
+#[test]
+fn a_cost_beyond_the_limit_is_a_clear_refusal() {
+    for algorithm in Algorithm::ALL {
+        let (limiter, _clock) = limiter(algorithm);
+        let limits = Limits::parse("10/minute").unwrap();
+        let d = ready(limiter.check(&limits, "batch", 11)).unwrap();
+        assert!(!d.is_allowed() && d.exceeds_capacity(), "{algorithm}");
+        assert_eq!(d.remaining(), 10, "{algorithm}: nothing was charged");
+        assert!(
+            ready(limiter.check(&limits, "batch", 10))
+                .unwrap()
+                .is_allowed()
+        );
+        let huge = ready(limiter.check(&limits, "batch", u64::MAX)).unwrap();
+        assert!(huge.exceeds_capacity(), "{algorithm}");
+    }
+}
+
+#[test]
+fn burst_and_prefix() {
+    let (limiter, clock) = limiter(Algorithm::Gcra);
+    let limits = Limits::parse("60/minute")
+        .unwrap()
+        .with_burst(std::num::NonZeroU64::new(2).unwrap());
+    assert!(ready(limiter.check(&limits, "k", 1)).unwrap().is_allowed());
+    assert!(ready(limiter.check(&limits, "k", 1)).unwrap().is_allowed());
+    let refused = ready(limiter.check(&limits, "k", 1)).unwrap();
+    assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
+    clock.advance(Duration::from_secs(1));
+    assert!(ready(limiter.check(&limits, "k", 1)).unwrap().is_allowed());
+
+    let store = std::sync::Arc::new(MemoryStore::with_clock(clock.clone()));
+    let a = Limiter::builder()
+        .shared_store(store.clone())
+        .key_prefix("a")
+        .build();
+    let b = Limiter::builder()
+        .shared_store(store.clone())
+        .key_prefix("b")
+        .build();
+    let one = Limits::parse("1/minute").unwrap();
+    assert!(ready(a.check(&one, "k", 1)).unwrap().is_allowed());
+    assert!(!ready(a.check(&one, "k", 1)).unwrap().is_allowed());
+    assert!(
+        ready(b.check(&one, "k", 1)).unwrap().is_allowed(),
+        "another prefix, another budget"
+    );
+    assert_eq!(store.len(), 2);
+}

@@ -1,0 +1,159 @@
+//! The in-memory store under contention and under a flood of distinct keys.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::ready;
+use ratelimit_core::{Algorithm, FakeClock, Limiter, Limits, MemoryStore};
+
+#[test]
+fn eight_threads_on_one_key_admit_exactly_the_limit() {
+    for algorithm in Algorithm::ALL {
+        for rate in ["1000/hour", "1000/hour; 5000/day"] {
+            let clock = FakeClock::new();
+            let limiter = Limiter::builder()
+                .store(MemoryStore::with_clock(clock.clone()))
+                .algorithm(algorithm)
+                .build();
+            let limits = Arc::new(Limits::parse(rate).unwrap());
+            let admitted = Arc::new(AtomicU64::new(0));
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let (limiter, limits, admitted) =
+                        (limiter.clone(), limits.clone(), admitted.clone());
+                    std::thread::spawn(move || {
+                        for _ in 0..500 {
+                            if ready(limiter.check(&limits, "hot", 1))
+                                .unwrap()
+                                .is_allowed()
+                            {
+                                admitted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(admitted.load(Ordering::Relaxed), 1000, "{algorithm} {rate}");
+        }
+    }
+}
+
+#[test]
+fn a_flood_of_distinct_keys_neither_grows_memory_nor_resets_a_limit() {
+    const CAP: usize = 100_000;
+    const FLOOD: usize = 2_000_000;
+    let clock = FakeClock::new();
+    let store = Arc::new(MemoryStore::with_clock(clock.clone()).with_capacity(CAP));
+    let limiter = Limiter::builder().shared_store(store.clone()).build();
+    let limits = Limits::parse("10/minute").unwrap();
+
+    // The victim of the story: a client who spent its budget and must stay limited.
+    for _ in 0..10 {
+        assert!(
+            ready(limiter.check(&limits, "abuser", 1))
+                .unwrap()
+                .is_allowed()
+        );
+    }
+    // GCRA gives one request back every 6 s; a full budget of 10 within the minute would
+    // mean its state had been dropped.
+    let blocked = |at: &str| {
+        let d = ready(limiter.peek(&limits, "abuser", 10)).unwrap();
+        assert!(!d.is_allowed(), "{at}: the spent key got its budget back");
+    };
+
+    let mut key = String::new();
+    let mut admitted = 0;
+    let mut last_admitted = String::new();
+    for i in 0..FLOOD {
+        // 2,000,000 keys over 20 seconds of fake time: all of them live for a minute.
+        if i % 100_000 == 0 {
+            clock.advance(Duration::from_secs(1));
+            blocked(&format!("after {i} flood keys"));
+            assert!(store.len() <= CAP, "{} keys tracked", store.len());
+        }
+        key.clear();
+        key.push_str("flood-");
+        key.push_str(&i.to_string());
+        if ready(limiter.check(&limits, &key, 1)).unwrap().is_allowed() {
+            admitted += 1;
+            last_admitted.clone_from(&key);
+        }
+    }
+    assert!(store.len() <= CAP);
+    // Full of live state, the store refused newcomers; it let more in only as the state of
+    // earlier ones expired (a GCRA key that spent 1 of 10 a minute is whole again in 6 s).
+    assert!(
+        (CAP - 1..FLOOD / 2).contains(&admitted),
+        "{admitted} admitted"
+    );
+    assert_eq!(store.refused_new_keys(), (FLOOD - admitted) as u64);
+    // A flood key that got in kept its state: it has 9 left, not 10.
+    assert!(
+        !ready(limiter.check(&limits, &last_admitted, 10))
+            .unwrap()
+            .is_allowed()
+    );
+    assert!(
+        ready(limiter.check(&limits, &last_admitted, 9))
+            .unwrap()
+            .is_allowed()
+    );
+    blocked("after the flood");
+
+    // Once the minute has passed, expired state is reclaimed and new keys get in again.
+    clock.advance(Duration::from_secs(61));
+    assert!(
+        ready(limiter.check(&limits, "newcomer", 1))
+            .unwrap()
+            .is_allowed()
+    );
+    assert!(
+        store.len() < CAP / 2,
+        "expired state was reclaimed: {} left",
+        store.len()
+    );
+    assert!(
+        ready(limiter.check(&limits, "abuser", 10))
+            .unwrap()
+            .is_allowed()
+    );
+}
+
+#[test]
+fn long_keys_are_stored_hashed_and_stay_distinct() {
+    let clock = FakeClock::new();
+    let store = Arc::new(MemoryStore::with_clock(clock));
+    let limiter = Limiter::builder().shared_store(store.clone()).build();
+    let limits = Limits::parse("1/minute").unwrap();
+    let a = "a".repeat(10_000);
+    let mut b = a.clone();
+    b.push('b');
+    assert!(ready(limiter.check(&limits, &a, 1)).unwrap().is_allowed());
+    assert!(!ready(limiter.check(&limits, &a, 1)).unwrap().is_allowed());
+    assert!(ready(limiter.check(&limits, &b, 1)).unwrap().is_allowed());
+    assert_eq!(store.len(), 2);
+}
+
+#[test]
+fn a_refused_or_peeked_new_key_takes_no_place() {
+    let store = Arc::new(MemoryStore::with_clock(FakeClock::new()));
+    let limiter = Limiter::builder().shared_store(store.clone()).build();
+    let limits = Limits::parse("1/minute").unwrap();
+    for i in 0..100 {
+        let key = format!("k{i}");
+        assert!(ready(limiter.peek(&limits, &key, 1)).unwrap().is_allowed());
+        assert!(
+            ready(limiter.check(&limits, &key, 2))
+                .unwrap()
+                .exceeds_capacity()
+        );
+    }
+    assert!(store.is_empty());
+}
