@@ -46,7 +46,7 @@ pub use clock::{Clock, FakeClock, MonotonicClock};
 #[cfg(feature = "runtime")]
 pub use decision::Decision;
 #[cfg(feature = "runtime")]
-pub use limiter::{Limiter, LimiterBuilder};
+pub use limiter::{Check, Limiter, LimiterBuilder};
 #[cfg(feature = "runtime")]
 pub use limits::Limits;
 pub use rate::{ParseError, Rate, Unit};

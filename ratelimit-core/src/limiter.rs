@@ -1,11 +1,17 @@
 //! The limiter: a store, a default algorithm and a key prefix, behind one cheap handle.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
 use crate::algorithm::Algorithm;
 use crate::limits::{Limits, fnv1a};
-use crate::store::{CheckRequest, MemoryStore, Store, StoreFuture};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::decision::Decision;
+use crate::store::{CheckRequest, MemoryStore, Store, StoreError, StoreFuture};
 
 /// Checks keys against limits. Cloning it is cheap and every clone shares the same state.
 ///
@@ -27,10 +33,17 @@ pub struct Limiter {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    backend: Backend,
     algorithm: Algorithm,
     prefix: String,
     prefix_hash: u64,
+}
+
+/// The default store is called directly, so its checks inline into the caller; any other
+/// store goes through the trait object.
+enum Backend {
+    Memory(MemoryStore),
+    Other(Arc<dyn Store>),
 }
 
 impl Limiter {
@@ -47,19 +60,49 @@ impl Limiter {
     /// Checks a request of `cost` units from `key` against `limits` and, when every rate
     /// admits it, charges it to all of them. A refused request is charged nothing.
     ///
-    /// The in-memory store answers at once: awaiting this future then neither waits nor
-    /// allocates.
-    pub fn check<'a>(&'a self, limits: &'a Limits, key: &'a str, cost: u64) -> StoreFuture<'a> {
-        self.inner
-            .store
-            .check(self.request(limits, key, cost, false))
+    /// With the in-memory store, awaiting this future neither waits nor allocates.
+    #[inline]
+    pub fn check<'a>(&'a self, limits: &'a Limits, key: &'a str, cost: u64) -> Check<'a> {
+        self.dispatch(self.request(limits, key, cost, false))
+    }
+
+    /// Checks like [`check`](Limiter::check), without a future, when the store answers
+    /// without waiting: always with the in-memory store, `None` with a store that needs I/O
+    /// (await [`check`](Limiter::check) then).
+    ///
+    /// This is the fastest path: nothing is moved through a future's state, so the whole
+    /// check inlines into the caller.
+    ///
+    /// ```
+    /// use ratelimit_core::{Limiter, Limits};
+    ///
+    /// let limiter = Limiter::new();
+    /// let limits = Limits::parse("1/second").unwrap();
+    /// assert!(limiter.check_now(&limits, "k", 1).unwrap().is_allowed());
+    /// assert!(!limiter.check_now(&limits, "k", 1).unwrap().is_allowed());
+    /// ```
+    #[inline]
+    pub fn check_now(&self, limits: &Limits, key: &str, cost: u64) -> Option<Decision> {
+        match &self.inner.backend {
+            Backend::Memory(store) => {
+                Some(store.check_now(&self.request(limits, key, cost, false)))
+            }
+            Backend::Other(_) => None,
+        }
     }
 
     /// Answers what [`check`](Limiter::check) would, without charging anything.
-    pub fn peek<'a>(&'a self, limits: &'a Limits, key: &'a str, cost: u64) -> StoreFuture<'a> {
-        self.inner
-            .store
-            .check(self.request(limits, key, cost, true))
+    #[inline]
+    pub fn peek<'a>(&'a self, limits: &'a Limits, key: &'a str, cost: u64) -> Check<'a> {
+        self.dispatch(self.request(limits, key, cost, true))
+    }
+
+    #[inline]
+    fn dispatch<'a>(&'a self, request: CheckRequest<'a>) -> Check<'a> {
+        Check(match &self.inner.backend {
+            Backend::Memory(store) => Pending::Memory(store, request),
+            Backend::Other(store) => Pending::Store(store.check(request)),
+        })
     }
 
     /// The algorithm used for limits that do not name one.
@@ -72,6 +115,7 @@ impl Limiter {
         &self.inner.prefix
     }
 
+    #[inline]
     fn request<'a>(
         &'a self,
         limits: &'a Limits,
@@ -94,6 +138,36 @@ impl Limiter {
     }
 }
 
+/// The future of [`Limiter::check`] and [`Limiter::peek`].
+///
+/// With the in-memory store it is ready at its first poll: the check runs inside `poll`, so
+/// the decision is written once, straight to the caller.
+#[must_use = "a check does nothing until it is awaited"]
+pub struct Check<'a>(Pending<'a>);
+
+enum Pending<'a> {
+    Memory(&'a MemoryStore, CheckRequest<'a>),
+    Store(StoreFuture<'a>),
+}
+
+impl Future for Check<'_> {
+    type Output = Result<Decision, StoreError>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Pending::Memory(store, request) => Poll::Ready(Ok(store.check_now(request))),
+            Pending::Store(future) => Pin::new(future).poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for Check<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Check").finish_non_exhaustive()
+    }
+}
+
 impl Default for Limiter {
     fn default() -> Limiter {
         Limiter::new()
@@ -112,7 +186,7 @@ impl fmt::Debug for Limiter {
 /// Configures a [`Limiter`].
 #[must_use]
 pub struct LimiterBuilder {
-    store: Option<Arc<dyn Store>>,
+    store: Option<Backend>,
     algorithm: Algorithm,
     prefix: String,
 }
@@ -129,14 +203,20 @@ impl Default for LimiterBuilder {
 
 impl LimiterBuilder {
     /// Where state lives (default: a new [`MemoryStore`]).
-    pub fn store(mut self, store: impl Store) -> LimiterBuilder {
-        self.store = Some(Arc::new(store));
+    pub fn store<S: Store>(mut self, store: S) -> LimiterBuilder {
+        let store: Box<dyn Any> = Box::new(store);
+        self.store = Some(match store.downcast::<MemoryStore>() {
+            Ok(memory) => Backend::Memory(*memory),
+            Err(other) => Backend::Other(Arc::new(
+                *other.downcast::<S>().expect("the store's own type"),
+            )),
+        });
         self
     }
 
     /// A store shared with other limiters or code.
     pub fn shared_store(mut self, store: Arc<dyn Store>) -> LimiterBuilder {
-        self.store = Some(store);
+        self.store = Some(Backend::Other(store));
         self
     }
 
@@ -158,7 +238,9 @@ impl LimiterBuilder {
         let prefix_hash = fnv1a(self.prefix.bytes());
         Limiter {
             inner: Arc::new(Inner {
-                store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+                backend: self
+                    .store
+                    .unwrap_or_else(|| Backend::Memory(MemoryStore::new())),
                 algorithm: self.algorithm,
                 prefix: self.prefix,
                 prefix_hash,

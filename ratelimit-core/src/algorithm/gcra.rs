@@ -10,24 +10,34 @@ use crate::limits::RateParams;
 
 /// Judges a request of `cost` at `now` against the TAT `tat`. Returns the verdict and the
 /// TAT to store if the request is admitted.
+#[inline]
 pub(crate) fn check(tat: u64, rate: &RateParams, now: u64, cost: u64) -> (Verdict, u64) {
     let interval = rate.interval;
     let tolerance = rate.tolerance;
     let base = tat.max(now);
     let used = base - now;
-    let left_now = tolerance.saturating_sub(used) / interval;
+    // Remaining requests are counted in nanoseconds of tolerance and divided by the interval
+    // only when asked for: a division costs more than the rest of this function.
+    let spare_now = tolerance.saturating_sub(used);
     if cost > rate.burst {
-        return (Verdict::deny(left_now, used, None), tat);
+        return (
+            Verdict::deny(spare_now, used, None).counted_in(interval),
+            tat,
+        );
     }
     let new_tat = base.saturating_add(cost * interval);
     let after = new_tat - now;
     if after <= tolerance {
         (
-            Verdict::allow((tolerance - after) / interval, after),
+            Verdict::allow(tolerance - after, after).counted_in(interval),
             new_tat,
         )
     } else {
-        (Verdict::deny(left_now, used, Some(after - tolerance)), tat)
+        let retry = after - tolerance;
+        (
+            Verdict::deny(spare_now, used, Some(retry)).counted_in(interval),
+            tat,
+        )
     }
 }
 
@@ -49,15 +59,15 @@ mod tests {
         for i in 0..10 {
             let (v, t) = check(tat, &p, 0, 1);
             assert!(v.allowed, "request {i}");
-            assert_eq!(v.remaining, 9 - i);
+            assert_eq!(v.remaining(), 9 - i);
             tat = t;
         }
         let (v, _) = check(tat, &p, 0, 1);
-        assert_eq!(v, Verdict::deny(0, 60 * S, Some(6 * S)));
+        assert_eq!(v, Verdict::deny(0, 60 * S, Some(6 * S)).counted_in(6 * S));
         // One interval later exactly one more fits.
         let (v, t) = check(tat, &p, 6 * S, 1);
         assert!(v.allowed);
-        assert_eq!(v.remaining, 0);
+        assert_eq!(v.remaining(), 0);
         let (v, _) = check(t, &p, 6 * S, 1);
         assert!(!v.allowed);
         // Just before the interval, still nothing.
@@ -83,11 +93,11 @@ mod tests {
         let p = params("10/minute", None);
         let (v, tat) = check(0, &p, 0, 7);
         assert!(v.allowed);
-        assert_eq!(v.remaining, 3);
+        assert_eq!(v.remaining(), 3);
         let (v, same) = check(tat, &p, 0, 4);
         assert!(!v.allowed);
         assert_eq!(same, tat, "a rejection consumes nothing");
-        assert_eq!(v.remaining, 3);
+        assert_eq!(v.remaining(), 3);
         assert_eq!(v.retry_after, Some(6 * S));
         let (v, _) = check(0, &p, 0, 11);
         assert_eq!(v.retry_after, None, "a cost above the burst never passes");

@@ -100,8 +100,10 @@ impl FromStr for Algorithm {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Verdict {
     pub(crate) allowed: bool,
-    /// Requests left after this one (allowed) or right now (denied).
-    pub(crate) remaining: u64,
+    /// Requests left after this one (allowed) or right now (denied) are `spare / per`: GCRA
+    /// counts in nanoseconds, and the division waits until someone asks.
+    pub(crate) spare: u64,
+    pub(crate) per: u64,
     /// Until the key's budget for this rate is whole again.
     pub(crate) reset_after: u64,
     /// Until a retry of the same cost can pass; `None` when allowed, or when the cost exceeds
@@ -110,10 +112,21 @@ pub(crate) struct Verdict {
 }
 
 impl Verdict {
+    pub(crate) fn remaining(&self) -> u64 {
+        self.spare / self.per
+    }
+
+    /// The same verdict with `spare` counted in units of `per`.
+    pub(crate) fn counted_in(mut self, per: u64) -> Verdict {
+        self.per = per;
+        self
+    }
+
     pub(crate) fn allow(remaining: u64, reset_after: u64) -> Verdict {
         Verdict {
             allowed: true,
-            remaining,
+            spare: remaining,
+            per: 1,
             reset_after,
             retry_after: None,
         }
@@ -122,7 +135,8 @@ impl Verdict {
     pub(crate) fn deny(remaining: u64, reset_after: u64, retry_after: Option<u64>) -> Verdict {
         Verdict {
             allowed: false,
-            remaining,
+            spare: remaining,
+            per: 1,
             reset_after,
             retry_after,
         }
@@ -229,6 +243,6 @@ fn binds_harder(a: &Verdict, b: &Verdict) -> bool {
             (Some(x), Some(y)) => x > y,
             _ => false,
         },
-        (true, true) => a.remaining < b.remaining,
+        (true, true) => a.remaining() < b.remaining(),
     }
 }

@@ -3,7 +3,7 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -23,6 +23,7 @@ pub const DEFAULT_CAPACITY: usize = 1_000_000;
 
 const NAMESPACE_LEN: usize = 8;
 const HASHED_KEY_LEN: usize = 16;
+const SHORT_KEY_LEN: usize = 56;
 
 /// The default store: state in process memory, shared by every clone of the limiter.
 ///
@@ -110,6 +111,7 @@ impl Slot {
         }
     }
 
+    #[inline]
     fn check(&self, params: &[RateParams], now: u64, cost: u64, peek: bool) -> (usize, Verdict) {
         match self {
             Slot::Gcra(tat) => {
@@ -223,16 +225,41 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     /// Judges a request at once; the [`Store`] implementation is this, made a future.
+    #[inline]
     pub fn check_now(&self, request: &CheckRequest<'_>) -> Decision {
+        // The stored key is `namespace ‖ key`, or `namespace ‖ hash(key)` for a key over
+        // MAX_KEY_LEN bytes, built on the stack; short keys get a small buffer to fill.
+        let namespace = request.namespace.to_le_bytes();
+        let key = request.key.as_bytes();
+        if key.len() <= SHORT_KEY_LEN {
+            let mut buf = [0u8; NAMESPACE_LEN + SHORT_KEY_LEN];
+            buf[..NAMESPACE_LEN].copy_from_slice(&namespace);
+            buf[NAMESPACE_LEN..NAMESPACE_LEN + key.len()].copy_from_slice(key);
+            self.check_stored(&buf[..NAMESPACE_LEN + key.len()], request)
+        } else if key.len() <= MAX_KEY_LEN {
+            let mut buf = [0u8; NAMESPACE_LEN + MAX_KEY_LEN];
+            buf[..NAMESPACE_LEN].copy_from_slice(&namespace);
+            buf[NAMESPACE_LEN..NAMESPACE_LEN + key.len()].copy_from_slice(key);
+            self.check_stored(&buf[..NAMESPACE_LEN + key.len()], request)
+        } else {
+            let (a, b) = &self.long_keys;
+            let mut buf = [0u8; NAMESPACE_LEN + HASHED_KEY_LEN];
+            buf[..NAMESPACE_LEN].copy_from_slice(&namespace);
+            buf[NAMESPACE_LEN..NAMESPACE_LEN + 8].copy_from_slice(&a.hash_one(key).to_le_bytes());
+            buf[NAMESPACE_LEN + 8..].copy_from_slice(&b.hash_one(key).to_le_bytes());
+            self.check_stored(&buf, request)
+        }
+    }
+
+    // Inlined whole into the caller, so the decision is built where it is used rather than
+    // copied out through three frames (which measurably dominated a check).
+    #[inline(always)]
+    fn check_stored(&self, key: &[u8], request: &CheckRequest<'_>) -> Decision {
         let params = request.limits.params();
         let now = self.clock.now();
-        let mut buf = [0u8; NAMESPACE_LEN + MAX_KEY_LEN];
-        let key = self.storage_key(request, &mut buf);
-        let algorithm = request.algorithm;
-
         let known = self.map.get(key);
         let (index, verdict) = match known {
-            Some(slot) if slot.fits(algorithm, params.len()) => {
+            Some(slot) if slot.fits(request.algorithm, params.len()) => {
                 slot.check(params, now, request.cost, request.peek)
             }
             _ => {
@@ -246,29 +273,10 @@ impl<C: Clock> MemoryStore<C> {
         Decision::from_verdict(&params[index], index, verdict)
     }
 
-    /// `namespace ‖ key`, or `namespace ‖ hash(key)` for a key over [`MAX_KEY_LEN`] bytes.
-    fn storage_key<'b>(
-        &self,
-        request: &CheckRequest<'_>,
-        buf: &'b mut [u8; NAMESPACE_LEN + MAX_KEY_LEN],
-    ) -> &'b [u8] {
-        buf[..NAMESPACE_LEN].copy_from_slice(&request.namespace.to_le_bytes());
-        let key = request.key.as_bytes();
-        let len = if key.len() <= MAX_KEY_LEN {
-            buf[NAMESPACE_LEN..NAMESPACE_LEN + key.len()].copy_from_slice(key);
-            key.len()
-        } else {
-            let (a, b) = &self.long_keys;
-            buf[NAMESPACE_LEN..NAMESPACE_LEN + 8].copy_from_slice(&a.hash_one(key).to_le_bytes());
-            buf[NAMESPACE_LEN + 8..NAMESPACE_LEN + 16]
-                .copy_from_slice(&b.hash_one(key).to_le_bytes());
-            HASHED_KEY_LEN
-        };
-        &buf[..NAMESPACE_LEN + len]
-    }
-
     /// Checks a key the store does not track (or tracks in the wrong shape). Only a request
     /// that passes and charges needs a slot; `Err(retry)` when there is no room for one.
+    #[cold]
+    #[inline(never)]
     fn check_new(
         &self,
         key: &[u8],
@@ -361,18 +369,12 @@ impl<C: Clock> MemoryStore<C> {
         self.sweeping.store(false, Ordering::Release);
     }
 
+    #[cold]
     fn refusal(&self, request: &CheckRequest<'_>, retry: u64) -> Decision {
         self.refused.fetch_add(1, Ordering::Relaxed);
         let rate = &request.limits.params()[0];
         let retry = retry.clamp(1_000_000, rate.period);
-        Decision {
-            allowed: false,
-            rate: rate.rate,
-            index: 0,
-            remaining: 0,
-            reset_after: Duration::from_nanos(retry),
-            retry_after: Some(Duration::from_nanos(retry)),
-        }
+        Decision::refused(rate, retry)
     }
 }
 

@@ -66,6 +66,7 @@ enum Inner<'a> {
 
 impl<'a> StoreFuture<'a> {
     /// An answer that is already known.
+    #[inline]
     pub fn ready(result: Result<Decision, StoreError>) -> StoreFuture<'a> {
         StoreFuture(Inner::Ready(Some(result)))
     }
@@ -81,6 +82,7 @@ impl<'a> StoreFuture<'a> {
 impl Future for StoreFuture<'_> {
     type Output = Result<Decision, StoreError>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
             Inner::Ready(result) => {
@@ -102,21 +104,23 @@ impl fmt::Debug for StoreFuture<'_> {
 }
 
 /// A store could not answer: its server is down, timed out, or said something unexpected.
-#[derive(Debug, thiserror::Error)]
-#[error("rate limit store failed: {message}")]
-pub struct StoreError {
+#[derive(Debug)]
+pub struct StoreError(Box<ErrorInner>);
+
+// Boxed: a `Result<Decision, StoreError>` is returned on every check and must stay small.
+#[derive(Debug)]
+struct ErrorInner {
     message: String,
-    #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StoreError {
     /// An error with a message.
     pub fn new(message: impl Into<String>) -> StoreError {
-        StoreError {
+        StoreError(Box::new(ErrorInner {
             message: message.into(),
             source: None,
-        }
+        }))
     }
 
     /// An error with a message and the error that caused it.
@@ -124,9 +128,21 @@ impl StoreError {
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> StoreError {
-        StoreError {
+        StoreError(Box::new(ErrorInner {
             message: message.into(),
             source: Some(Box::new(source)),
-        }
+        }))
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rate limit store failed: {}", self.0.message)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source.as_deref().map(|e| e as _)
     }
 }
