@@ -19,3 +19,8 @@
 //! ```
 
 pub use ratelimit_core::*;
+
+// The README's examples are compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -67,8 +67,8 @@ impl Limiter {
     }
 
     /// Checks like [`check`](Limiter::check), without a future, when the store answers
-    /// without waiting: always with the in-memory store, `None` with a store that needs I/O
-    /// (await [`check`](Limiter::check) then).
+    /// without waiting (every [`MemoryStore`] does); `None` when the answer needs I/O or is an
+    /// error: await [`check`](Limiter::check) then.
     ///
     /// This is the fastest path: nothing is moved through a future's state, so the whole
     /// check inlines into the caller.
@@ -83,11 +83,12 @@ impl Limiter {
     /// ```
     #[inline]
     pub fn check_now(&self, limits: &Limits, key: &str, cost: u64) -> Option<Decision> {
+        let request = self.request(limits, key, cost, false);
         match &self.inner.backend {
-            Backend::Memory(store) => {
-                Some(store.check_now(&self.request(limits, key, cost, false)))
-            }
-            Backend::Other(_) => None,
+            Backend::Memory(store) => Some(store.check_now(&request)),
+            // An unpolled future has done nothing, so one that is not ready at once is
+            // dropped without effect.
+            Backend::Other(store) => store.check(request).into_ready().ok()?.ok(),
         }
     }
 

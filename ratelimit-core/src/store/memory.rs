@@ -1,6 +1,5 @@
 //! The in-memory store: sharded maps from key to state, bounded in size.
 
-use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -15,17 +14,8 @@ use crate::clock::{Clock, MonotonicClock};
 use crate::decision::Decision;
 use crate::limits::RateParams;
 
-/// Keys up to this many bytes are stored as they are; longer ones by a 128-bit hash, so one
-/// client cannot make the store keep arbitrarily large keys.
-pub const MAX_KEY_LEN: usize = 256;
-
 /// The default cap on tracked keys: under 100 MB for IPv4 clients.
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
-
-const NAMESPACE_LEN: usize = 8;
-const HASHED_KEY_LEN: usize = 16;
-/// Client keys up to this long are composed in a small stack buffer.
-const SHORT_KEY_LEN: usize = 56;
 
 type Hasher64 = foldhash::fast::RandomState;
 
@@ -33,7 +23,10 @@ type Hasher64 = foldhash::fast::RandomState;
 ///
 /// - A check of a key it already tracks allocates nothing and takes no lock but the read
 ///   lock of the key's shard; a single GCRA rate is one atomic compare-and-swap on a 32-byte
-///   table entry (key inline, for IPv4 clients and other keys of up to 15 bytes).
+///   table entry.
+/// - Every key takes 24 bytes inside the table, whatever its length: keys of up to 15 bytes
+///   (every IPv4 client) as they are, longer ones by a 128-bit hash keyed at random per store,
+///   so a client cannot make the store keep large keys, nor aim for collisions.
 /// - Memory is bounded: it tracks at most [`capacity`](MemoryStore::with_capacity) keys
 ///   (default [`DEFAULT_CAPACITY`]). When it is full, a new key first makes it reclaim
 ///   expired state (state that is as good as new, so dropping it changes no decision), one
@@ -220,36 +213,11 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     /// Judges a request at once; the [`Store`] implementation is this, made a future.
-    #[inline]
-    pub fn check_now(&self, request: &CheckRequest<'_>) -> Decision {
-        // The stored key is `namespace ‖ key`, or `namespace ‖ hash(key)` for a key over
-        // MAX_KEY_LEN bytes, built on the stack; short keys get a small buffer to fill.
-        let namespace = request.namespace.to_le_bytes();
-        let key = request.key.as_bytes();
-        if key.len() <= SHORT_KEY_LEN {
-            let mut buf = [0u8; NAMESPACE_LEN + SHORT_KEY_LEN];
-            buf[..NAMESPACE_LEN].copy_from_slice(&namespace);
-            buf[NAMESPACE_LEN..NAMESPACE_LEN + key.len()].copy_from_slice(key);
-            self.check_stored(&buf[..NAMESPACE_LEN + key.len()], request)
-        } else if key.len() <= MAX_KEY_LEN {
-            let mut buf = [0u8; NAMESPACE_LEN + MAX_KEY_LEN];
-            buf[..NAMESPACE_LEN].copy_from_slice(&namespace);
-            buf[NAMESPACE_LEN..NAMESPACE_LEN + key.len()].copy_from_slice(key);
-            self.check_stored(&buf[..NAMESPACE_LEN + key.len()], request)
-        } else {
-            let (a, b) = &self.long_keys;
-            let mut buf = [0u8; NAMESPACE_LEN + HASHED_KEY_LEN];
-            buf[..NAMESPACE_LEN].copy_from_slice(&namespace);
-            buf[NAMESPACE_LEN..NAMESPACE_LEN + 8].copy_from_slice(&a.hash_one(key).to_le_bytes());
-            buf[NAMESPACE_LEN + 8..].copy_from_slice(&b.hash_one(key).to_le_bytes());
-            self.check_stored(&buf, request)
-        }
-    }
-
     // Inlined whole into the caller, so the decision is built where it is used rather than
     // copied out through several frames (which measurably dominated a check).
     #[inline(always)]
-    fn check_stored(&self, key: &[u8], request: &CheckRequest<'_>) -> Decision {
+    pub fn check_now(&self, request: &CheckRequest<'_>) -> Decision {
+        let key = StoredKey::new(request.namespace, request.key.as_bytes(), &self.long_keys);
         let params = request.limits.params();
         let now = self.clock.now();
         let outcome = if request.algorithm == Algorithm::Gcra && params.len() == 1 {
@@ -267,11 +235,11 @@ impl<C: Clock> MemoryStore<C> {
     fn check_in<V: Slot>(
         &self,
         map: &DashMap<StoredKey, V, Hasher64>,
-        key: &[u8],
+        key: StoredKey,
         request: &CheckRequest<'_>,
         now: u64,
     ) -> Result<(usize, Verdict), u64> {
-        match map.get(key) {
+        match map.get(&key) {
             Some(slot) => Ok(slot.check(request, now)),
             None => self.check_new(map, key, request, now),
         }
@@ -284,7 +252,7 @@ impl<C: Clock> MemoryStore<C> {
     fn check_new<V: Slot>(
         &self,
         map: &DashMap<StoredKey, V, Hasher64>,
-        key: &[u8],
+        key: StoredKey,
         request: &CheckRequest<'_>,
         now: u64,
     ) -> Result<(usize, Verdict), u64> {
@@ -296,7 +264,7 @@ impl<C: Clock> MemoryStore<C> {
         if !self.reserve(now) {
             return Err(self.next_sweep.load(Ordering::Relaxed).saturating_sub(now));
         }
-        match map.entry(StoredKey::new(key)) {
+        match map.entry(key) {
             Entry::Occupied(existing) => {
                 // Another thread inserted the key since we looked: charge its slot instead.
                 self.len.fetch_sub(1, Ordering::Relaxed);
@@ -389,86 +357,47 @@ impl<C: Clock> std::fmt::Debug for MemoryStore<C> {
     }
 }
 
-/// A stored key, `namespace ‖ key`: in the table's own bucket when it fits in 23 bytes
-/// (every IPv4 client), which spares a heap allocation and a cache miss per lookup; on the
-/// heap otherwise. 24 bytes either way, so a GCRA entry is 32.
-enum StoredKey {
-    Inline(InlineKey),
-    Heap(Box<[u8]>),
-}
+/// A stored key: the namespace, then the client key in 16 bytes, as it is when it has at
+/// most 15 bytes (its length in the last byte), or else as a keyed 128-bit hash with the top
+/// bit of the last byte set. Fixed-size, so a GCRA entry is 32 bytes, a lookup allocates
+/// nothing, and hashing and comparing it are a few word operations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct StoredKey([u64; 3]);
 
-const INLINE_KEY_LEN: usize = 23;
-
-struct InlineKey {
-    bytes: [u8; INLINE_KEY_LEN],
-    // An enum of the 24 possible lengths leaves the other byte values free for the compiler
-    // to tell `Heap` apart: this is what keeps `StoredKey` at 24 bytes.
-    len: InlineLen,
-}
-
-#[derive(Clone, Copy)]
-#[repr(u8)]
-#[rustfmt::skip]
-enum InlineLen {
-    L0, L1, L2, L3, L4, L5, L6, L7, L8, L9, L10, L11, L12, L13, L14, L15, L16, L17, L18, L19,
-    L20, L21, L22, L23,
-}
-
-impl InlineLen {
-    #[rustfmt::skip]
-    const ALL: [InlineLen; INLINE_KEY_LEN + 1] = {
-        use InlineLen::*;
-        [L0, L1, L2, L3, L4, L5, L6, L7, L8, L9, L10, L11, L12, L13, L14, L15, L16, L17, L18, L19,
-         L20, L21, L22, L23]
-    };
-}
+const INLINE_KEY_LEN: usize = 15;
+const HASHED: u64 = 1 << 63;
 
 impl StoredKey {
-    fn new(key: &[u8]) -> StoredKey {
+    #[inline]
+    fn new(namespace: u64, key: &[u8], seeds: &(LongKeySeed, LongKeySeed)) -> StoredKey {
         if key.len() <= INLINE_KEY_LEN {
-            let mut bytes = [0; INLINE_KEY_LEN];
+            let mut bytes = [0u8; 16];
             bytes[..key.len()].copy_from_slice(key);
-            StoredKey::Inline(InlineKey {
-                bytes,
-                len: InlineLen::ALL[key.len()],
-            })
+            bytes[15] = key.len() as u8;
+            let lo = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+            let hi = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+            StoredKey([namespace, lo, hi])
         } else {
-            StoredKey::Heap(key.into())
+            StoredKey::hashed(namespace, key, seeds)
         }
     }
 
-    #[inline]
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            StoredKey::Inline(inline) => &inline.bytes[..inline.len as usize],
-            StoredKey::Heap(bytes) => bytes,
-        }
+    #[cold]
+    fn hashed(namespace: u64, key: &[u8], (a, b): &(LongKeySeed, LongKeySeed)) -> StoredKey {
+        StoredKey([namespace, a.hash_one(key), b.hash_one(key) | HASHED])
     }
 }
 
-impl Borrow<[u8]> for StoredKey {
-    #[inline]
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
+type LongKeySeed = foldhash::quality::RandomState;
 
-// Hash and equality are those of the bytes, as `Borrow` requires.
 impl Hash for StoredKey {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
+        for word in self.0 {
+            state.write_u64(word);
+        }
     }
 }
-
-impl PartialEq for StoredKey {
-    #[inline]
-    fn eq(&self, other: &StoredKey) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for StoredKey {}
 
 #[cfg(test)]
 mod tests {
@@ -482,15 +411,27 @@ mod tests {
     }
 
     #[test]
-    fn stored_keys_round_trip() {
-        for len in [0, 1, 15, 22, 23, 24, 300] {
-            let key: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            let stored = StoredKey::new(&key);
-            assert_eq!(stored.as_bytes(), &key[..]);
-            assert_eq!(
-                matches!(stored, StoredKey::Inline(_)),
-                len <= INLINE_KEY_LEN
-            );
+    fn stored_keys_are_distinct_and_never_confuse_inline_with_hashed() {
+        let seeds = Default::default();
+        let keys: Vec<Vec<u8>> = [0usize, 1, 2, 14, 15, 16, 17, 300]
+            .iter()
+            .flat_map(|&len| {
+                [
+                    vec![b'a'; len],
+                    vec![0; len],
+                    (0..len).map(|i| i as u8).collect(),
+                ]
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for key in &keys {
+            let stored = StoredKey::new(7, key, &seeds);
+            assert_eq!(stored.0[2] & HASHED != 0, key.len() > INLINE_KEY_LEN);
+            assert!(stored == StoredKey::new(7, key, &seeds), "deterministic");
+            assert!(stored != StoredKey::new(8, key, &seeds), "namespaced");
+            seen.insert(stored.0);
         }
+        let distinct: std::collections::HashSet<&Vec<u8>> = keys.iter().collect();
+        assert_eq!(seen.len(), distinct.len());
     }
 }

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-pub use memory::{DEFAULT_CAPACITY, MAX_KEY_LEN, MemoryStore};
+pub use memory::{DEFAULT_CAPACITY, MemoryStore};
 
 use crate::algorithm::Algorithm;
 use crate::decision::Decision;
@@ -76,6 +76,17 @@ impl<'a> StoreFuture<'a> {
         future: impl Future<Output = Result<Decision, StoreError>> + Send + 'a,
     ) -> StoreFuture<'a> {
         StoreFuture(Inner::Pending(Box::pin(future)))
+    }
+}
+
+impl<'a> StoreFuture<'a> {
+    /// The answer, when it was known at once; the future back otherwise (not yet polled, so
+    /// it has done nothing).
+    pub fn into_ready(self) -> Result<Result<Decision, StoreError>, StoreFuture<'a>> {
+        match self.0 {
+            Inner::Ready(Some(result)) => Ok(result),
+            inner => Err(StoreFuture(inner)),
+        }
     }
 }
 
