@@ -1,0 +1,244 @@
+//! Who the client is: the peer address, or, behind trusted proxies, the right-most hop of the
+//! forwarding headers that no trusted proxy added.
+
+use std::fmt::{self, Write as _};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use axum::extract::ConnectInfo;
+use http::HeaderMap;
+use http::request::Parts;
+use ipnet::IpNet;
+
+/// The proxies whose forwarding headers are believed.
+///
+/// Empty by default: then `Forwarded`, `X-Forwarded-For` and `X-Real-IP` are ignored, since
+/// any client can send them. With proxies configured, the client is the right-most address
+/// in the chain (peer first, then the headers from right to left) that is not a trusted
+/// proxy.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+}
+
+impl TrustedProxies {
+    /// Trusts the given networks (`"10.0.0.0/8"`, `"127.0.0.1/32"`, `"::1/128"`).
+    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> TrustedProxies {
+        TrustedProxies {
+            nets: nets.into_iter().collect(),
+        }
+    }
+
+    /// Whether no proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.nets.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Why the client address could not be found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MissingConnectInfo;
+
+/// The client's address for `parts`.
+pub(crate) fn client_ip(parts: &Parts, trusted: &TrustedProxies) -> Result<IpAddr, MissingConnectInfo> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| canonical(addr.ip()))
+        .ok_or(MissingConnectInfo)?;
+    if trusted.is_empty() || !trusted.trusts(peer) {
+        return Ok(peer);
+    }
+    Ok(forwarded_client(&parts.headers, trusted).unwrap_or(peer))
+}
+
+/// Walks the forwarding chain from the right, skipping trusted proxies. `None` when the
+/// headers name no untrusted hop (then the peer itself stands for the client).
+fn forwarded_client(headers: &HeaderMap, trusted: &TrustedProxies) -> Option<IpAddr> {
+    let mut leftmost = None;
+    // `Forwarded` (RFC 7239) first, as the standard; then the de facto headers.
+    let chains: [&dyn Fn(&mut dyn FnMut(IpAddr) -> bool); 3] = [
+        &|visit| each_hop(headers, "forwarded", parse_forwarded_element, visit),
+        &|visit| each_hop(headers, "x-forwarded-for", parse_plain, visit),
+        &|visit| each_hop(headers, "x-real-ip", parse_plain, visit),
+    ];
+    for chain in chains {
+        let mut client = None;
+        let mut any = false;
+        chain(&mut |ip| {
+            any = true;
+            leftmost = Some(ip);
+            if trusted.trusts(ip) {
+                true
+            } else {
+                client = Some(ip);
+                false
+            }
+        });
+        if client.is_some() {
+            return client;
+        }
+        if any {
+            return leftmost;
+        }
+    }
+    None
+}
+
+/// Calls `visit` with each hop of header `name`, right-most first, until it returns false.
+fn each_hop(
+    headers: &HeaderMap,
+    name: &str,
+    parse: fn(&str) -> Option<IpAddr>,
+    visit: &mut dyn FnMut(IpAddr) -> bool,
+) {
+    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    for value in values.iter().rev() {
+        for hop in value.rsplit(',') {
+            // An unparsable hop ends the walk: nothing left of it can be attributed.
+            let Some(ip) = parse(hop.trim()) else { return };
+            if !visit(canonical(ip)) {
+                return;
+            }
+        }
+    }
+}
+
+fn parse_plain(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
+/// `for=192.0.2.60;proto=http;by=203.0.113.43` or `for="[2001:db8::1]:4711"`.
+fn parse_forwarded_element(element: &str) -> Option<IpAddr> {
+    let value = element.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        name.trim().eq_ignore_ascii_case("for").then_some(value.trim())
+    })?;
+    let value = value.trim_matches('"');
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    parse_plain(value)
+}
+
+/// IPv4-mapped IPv6 addresses count as the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A client address as a key: IPv4 as it is, IPv6 by its /64 network, since one subscriber
+/// commonly holds a whole /64 and could otherwise rotate through it.
+pub(crate) struct IpKey {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpKey {
+    pub(crate) fn new(ip: IpAddr) -> IpKey {
+        let mut key = IpKey { buf: [0; 48], len: 0 };
+        let result = match ip {
+            IpAddr::V4(v4) => write!(key, "{v4}"),
+            IpAddr::V6(v6) => {
+                let net = u128::from(v6) & !((1u128 << 64) - 1);
+                write!(key, "{}/64", Ipv6Addr::from(net))
+            }
+        };
+        debug_assert!(result.is_ok(), "an address fits in 48 bytes");
+        key
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl fmt::Write for IpKey {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let dest = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dest.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(peer: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut req = http::Request::builder();
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let (mut parts, ()) = req.body(()).unwrap().into_parts();
+        parts.extensions.insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        parts
+    }
+
+    fn trusted(nets: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(nets.iter().map(|n| n.parse().unwrap()))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn without_trusted_proxies_the_headers_are_ignored() {
+        let p = parts("203.0.113.7:5000", &[("x-forwarded-for", "1.2.3.4"), ("x-real-ip", "5.6.7.8")]);
+        assert_eq!(client_ip(&p, &TrustedProxies::default()), Ok(ip("203.0.113.7")));
+    }
+
+    #[test]
+    fn a_peer_that_is_not_trusted_is_the_client_whatever_it_says() {
+        let p = parts("203.0.113.7:5000", &[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(client_ip(&p, &trusted(&["10.0.0.0/8"])), Ok(ip("203.0.113.7")));
+    }
+
+    #[test]
+    fn the_right_most_untrusted_hop_is_the_client() {
+        // The client spoofs a first hop; our two proxies append what they saw.
+        let p = parts("10.0.0.2:80", &[("x-forwarded-for", "6.6.6.6, 198.51.100.9, 10.0.0.1")]);
+        assert_eq!(client_ip(&p, &trusted(&["10.0.0.0/8"])), Ok(ip("198.51.100.9")));
+        let p = parts(
+            "10.0.0.2:80",
+            &[("forwarded", "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https, for=10.0.0.1")],
+        );
+        assert_eq!(client_ip(&p, &trusted(&["10.0.0.0/8"])), Ok(ip("2001:db8::7")));
+        let p = parts("10.0.0.2:80", &[("x-real-ip", "192.0.2.1")]);
+        assert_eq!(client_ip(&p, &trusted(&["10.0.0.0/8"])), Ok(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn all_trusted_means_the_left_most_and_garbage_ends_the_walk() {
+        let p = parts("10.0.0.2:80", &[("x-forwarded-for", "10.0.0.9, 10.0.0.1")]);
+        assert_eq!(client_ip(&p, &trusted(&["10.0.0.0/8"])), Ok(ip("10.0.0.9")));
+        let p = parts("10.0.0.2:80", &[("x-forwarded-for", "1.1.1.1, garbage, 10.0.0.1")]);
+        assert_eq!(client_ip(&p, &trusted(&["10.0.0.0/8"])), Ok(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn no_connect_info_is_an_error_not_a_panic() {
+        let (p, ()) = http::Request::new(()).into_parts();
+        assert_eq!(client_ip(&p, &TrustedProxies::default()), Err(MissingConnectInfo));
+    }
+
+    #[test]
+    fn ipv6_is_grouped_by_64_and_mapped_v4_is_v4() {
+        assert_eq!(IpKey::new(ip("2001:db8:1:2:aaaa::1")).as_str(), "2001:db8:1:2::/64");
+        assert_eq!(IpKey::new(ip("2001:db8:1:2:bbbb::9")).as_str(), "2001:db8:1:2::/64");
+        assert_eq!(IpKey::new(ip("203.0.113.7")).as_str(), "203.0.113.7");
+        let p = parts("[::ffff:203.0.113.7]:80", &[]);
+        assert_eq!(client_ip(&p, &TrustedProxies::default()), Ok(ip("203.0.113.7")));
+    }
+}
