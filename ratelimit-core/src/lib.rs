@@ -39,6 +39,9 @@ mod limits;
 #[cfg(feature = "runtime")]
 pub mod store;
 
+#[cfg(feature = "axum")]
+pub mod http;
+
 #[cfg(feature = "runtime")]
 pub use algorithm::{Algorithm, UnknownAlgorithm};
 #[cfg(feature = "runtime")]

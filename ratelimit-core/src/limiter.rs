@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use crate::algorithm::Algorithm;
@@ -37,6 +38,8 @@ struct Inner {
     algorithm: Algorithm,
     prefix: String,
     prefix_hash: u64,
+    #[cfg(feature = "axum")]
+    http: crate::http::HttpConfig,
 }
 
 /// The default store is called directly, so its checks inline into the caller; any other
@@ -63,7 +66,20 @@ impl Limiter {
     /// With the in-memory store, awaiting this future neither waits nor allocates.
     #[inline]
     pub fn check<'a>(&'a self, limits: &'a Limits, key: &'a str, cost: u64) -> Check<'a> {
-        self.dispatch(self.request(limits, key, cost, false))
+        self.dispatch(self.request("", limits, key, cost, false))
+    }
+
+    /// [`check`](Limiter::check) within `scope`: the same key under another scope is another
+    /// budget (the attribute scopes keys by route).
+    #[inline]
+    pub fn check_scoped<'a>(
+        &'a self,
+        scope: &'a str,
+        limits: &'a Limits,
+        key: &'a str,
+        cost: u64,
+    ) -> Check<'a> {
+        self.dispatch(self.request(scope, limits, key, cost, false))
     }
 
     /// Checks like [`check`](Limiter::check), without a future, when the store answers
@@ -83,7 +99,19 @@ impl Limiter {
     /// ```
     #[inline]
     pub fn check_now(&self, limits: &Limits, key: &str, cost: u64) -> Option<Decision> {
-        let request = self.request(limits, key, cost, false);
+        self.check_scoped_now("", limits, key, cost)
+    }
+
+    /// [`check_now`](Limiter::check_now) within `scope`.
+    #[inline]
+    pub fn check_scoped_now(
+        &self,
+        scope: &str,
+        limits: &Limits,
+        key: &str,
+        cost: u64,
+    ) -> Option<Decision> {
+        let request = self.request(scope, limits, key, cost, false);
         match &self.inner.backend {
             Backend::Memory(store) => Some(store.check_now(&request)),
             // An unpolled future has done nothing, so one that is not ready at once is
@@ -95,7 +123,7 @@ impl Limiter {
     /// Answers what [`check`](Limiter::check) would, without charging anything.
     #[inline]
     pub fn peek<'a>(&'a self, limits: &'a Limits, key: &'a str, cost: u64) -> Check<'a> {
-        self.dispatch(self.request(limits, key, cost, true))
+        self.dispatch(self.request("", limits, key, cost, true))
     }
 
     #[inline]
@@ -116,22 +144,35 @@ impl Limiter {
         &self.inner.prefix
     }
 
+    #[cfg(feature = "axum")]
+    pub(crate) fn http(&self) -> &crate::http::HttpConfig {
+        &self.inner.http
+    }
+
     #[inline]
     fn request<'a>(
         &'a self,
+        scope: &'a str,
         limits: &'a Limits,
         key: &'a str,
         cost: u64,
         peek: bool,
     ) -> CheckRequest<'a> {
         let algorithm = limits.algorithm().unwrap_or(self.inner.algorithm);
-        let namespace = (limits.id() ^ self.inner.prefix_hash ^ algorithm.code().rotate_left(56))
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let scope_hash = if scope.is_empty() {
+            0
+        } else {
+            SCOPE_HASHER.hash_one(scope)
+        };
+        let namespace =
+            (limits.id() ^ self.inner.prefix_hash ^ scope_hash ^ algorithm.code().rotate_left(56))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
         CheckRequest {
             limits,
             algorithm,
             namespace,
             prefix: &self.inner.prefix,
+            scope,
             key,
             cost,
             peek,
@@ -169,6 +210,11 @@ impl fmt::Debug for Check<'_> {
     }
 }
 
+/// Scopes are hashed into the namespace on every check: a fast fixed-seed hash (the
+/// namespace is only ever compared within this process).
+static SCOPE_HASHER: foldhash::fast::FixedState =
+    foldhash::fast::FixedState::with_seed(0x5eed_0f5c_09e5);
+
 impl Default for Limiter {
     fn default() -> Limiter {
         Limiter::new()
@@ -190,6 +236,8 @@ pub struct LimiterBuilder {
     store: Option<Backend>,
     algorithm: Algorithm,
     prefix: String,
+    #[cfg(feature = "axum")]
+    pub(crate) http: crate::http::HttpConfig,
 }
 
 impl Default for LimiterBuilder {
@@ -198,6 +246,8 @@ impl Default for LimiterBuilder {
             store: None,
             algorithm: Algorithm::Gcra,
             prefix: "ratelimit".to_owned(),
+            #[cfg(feature = "axum")]
+            http: Default::default(),
         }
     }
 }
@@ -245,6 +295,8 @@ impl LimiterBuilder {
                 algorithm: self.algorithm,
                 prefix: self.prefix,
                 prefix_hash,
+                #[cfg(feature = "axum")]
+                http: self.http,
             }),
         }
     }

@@ -5,8 +5,7 @@ use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use axum::extract::ConnectInfo;
-use http::HeaderMap;
-use http::request::Parts;
+use http::{Extensions, HeaderMap};
 use ipnet::IpNet;
 
 /// The proxies whose forwarding headers are believed.
@@ -43,46 +42,46 @@ impl TrustedProxies {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct MissingConnectInfo;
 
-/// The client's address for `parts`.
-pub(crate) fn client_ip(parts: &Parts, trusted: &TrustedProxies) -> Result<IpAddr, MissingConnectInfo> {
-    let peer = parts
-        .extensions
+/// The client's address of a request with these extensions and headers.
+pub(crate) fn client_ip(
+    extensions: &Extensions,
+    headers: &HeaderMap,
+    trusted: &TrustedProxies,
+) -> Result<IpAddr, MissingConnectInfo> {
+    let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| canonical(addr.ip()))
         .ok_or(MissingConnectInfo)?;
     if trusted.is_empty() || !trusted.trusts(peer) {
         return Ok(peer);
     }
-    Ok(forwarded_client(&parts.headers, trusted).unwrap_or(peer))
+    Ok(forwarded_client(headers, trusted).unwrap_or(peer))
 }
 
 /// Walks the forwarding chain from the right, skipping trusted proxies. `None` when the
 /// headers name no untrusted hop (then the peer itself stands for the client).
 fn forwarded_client(headers: &HeaderMap, trusted: &TrustedProxies) -> Option<IpAddr> {
-    let mut leftmost = None;
+    type Parse = fn(&str) -> Option<IpAddr>;
     // `Forwarded` (RFC 7239) first, as the standard; then the de facto headers.
-    let chains: [&dyn Fn(&mut dyn FnMut(IpAddr) -> bool); 3] = [
-        &|visit| each_hop(headers, "forwarded", parse_forwarded_element, visit),
-        &|visit| each_hop(headers, "x-forwarded-for", parse_plain, visit),
-        &|visit| each_hop(headers, "x-real-ip", parse_plain, visit),
+    let chains: [(&str, Parse); 3] = [
+        ("forwarded", parse_forwarded_element),
+        ("x-forwarded-for", parse_plain),
+        ("x-real-ip", parse_plain),
     ];
-    for chain in chains {
-        let mut client = None;
-        let mut any = false;
-        chain(&mut |ip| {
-            any = true;
+    for (name, parse) in chains {
+        let (mut leftmost, mut client) = (None, None);
+        each_hop(headers, name, parse, &mut |ip| {
             leftmost = Some(ip);
-            if trusted.trusts(ip) {
-                true
-            } else {
+            let trusted = trusted.trusts(ip);
+            if !trusted {
                 client = Some(ip);
-                false
             }
+            trusted
         });
         if client.is_some() {
             return client;
         }
-        if any {
+        if leftmost.is_some() {
             return leftmost;
         }
     }
@@ -96,7 +95,11 @@ fn each_hop(
     parse: fn(&str) -> Option<IpAddr>,
     visit: &mut dyn FnMut(IpAddr) -> bool,
 ) {
-    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     for value in values.iter().rev() {
         for hop in value.rsplit(',') {
             // An unparsable hop ends the walk: nothing left of it can be attributed.
@@ -118,7 +121,9 @@ fn parse_plain(hop: &str) -> Option<IpAddr> {
 fn parse_forwarded_element(element: &str) -> Option<IpAddr> {
     let value = element.split(';').find_map(|pair| {
         let (name, value) = pair.trim().split_once('=')?;
-        name.trim().eq_ignore_ascii_case("for").then_some(value.trim())
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then_some(value.trim())
     })?;
     let value = value.trim_matches('"');
     if let Some(rest) = value.strip_prefix('[') {
@@ -144,7 +149,10 @@ pub(crate) struct IpKey {
 
 impl IpKey {
     pub(crate) fn new(ip: IpAddr) -> IpKey {
-        let mut key = IpKey { buf: [0; 48], len: 0 };
+        let mut key = IpKey {
+            buf: [0; 48],
+            len: 0,
+        };
         let result = match ip {
             IpAddr::V4(v4) => write!(key, "{v4}"),
             IpAddr::V6(v6) => {
@@ -175,13 +183,21 @@ impl fmt::Write for IpKey {
 mod tests {
     use super::*;
 
+    use http::request::Parts;
+
+    fn client_ip(p: &Parts, trusted: &TrustedProxies) -> Result<IpAddr, MissingConnectInfo> {
+        super::client_ip(&p.extensions, &p.headers, trusted)
+    }
+
     fn parts(peer: &str, headers: &[(&str, &str)]) -> Parts {
         let mut req = http::Request::builder();
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let (mut parts, ()) = req.body(()).unwrap().into_parts();
-        parts.extensions.insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        parts
+            .extensions
+            .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
         parts
     }
 
@@ -195,50 +211,89 @@ mod tests {
 
     #[test]
     fn without_trusted_proxies_the_headers_are_ignored() {
-        let p = parts("203.0.113.7:5000", &[("x-forwarded-for", "1.2.3.4"), ("x-real-ip", "5.6.7.8")]);
-        assert_eq!(client_ip(&p, &TrustedProxies::default()), Ok(ip("203.0.113.7")));
+        let p = parts(
+            "203.0.113.7:5000",
+            &[("x-forwarded-for", "1.2.3.4"), ("x-real-ip", "5.6.7.8")],
+        );
+        assert_eq!(
+            client_ip(&p, &TrustedProxies::default()),
+            Ok(ip("203.0.113.7"))
+        );
     }
 
     #[test]
     fn a_peer_that_is_not_trusted_is_the_client_whatever_it_says() {
         let p = parts("203.0.113.7:5000", &[("x-forwarded-for", "1.2.3.4")]);
-        assert_eq!(client_ip(&p, &trusted(&["10.0.0.0/8"])), Ok(ip("203.0.113.7")));
+        assert_eq!(
+            client_ip(&p, &trusted(&["10.0.0.0/8"])),
+            Ok(ip("203.0.113.7"))
+        );
     }
 
     #[test]
     fn the_right_most_untrusted_hop_is_the_client() {
         // The client spoofs a first hop; our two proxies append what they saw.
-        let p = parts("10.0.0.2:80", &[("x-forwarded-for", "6.6.6.6, 198.51.100.9, 10.0.0.1")]);
-        assert_eq!(client_ip(&p, &trusted(&["10.0.0.0/8"])), Ok(ip("198.51.100.9")));
         let p = parts(
             "10.0.0.2:80",
-            &[("forwarded", "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https, for=10.0.0.1")],
+            &[("x-forwarded-for", "6.6.6.6, 198.51.100.9, 10.0.0.1")],
         );
-        assert_eq!(client_ip(&p, &trusted(&["10.0.0.0/8"])), Ok(ip("2001:db8::7")));
+        assert_eq!(
+            client_ip(&p, &trusted(&["10.0.0.0/8"])),
+            Ok(ip("198.51.100.9"))
+        );
+        let p = parts(
+            "10.0.0.2:80",
+            &[(
+                "forwarded",
+                "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https, for=10.0.0.1",
+            )],
+        );
+        assert_eq!(
+            client_ip(&p, &trusted(&["10.0.0.0/8"])),
+            Ok(ip("2001:db8::7"))
+        );
         let p = parts("10.0.0.2:80", &[("x-real-ip", "192.0.2.1")]);
-        assert_eq!(client_ip(&p, &trusted(&["10.0.0.0/8"])), Ok(ip("192.0.2.1")));
+        assert_eq!(
+            client_ip(&p, &trusted(&["10.0.0.0/8"])),
+            Ok(ip("192.0.2.1"))
+        );
     }
 
     #[test]
     fn all_trusted_means_the_left_most_and_garbage_ends_the_walk() {
         let p = parts("10.0.0.2:80", &[("x-forwarded-for", "10.0.0.9, 10.0.0.1")]);
         assert_eq!(client_ip(&p, &trusted(&["10.0.0.0/8"])), Ok(ip("10.0.0.9")));
-        let p = parts("10.0.0.2:80", &[("x-forwarded-for", "1.1.1.1, garbage, 10.0.0.1")]);
+        let p = parts(
+            "10.0.0.2:80",
+            &[("x-forwarded-for", "1.1.1.1, garbage, 10.0.0.1")],
+        );
         assert_eq!(client_ip(&p, &trusted(&["10.0.0.0/8"])), Ok(ip("10.0.0.1")));
     }
 
     #[test]
     fn no_connect_info_is_an_error_not_a_panic() {
         let (p, ()) = http::Request::new(()).into_parts();
-        assert_eq!(client_ip(&p, &TrustedProxies::default()), Err(MissingConnectInfo));
+        assert_eq!(
+            client_ip(&p, &TrustedProxies::default()),
+            Err(MissingConnectInfo)
+        );
     }
 
     #[test]
     fn ipv6_is_grouped_by_64_and_mapped_v4_is_v4() {
-        assert_eq!(IpKey::new(ip("2001:db8:1:2:aaaa::1")).as_str(), "2001:db8:1:2::/64");
-        assert_eq!(IpKey::new(ip("2001:db8:1:2:bbbb::9")).as_str(), "2001:db8:1:2::/64");
+        assert_eq!(
+            IpKey::new(ip("2001:db8:1:2:aaaa::1")).as_str(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            IpKey::new(ip("2001:db8:1:2:bbbb::9")).as_str(),
+            "2001:db8:1:2::/64"
+        );
         assert_eq!(IpKey::new(ip("203.0.113.7")).as_str(), "203.0.113.7");
         let p = parts("[::ffff:203.0.113.7]:80", &[]);
-        assert_eq!(client_ip(&p, &TrustedProxies::default()), Ok(ip("203.0.113.7")));
+        assert_eq!(
+            client_ip(&p, &TrustedProxies::default()),
+            Ok(ip("203.0.113.7"))
+        );
     }
 }

@@ -32,6 +32,9 @@ pub struct CheckRequest<'a> {
     pub namespace: u64,
     /// The limiter's key prefix, for stores that name their keys (Redis).
     pub prefix: &'a str,
+    /// The scope of the key (a route, or a name shared by several routes), already part of
+    /// `namespace`; for stores that name their keys.
+    pub scope: &'a str,
     /// Who is counted: a client address, an API key, a scope.
     pub key: &'a str,
     /// How many units the request takes.
