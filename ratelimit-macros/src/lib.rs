@@ -1,1 +1,14 @@
-//! The `#[rate_limit]` attribute of the `ratelimit` crate.
+//! The `#[rate_limit]` attribute of the [`ratelimit`](https://docs.rs/ratelimit) crate.
+//!
+//! Use it through `ratelimit::rate_limit`; its documentation lives there.
+
+mod attr;
+mod expand;
+
+use proc_macro::TokenStream;
+
+/// Rate limits an axum handler. See `ratelimit::rate_limit` for the documentation.
+#[proc_macro_attribute]
+pub fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::rate_limit(args.into(), item.into()).into()
+}

@@ -1,0 +1,69 @@
+//! The first approach of the article, in Rust: in-memory limits per client IP.
+//!
+//! - `POST /predict`: 10 per minute
+//! - `POST /batch-predict`: 2 per minute
+//! - `GET /model-info`: never limited
+//!
+//! `PORT=8000 cargo run --example in_memory`, then
+//! `for i in $(seq 11); do curl -s -X POST localhost:8000/predict -H 'Content-Type: application/json' -d '{"data": [1,2,3]}'; echo; done`
+
+use std::net::SocketAddr;
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ratelimit::{Limiter, rate_limit};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// A model input, as the Python seed takes it.
+#[derive(Deserialize)]
+pub struct ModelInput {
+    /// The features.
+    pub data: Vec<f64>,
+}
+
+#[rate_limit("10/minute", key = ip)]
+async fn predict(Json(input): Json<ModelInput>) -> Json<Value> {
+    let score = input.data.iter().sum::<f64>().tanh().abs();
+    Json(json!({"prediction": score, "confidence": 0.87}))
+}
+
+#[rate_limit("2/minute", key = ip)]
+async fn batch_predict(Json(batch): Json<Vec<ModelInput>>) -> Json<Value> {
+    let results: Vec<Value> = batch
+        .iter()
+        .map(|input| json!({"prediction": input.data.iter().sum::<f64>().tanh().abs()}))
+        .collect();
+    Json(json!({ "results": results }))
+}
+
+async fn model_info() -> Json<Value> {
+    Json(json!({"model_version": "v1.2.3", "framework": "PyTorch"}))
+}
+
+/// The application, with a limiter of its own.
+pub fn app() -> Router {
+    let limiter = Limiter::new();
+    Router::new()
+        .route("/predict", post(predict))
+        .route("/batch-predict", post(batch_predict))
+        .route("/model-info", get(model_info))
+        .layer(limiter.layer())
+}
+
+#[allow(dead_code)] // tests include this file for `app` alone
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt().with_env_filter("info").init();
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8000".into());
+    let listener = tokio::net::TcpListener::bind(format!("0.0.0.0:{port}"))
+        .await
+        .expect("bind");
+    tracing::info!("listening on {}", listener.local_addr().expect("address"));
+    axum::serve(
+        listener,
+        app().into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .expect("serve");
+}
