@@ -123,7 +123,7 @@ fn expand(args: Args, function: ItemFn) -> TokenStream {
                 fn key(parts: &#private::Parts) -> impl ::core::future::Future<Output = #private::Cow<'static, str>> + ::core::marker::Send {
                     #[allow(unused_imports)]
                     use #private::{KeyFromFuture as _, KeyFromValue as _};
-                    (&#private::Probe::new(#call)).key_future()
+                    #private::Probe::new(#call).key_future()
                 }
             });
         }

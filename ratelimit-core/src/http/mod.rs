@@ -647,7 +647,7 @@ pub mod support {
     /// The key of an `async` key function.
     pub trait KeyFromFuture {
         /// The key, once the function's future completes.
-        fn key_future(&self) -> impl Future<Output = Cow<'static, str>> + Send;
+        fn key_future(self) -> impl Future<Output = Cow<'static, str>> + Send;
     }
 
     impl<F> KeyFromFuture for Probe<F>
@@ -655,7 +655,7 @@ pub mod support {
         F: Future + Send,
         F::Output: IntoKey,
     {
-        fn key_future(&self) -> impl Future<Output = Cow<'static, str>> + Send {
+        fn key_future(self) -> impl Future<Output = Cow<'static, str>> + Send {
             let future = self.take();
             async move { future.await.into_key() }
         }
@@ -664,11 +664,11 @@ pub mod support {
     /// The key of a plain key function.
     pub trait KeyFromValue {
         /// The key, at once.
-        fn key_future(&self) -> impl Future<Output = Cow<'static, str>> + Send;
+        fn key_future(self) -> std::future::Ready<Cow<'static, str>>;
     }
 
     impl<K: IntoKey> KeyFromValue for &Probe<K> {
-        fn key_future(&self) -> impl Future<Output = Cow<'static, str>> + Send {
+        fn key_future(self) -> std::future::Ready<Cow<'static, str>> {
             std::future::ready(self.take().into_key())
         }
     }

@@ -1,0 +1,64 @@
+//! The server behind BENCHMARKS.md's HTTP figures: the same tiny handler without a limit,
+//! behind a limit it never reaches, and behind a limit that always refuses.
+//!
+//! `PORT=8000 cargo run --release --example bench_server`
+
+use std::net::SocketAddr;
+
+use axum::routing::post;
+use axum::{Json, Router};
+use ratelimit::{Limiter, rate_limit};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The request body: `{"data": [1,2,3]}`.
+#[derive(Deserialize)]
+pub struct Input {
+    /// The features.
+    pub data: Vec<f64>,
+}
+
+fn answer(input: &Input) -> Json<Value> {
+    let _ = input.data.len();
+    Json(json!({"prediction": 0.95, "confidence": 0.87}))
+}
+
+async fn plain(Json(input): Json<Input>) -> Json<Value> {
+    answer(&input)
+}
+
+#[rate_limit("1000000000/second", key = ip)]
+async fn limited(Json(input): Json<Input>) -> Json<Value> {
+    answer(&input)
+}
+
+// A cost above what the limit admits: every request is refused, and nothing is charged.
+#[rate_limit("1/hour", key = ip, cost = 2)]
+async fn blocked(Json(input): Json<Input>) -> Json<Value> {
+    answer(&input)
+}
+
+/// The application.
+pub fn app() -> Router {
+    let limiter = Limiter::new();
+    Router::new()
+        .route("/plain", post(plain))
+        .route("/limited", post(limited))
+        .route("/blocked", post(blocked))
+        .layer(limiter.layer())
+}
+
+#[allow(dead_code)] // tests include this file for `app` alone
+#[tokio::main]
+async fn main() {
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8000".into());
+    let listener = tokio::net::TcpListener::bind(format!("0.0.0.0:{port}"))
+        .await
+        .expect("bind");
+    axum::serve(
+        listener,
+        app().into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .expect("serve");
+}
