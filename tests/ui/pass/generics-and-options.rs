@@ -1,0 +1,58 @@
+#![deny(warnings)]
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::request::Parts;
+use axum::routing::get;
+use axum::Router;
+use ratelimit::{Limits, rate_limit};
+
+trait Model: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+}
+
+struct Tiny;
+
+impl Model for Tiny {
+    fn name(&self) -> &'static str {
+        "tiny"
+    }
+}
+
+fn tier(parts: &Parts) -> &'static str {
+    if parts.headers.contains_key("x-premium") { "premium" } else { "free" }
+}
+
+async fn account(parts: &Parts) -> Option<String> {
+    parts.headers.get("x-account").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn limits_for(parts: &Parts) -> Limits {
+    if parts.headers.contains_key("x-premium") { "50/minute" } else { "10/minute" }.parse().unwrap()
+}
+
+fn health_check(parts: &Parts) -> bool {
+    parts.uri.path() == "/health"
+}
+
+#[rate_limit("10/minute; 100/hour", key = tier, algorithm = gcra, burst = 3)]
+#[rate_limit(limits_for, key = account, algorithm = moving_window, exempt_when = health_check)]
+async fn generic<M: Model>(State(model): State<Arc<M>>) -> String
+where
+    M: Send,
+{
+    model.name().to_owned()
+}
+
+#[rate_limit("1/s", key = global, scope = "shared", error_message = "Busy", crate = ::ratelimit)]
+async fn options() -> &'static str {
+    "ok"
+}
+
+fn main() {
+    let _: Router = Router::new()
+        .route("/m", get(generic::<Tiny>))
+        .route("/o", get(options))
+        .with_state(Arc::new(Tiny));
+}
