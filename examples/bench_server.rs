@@ -40,7 +40,10 @@ async fn blocked(Json(input): Json<Input>) -> Json<Value> {
 
 /// The application.
 pub fn app() -> Router {
-    let limiter = Limiter::new();
+    let limiter = match std::env::var("HEADERS").as_deref() {
+        Ok("none") => Limiter::builder().headers(ratelimit::http::HeaderStyle::None).build(),
+        _ => Limiter::new(),
+    };
     Router::new()
         .route("/plain", post(plain))
         .route("/limited", post(limited))

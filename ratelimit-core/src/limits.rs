@@ -27,6 +27,30 @@ pub struct Limits {
     algorithm: Option<Algorithm>,
     burst: Option<NonZeroU64>,
     id: u64,
+    #[cfg(feature = "axum")]
+    http: HttpCache,
+}
+
+/// The header values and 429 bodies of each rate, made on first use.
+#[cfg(feature = "axum")]
+#[derive(Clone, Default)]
+struct HttpCache(std::sync::OnceLock<Box<[crate::http::response::RateHttp]>>);
+
+#[cfg(feature = "axum")]
+impl PartialEq for HttpCache {
+    fn eq(&self, _: &HttpCache) -> bool {
+        true // derived from the rates, which the limits compare
+    }
+}
+
+#[cfg(feature = "axum")]
+impl Eq for HttpCache {}
+
+#[cfg(feature = "axum")]
+impl std::fmt::Debug for HttpCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("..")
+    }
 }
 
 impl Limits {
@@ -44,6 +68,8 @@ impl Limits {
             algorithm: None,
             burst: None,
             id: 0,
+            #[cfg(feature = "axum")]
+            http: HttpCache::default(),
         };
         limits.id = limits.compute_id();
         Some(limits)
@@ -86,6 +112,18 @@ impl Limits {
     /// The burst, when one was chosen.
     pub fn burst(&self) -> Option<NonZeroU64> {
         self.burst
+    }
+
+    /// The header values and 429 bodies of rate `index`.
+    #[cfg(feature = "axum")]
+    pub(crate) fn http_rate(&self, index: usize) -> &crate::http::response::RateHttp {
+        let all = self.http.0.get_or_init(|| {
+            self.params
+                .iter()
+                .map(|p| crate::http::response::RateHttp::new(p.rate))
+                .collect()
+        });
+        &all[index.min(all.len() - 1)]
     }
 
     pub(crate) fn params(&self) -> &[RateParams] {

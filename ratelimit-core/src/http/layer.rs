@@ -1,7 +1,7 @@
 //! `Limiter::layer()`: installs the limiter for a router, applies default and
 //! application-wide limits, and puts the rate limit headers on limited responses.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,7 +13,7 @@ use http::request::Parts;
 use tower::{Layer, Service};
 
 use super::client_ip::{IpKey, client_ip};
-use super::response::insert_headers;
+use super::response::{Fields, insert_headers};
 use super::{KeySource, Rejection, check};
 use crate::decision::Decision;
 use crate::limiter::Limiter;
@@ -21,17 +21,22 @@ use crate::limits::Limits;
 
 tokio::task_local! {
     /// The most restrictive admission of the request being served, for its headers.
-    static ADMITTED: Cell<Option<Decision>>;
+    static ADMITTED: RefCell<Option<(Decision, Fields)>>;
 }
 
 /// Remembers an admission for the response headers (a no-op outside the layer).
-pub(crate) fn record(decision: Decision) {
+pub(crate) fn record(decision: Decision, limits: &Limits) {
     let _ = ADMITTED.try_with(|slot| {
-        let keep = match slot.get() {
-            Some(earlier) if earlier.remaining() <= decision.remaining() => earlier,
-            _ => decision,
-        };
-        slot.set(Some(keep));
+        let mut slot = slot.borrow_mut();
+        if slot
+            .as_ref()
+            .is_none_or(|(earlier, _)| decision.remaining() < earlier.remaining())
+        {
+            *slot = Some((
+                decision,
+                limits.http_rate(decision.rate_index()).fields.clone(),
+            ));
+        }
     });
 }
 
@@ -85,15 +90,20 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limiter = self.limiter.clone();
         req.extensions_mut().insert(limiter.clone());
-        Box::pin(ADMITTED.scope(Cell::new(None), async move {
+        Box::pin(ADMITTED.scope(RefCell::new(None), async move {
             // Only the head is borrowed across the checks: the body need not be `Sync`.
             let (parts, body) = req.into_parts();
             if let Err(rejection) = route_limits(&limiter, &parts).await {
                 return Ok(rejection.into_response());
             }
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
-            if let Some(decision) = ADMITTED.with(Cell::get) {
-                insert_headers(response.headers_mut(), &decision, limiter.http().headers);
+            if let Some((decision, fields)) = ADMITTED.with(RefCell::take) {
+                insert_headers(
+                    response.headers_mut(),
+                    &decision,
+                    &fields,
+                    limiter.http().headers,
+                );
             }
             Ok(response)
         }))
@@ -145,16 +155,16 @@ async fn route_limits(limiter: &Limiter, req: &Parts) -> Result<(), Rejection> {
         let decision = check(limiter, scope, limits, key, 1).await?;
         if !decision.is_allowed() {
             tracing::warn!(key, route = path, limit = %decision.rate(), "rate limit exceeded");
-            let client = client_ip(&req.extensions, &req.headers, &http.trusted_proxies).ok();
-            return Err(http.reject(super::RateLimited {
+            let client = || client_ip(&req.extensions, &req.headers, &http.trusted_proxies).ok();
+            return Err(http.reject(&decision, limits, None, || super::RateLimited {
                 decision,
                 route: path.to_owned(),
                 key: key.to_owned(),
-                client,
+                client: client(),
                 message: None,
             }));
         }
-        record(decision);
+        record(decision, limits);
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 mod client_ip;
 mod layer;
-mod response;
+pub(crate) mod response;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -282,7 +282,14 @@ impl<S: Spec> Deferred<S> {
             .as_ref()
             .map_or(S::policy().handler, MatchedPath::as_str);
         let decision = check(&self.limiter, &self.scope, limits, &self.key, cost).await?;
-        finish::<S>(&self.limiter, decision, route, &self.key, self.client)
+        finish::<S>(
+            &self.limiter,
+            limits,
+            decision,
+            route,
+            &self.key,
+            self.client,
+        )
     }
 }
 
@@ -369,7 +376,7 @@ impl<'p, S: Spec> Target<'p, S> {
             .extensions
             .get::<MatchedPath>()
             .map_or(S::policy().handler, MatchedPath::as_str);
-        finish::<S>(self.limiter, decision, route, key, self.client)
+        finish::<S>(self.limiter, limits, decision, route, key, self.client)
     }
 }
 
@@ -404,29 +411,32 @@ async fn check(
 /// Records an admission for the response headers, or turns a refusal into the 429.
 fn finish<S: Spec>(
     limiter: &Limiter,
+    limits: &Limits,
     decision: Decision,
     route: &str,
     key: &str,
     client: Option<IpAddr>,
 ) -> Result<(), Rejection> {
     if decision.is_allowed() {
-        layer::record(decision);
+        layer::record(decision, limits);
         return Ok(());
     }
-    let limited = RateLimited {
-        decision,
-        route: route.to_owned(),
-        key: key.to_owned(),
-        client,
-        message: S::policy().error_message.map(Cow::Borrowed),
-    };
     match client {
         Some(ip) => {
             tracing::warn!(client = %ip, route, limit = %decision.rate(), "rate limit exceeded")
         }
         None => tracing::warn!(key, route, limit = %decision.rate(), "rate limit exceeded"),
     }
-    Err(limiter.http().reject(limited))
+    let message = S::policy().error_message;
+    Err(limiter
+        .http()
+        .reject(&decision, limits, message, || RateLimited {
+            decision,
+            route: route.to_owned(),
+            key: key.to_owned(),
+            client,
+            message: message.map(Cow::Borrowed),
+        }))
 }
 
 pub(crate) fn missing_connect_info(handler: &str) {
@@ -478,10 +488,23 @@ impl HttpConfig {
         }
     }
 
-    pub(crate) fn reject(&self, limited: RateLimited) -> Rejection {
+    /// The answer to a refusal: the custom handler's (given the details, made only then) or
+    /// the default 429.
+    pub(crate) fn reject(
+        &self,
+        decision: &Decision,
+        limits: &Limits,
+        message: Option<&str>,
+        details: impl FnOnce() -> RateLimited,
+    ) -> Rejection {
         match &self.on_rejected {
-            Some(handler) => Rejection::custom(handler(&limited)),
-            None => Rejection::limited(limited, self.headers),
+            Some(handler) => Rejection::custom(handler(&details())),
+            None => Rejection::limited(
+                decision,
+                limits.http_rate(decision.rate_index()),
+                message,
+                self.headers,
+            ),
         }
     }
 }

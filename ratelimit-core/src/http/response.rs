@@ -3,13 +3,17 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::response::{IntoResponse, Response};
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use axum::body::Bytes;
+
 use crate::decision::Decision;
+use crate::rate::Rate;
 
 /// Which rate limit headers go on limited responses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,13 +71,25 @@ impl RateLimited {
 pub struct Rejection(Box<Response>);
 
 impl Rejection {
-    pub(crate) fn limited(limited: RateLimited, style: HeaderStyle) -> Rejection {
-        let mut response = json(StatusCode::TOO_MANY_REQUESTS, &limited.detail());
+    /// The default 429: the detail, `Retry-After` and the rate limit fields.
+    pub(crate) fn limited(
+        decision: &Decision,
+        rate: &RateHttp,
+        message: Option<&str>,
+        style: HeaderStyle,
+    ) -> Rejection {
+        let body = match message {
+            Some(message) => json_body(message),
+            None if decision.exceeds_capacity() => rate.body_over_capacity.clone(),
+            None => rate.body.clone(),
+        };
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, body).into_response();
         let headers = response.headers_mut();
-        if let Some(retry) = limited.decision.retry_after() {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(retry) = decision.retry_after() {
             headers.insert(RETRY_AFTER, HeaderValue::from(whole_seconds(retry).max(1)));
         }
-        insert_headers(headers, &limited.decision, style);
+        insert_headers(headers, decision, &rate.fields, style);
         Rejection(Box::new(response))
     }
 
@@ -102,10 +118,14 @@ impl IntoResponse for Rejection {
     }
 }
 
+/// `{"detail": ...}`.
+fn json_body(detail: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "detail": detail }).to_string())
+}
+
 /// `{"detail": ...}` with `status`.
 fn json(status: StatusCode, detail: &str) -> Response {
-    let body = serde_json::json!({ "detail": detail }).to_string();
-    let mut response = (status, body).into_response();
+    let mut response = (status, json_body(detail)).into_response();
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -122,14 +142,31 @@ static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
-/// Adds the rate limit fields of `decision` to `headers`.
-pub(crate) fn insert_headers(headers: &mut HeaderMap, decision: &Decision, style: HeaderStyle) {
-    let rate = decision.rate();
-    let reset = whole_seconds(decision.reset_after());
-    if matches!(style, HeaderStyle::Both | HeaderStyle::Draft) {
-        let mut name = String::with_capacity(24);
-        let _ = write!(
-            name,
+/// What never changes in the answers about one rate, made once per rate: cloning a header
+/// value or a body is a reference count, not a copy.
+#[derive(Clone, Debug)]
+pub(crate) struct RateHttp {
+    pub(crate) fields: Fields,
+    /// `{"detail":"Rate limit exceeded: 10 per 1 minute"}`
+    body: Bytes,
+    /// The same for a request whose cost the rate can never admit.
+    body_over_capacity: Bytes,
+}
+
+/// The fixed header values of one rate.
+#[derive(Clone, Debug)]
+pub(crate) struct Fields {
+    /// `"10-per-1m"`: the policy's name in the IETF fields.
+    name: Arc<str>,
+    /// `"10-per-1m";q=10;w=60`
+    policy: HeaderValue,
+    /// `10`
+    limit: HeaderValue,
+}
+
+impl RateHttp {
+    pub(crate) fn new(rate: Rate) -> RateHttp {
+        let name = format!(
             "\"{}-per-{}{}\"",
             rate.amount(),
             rate.multiples(),
@@ -137,12 +174,38 @@ pub(crate) fn insert_headers(headers: &mut HeaderMap, decision: &Decision, style
         );
         let window = whole_seconds(rate.period()).max(1);
         let policy = format!("{name};q={};w={window}", rate.amount());
-        let current = format!("{name};r={};t={reset}", decision.remaining());
-        if let (Ok(policy), Ok(current)) = (
-            HeaderValue::from_str(&policy),
-            HeaderValue::from_str(&current),
-        ) {
-            headers.insert(RATELIMIT_POLICY.clone(), policy);
+        RateHttp {
+            fields: Fields {
+                policy: HeaderValue::from_str(&policy).expect("ASCII"),
+                limit: HeaderValue::from(rate.amount()),
+                name: name.into(),
+            },
+            body: json_body(&format!("Rate limit exceeded: {rate}")),
+            body_over_capacity: json_body(&format!(
+                "Rate limit exceeded: this request costs more than {rate} allows"
+            )),
+        }
+    }
+}
+
+/// Adds the rate limit fields of `decision` (by a rate described by `rate`) to `headers`.
+pub(crate) fn insert_headers(
+    headers: &mut HeaderMap,
+    decision: &Decision,
+    fields: &Fields,
+    style: HeaderStyle,
+) {
+    let Fields {
+        name,
+        policy,
+        limit,
+    } = fields;
+    let reset = whole_seconds(decision.reset_after());
+    if matches!(style, HeaderStyle::Both | HeaderStyle::Draft) {
+        let mut current = StackText::<48>::new();
+        let _ = write!(current, "{name};r={};t={reset}", decision.remaining());
+        if let Ok(current) = HeaderValue::from_bytes(current.as_bytes()) {
+            headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
             headers.insert(RATELIMIT.clone(), current);
         }
     }
@@ -150,12 +213,49 @@ pub(crate) fn insert_headers(headers: &mut HeaderMap, decision: &Decision, style
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        headers.insert(X_LIMIT.clone(), HeaderValue::from(rate.amount()));
-        headers.insert(X_REMAINING.clone(), HeaderValue::from(decision.remaining()));
+        headers.insert(X_LIMIT.clone(), limit.clone());
+        headers.insert(X_REMAINING.clone(), small_number(decision.remaining()));
         headers.insert(
             X_RESET.clone(),
             HeaderValue::from(whole_seconds(now + decision.reset_after())),
         );
+    }
+}
+
+/// `n` as a header value; the first thousand numbers are made once and shared.
+fn small_number(n: u64) -> HeaderValue {
+    static SMALL: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| (0..1000u64).map(HeaderValue::from).collect());
+    SMALL.get(n as usize).cloned().unwrap_or_else(|| HeaderValue::from(n))
+}
+
+/// Text formatted on the stack.
+struct StackText<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackText<N> {
+    fn new() -> Self {
+        StackText {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl<const N: usize> std::fmt::Write for StackText<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
