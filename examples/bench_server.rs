@@ -41,7 +41,9 @@ async fn blocked(Json(input): Json<Input>) -> Json<Value> {
 /// The application.
 pub fn app() -> Router {
     let limiter = match std::env::var("HEADERS").as_deref() {
-        Ok("none") => Limiter::builder().headers(ratelimit::http::HeaderStyle::None).build(),
+        Ok("none") => Limiter::builder()
+            .headers(ratelimit::http::HeaderStyle::None)
+            .build(),
         _ => Limiter::new(),
     };
     Router::new()

@@ -337,3 +337,68 @@ async fn a_constant_cost_is_charged_before_the_body() {
         [200, 200, 429]
     );
 }
+
+#[rate_limit("3/minute")]
+async fn styled() -> &'static str {
+    "ok"
+}
+
+#[tokio::test]
+async fn header_styles_and_trusted_proxies() {
+    use ratelimit::http::HeaderStyle;
+    for (style, draft, legacy) in [
+        (HeaderStyle::Both, true, true),
+        (HeaderStyle::Draft, true, false),
+        (HeaderStyle::Legacy, false, true),
+        (HeaderStyle::None, false, false),
+    ] {
+        let limiter = Limiter::builder().headers(style).build();
+        let addr = serve(
+            Router::new()
+                .route("/s", post(styled))
+                .layer(limiter.layer()),
+        )
+        .await;
+        let r = client_from("127.0.2.1")
+            .post(format!("http://{addr}/s"))
+            .send()
+            .await
+            .unwrap();
+        let h = r.headers();
+        assert_eq!(
+            h.contains_key("ratelimit") && h.contains_key("ratelimit-policy"),
+            draft,
+            "{style:?}"
+        );
+        assert_eq!(h.contains_key("x-ratelimit-remaining"), legacy, "{style:?}");
+    }
+
+    // Behind a trusted proxy (the client's loopback address), the forwarded client counts.
+    let limiter = Limiter::builder().trusted_proxies(["127.0.2.0/24"]).build();
+    let addr = serve(
+        Router::new()
+            .route("/s", post(styled))
+            .layer(limiter.layer()),
+    )
+    .await;
+    let proxy = client_from("127.0.2.2");
+    let url = format!("http://{addr}/s");
+    let via = |client: &'static str| {
+        proxy
+            .post(&url)
+            .header("x-forwarded-for", format!("6.6.6.6, {client}"))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(via("198.51.100.1").await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(
+        via("198.51.100.1").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        via("198.51.100.2").await.unwrap().status(),
+        StatusCode::OK,
+        "another client behind the proxy"
+    );
+}

@@ -224,8 +224,17 @@ pub(crate) fn insert_headers(
 
 /// `n` as a header value; the first thousand numbers are made once and shared.
 fn small_number(n: u64) -> HeaderValue {
-    static SMALL: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| (0..1000u64).map(HeaderValue::from).collect());
-    SMALL.get(n as usize).cloned().unwrap_or_else(|| HeaderValue::from(n))
+    // Static values clone without touching a shared reference count; the table is made
+    // once per process and kept for its life.
+    static SMALL: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+        (0..1000u64)
+            .map(|n| HeaderValue::from_static(Box::leak(n.to_string().into_boxed_str())))
+            .collect()
+    });
+    SMALL
+        .get(n as usize)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
 }
 
 /// Text formatted on the stack.
