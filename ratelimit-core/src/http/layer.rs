@@ -19,35 +19,48 @@ use crate::decision::Decision;
 use crate::limiter::Limiter;
 use crate::limits::Limits;
 
+/// What the layer shares with the extractors of the request it serves. A task-local rather
+/// than a request extension: nothing is allocated, and nothing shared between requests is
+/// written (a reference count bounced between cores costs more than the whole check).
+struct RequestContext {
+    limiter: &'static Limiter,
+    /// The most restrictive admission so far, for the response headers.
+    admitted: RefCell<Option<(Decision, Fields)>>,
+}
+
 tokio::task_local! {
-    /// The most restrictive admission of the request being served, for its headers.
-    static ADMITTED: RefCell<Option<(Decision, Fields)>>;
+    static REQUEST: RequestContext;
+}
+
+/// The limiter of the layer serving this request, if any.
+pub(crate) fn current_limiter() -> Option<&'static Limiter> {
+    REQUEST.try_with(|request| request.limiter).ok()
 }
 
 /// Remembers an admission for the response headers (a no-op outside the layer).
 pub(crate) fn record(decision: Decision, limits: &Limits) {
-    let _ = ADMITTED.try_with(|slot| {
-        let mut slot = slot.borrow_mut();
+    let _ = REQUEST.try_with(|request| {
+        let mut slot = request.admitted.borrow_mut();
         if slot
             .as_ref()
             .is_none_or(|(earlier, _)| decision.remaining() < earlier.remaining())
         {
             *slot = Some((
                 decision,
-                limits.http_rate(decision.rate_index()).fields.clone(),
+                limits.http_rate(decision.rate_index()).fields.copy(),
             ));
         }
     });
 }
 
 /// The layer of [`Limiter::layer`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct RateLimitLayer {
-    limiter: Limiter,
+    limiter: &'static Limiter,
 }
 
 impl RateLimitLayer {
-    pub(crate) fn new(limiter: Limiter) -> RateLimitLayer {
+    pub(crate) fn new(limiter: &'static Limiter) -> RateLimitLayer {
         RateLimitLayer { limiter }
     }
 }
@@ -58,7 +71,7 @@ impl<S> Layer<S> for RateLimitLayer {
     fn layer(&self, inner: S) -> RateLimitService<S> {
         RateLimitService {
             inner,
-            limiter: self.limiter.clone(),
+            limiter: self.limiter,
         }
     }
 }
@@ -67,7 +80,7 @@ impl<S> Layer<S> for RateLimitLayer {
 #[derive(Clone, Debug)]
 pub struct RateLimitService<S> {
     inner: S,
-    limiter: Limiter,
+    limiter: &'static Limiter,
 }
 
 impl<S, B> Service<Request<B>> for RateLimitService<S>
@@ -84,20 +97,23 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         // The clone that was driven to readiness serves this request (tower's usual swap).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let limiter = self.limiter.clone();
-        req.extensions_mut().insert(limiter.clone());
-        Box::pin(ADMITTED.scope(RefCell::new(None), async move {
+        let limiter = self.limiter;
+        let context = RequestContext {
+            limiter,
+            admitted: RefCell::new(None),
+        };
+        Box::pin(REQUEST.scope(context, async move {
             // Only the head is borrowed across the checks: the body need not be `Sync`.
             let (parts, body) = req.into_parts();
-            if let Err(rejection) = route_limits(&limiter, &parts).await {
+            if let Err(rejection) = route_limits(limiter, &parts).await {
                 return Ok(rejection.into_response());
             }
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
-            if let Some((decision, fields)) = ADMITTED.with(RefCell::take) {
+            if let Some((decision, fields)) = REQUEST.with(|request| request.admitted.take()) {
                 insert_headers(
                     response.headers_mut(),
                     &decision,

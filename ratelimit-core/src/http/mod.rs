@@ -238,7 +238,7 @@ impl<S: Spec, St: Send + Sync> FromRequestParts<St> for Guard<S> {
 /// limiter, the key and the limits before the body is read, and the rewritten handler calls
 /// [`check`](Deferred::check) once the arguments are extracted.
 pub struct Deferred<S: Spec> {
-    limiter: Limiter,
+    limiter: &'static Limiter,
     key: Cow<'static, str>,
     scope: Cow<'static, str>,
     route: Option<MatchedPath>,
@@ -255,7 +255,7 @@ impl<S: Spec, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
         let exempt = S::exempt(parts);
         let target = Target::<S>::resolve(parts).await?;
         Ok(Deferred {
-            limiter: target.limiter.clone(),
+            limiter: target.limiter,
             key: Cow::Owned(target.key.as_str().to_owned()),
             scope: Cow::Owned(target.scope.to_owned()),
             route: parts.extensions.get::<MatchedPath>().cloned(),
@@ -281,9 +281,9 @@ impl<S: Spec> Deferred<S> {
             .route
             .as_ref()
             .map_or(S::policy().handler, MatchedPath::as_str);
-        let decision = check(&self.limiter, &self.scope, limits, &self.key, cost).await?;
+        let decision = check(self.limiter, &self.scope, limits, &self.key, cost).await?;
         finish::<S>(
-            &self.limiter,
+            self.limiter,
             limits,
             decision,
             route,
@@ -295,7 +295,7 @@ impl<S: Spec> Deferred<S> {
 
 /// The limiter, key and scope of one request.
 struct Target<'p, S: Spec> {
-    limiter: &'p Limiter,
+    limiter: &'static Limiter,
     key: ResolvedKey,
     scope: &'p str,
     client: Option<IpAddr>,
@@ -319,10 +319,7 @@ impl ResolvedKey {
 impl<'p, S: Spec> Target<'p, S> {
     async fn resolve(parts: &'p Parts) -> Result<Target<'p, S>, Rejection> {
         let policy = S::policy();
-        let limiter = parts
-            .extensions
-            .get::<Limiter>()
-            .unwrap_or_else(|| Limiter::global());
+        let limiter = layer::current_limiter().unwrap_or_else(Limiter::global);
         let scope = match (policy.scope, parts.extensions.get::<MatchedPath>()) {
             (Some(scope), _) => scope,
             (None, Some(route)) => {
@@ -372,6 +369,10 @@ impl<'p, S: Spec> Target<'p, S> {
         };
         let key = self.key.as_str();
         let decision = check(self.limiter, self.scope, limits, key, cost).await?;
+        if decision.is_allowed() {
+            layer::record(decision, limits);
+            return Ok(());
+        }
         let route = parts
             .extensions
             .get::<MatchedPath>()
@@ -542,8 +543,12 @@ impl Limiter {
     /// let limiter = Limiter::builder().default_limits("100/minute").build();
     /// let app: Router = Router::new().route("/", get(|| async { "hi" })).layer(limiter.layer());
     /// ```
+    ///
+    /// The layer keeps its limiter for the rest of the process, so that serving a request
+    /// never touches a shared reference count: build it once, at start-up (each call keeps
+    /// one small handle).
     pub fn layer(&self) -> RateLimitLayer {
-        RateLimitLayer::new(self.clone())
+        RateLimitLayer::new(Box::leak(Box::new(self.clone())))
     }
 }
 

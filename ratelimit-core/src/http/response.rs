@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::response::{IntoResponse, Response};
@@ -156,12 +156,19 @@ pub(crate) struct RateHttp {
 /// The fixed header values of one rate.
 #[derive(Clone, Debug)]
 pub(crate) struct Fields {
-    /// `"10-per-1m"`: the policy's name in the IETF fields.
-    name: Arc<str>,
-    /// `"10-per-1m";q=10;w=60`
-    policy: HeaderValue,
-    /// `10`
-    limit: HeaderValue,
+    /// `"10-per-1m";q=10;w=60`, whose first `name_len` bytes are the policy's name.
+    policy: StackText<64>,
+    name_len: usize,
+    /// The rate's amount.
+    limit: u64,
+}
+
+impl Fields {
+    /// A copy that shares nothing with the original (no reference count to bounce between
+    /// cores).
+    pub(crate) fn copy(&self) -> Fields {
+        self.clone()
+    }
 }
 
 impl RateHttp {
@@ -174,11 +181,17 @@ impl RateHttp {
         );
         let window = whole_seconds(rate.period()).max(1);
         let policy = format!("{name};q={};w={window}", rate.amount());
+        let mut text = StackText::new();
+        if text.write_str(&policy).is_err() {
+            // Cannot happen for 64-bit numbers; a short, still valid policy if it did.
+            text = StackText::new();
+            let _ = write!(text, "\"rate\";q={}", rate.amount());
+        }
         RateHttp {
             fields: Fields {
-                policy: HeaderValue::from_str(&policy).expect("ASCII"),
-                limit: HeaderValue::from(rate.amount()),
-                name: name.into(),
+                policy: text,
+                name_len: name.len().min(policy.len()),
+                limit: rate.amount(),
             },
             body: json_body(&format!("Rate limit exceeded: {rate}")),
             body_over_capacity: json_body(&format!(
@@ -188,24 +201,25 @@ impl RateHttp {
     }
 }
 
-/// Adds the rate limit fields of `decision` (by a rate described by `rate`) to `headers`.
+/// Adds the rate limit fields of `decision` (by the rate `fields` describes) to `headers`.
 pub(crate) fn insert_headers(
     headers: &mut HeaderMap,
     decision: &Decision,
     fields: &Fields,
     style: HeaderStyle,
 ) {
-    let Fields {
-        name,
-        policy,
-        limit,
-    } = fields;
+    let policy = fields.policy.as_bytes();
+    let name = &policy[..fields.name_len.min(policy.len())];
     let reset = whole_seconds(decision.reset_after());
     if matches!(style, HeaderStyle::Both | HeaderStyle::Draft) {
-        let mut current = StackText::<48>::new();
-        let _ = write!(current, "{name};r={};t={reset}", decision.remaining());
-        if let Ok(current) = HeaderValue::from_bytes(current.as_bytes()) {
-            headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
+        let mut current = StackText::<64>::new();
+        let _ = current.write_bytes(name);
+        let _ = write!(current, ";r={};t={reset}", decision.remaining());
+        if let (Ok(policy), Ok(current)) = (
+            HeaderValue::from_bytes(policy),
+            HeaderValue::from_bytes(current.as_bytes()),
+        ) {
+            headers.insert(RATELIMIT_POLICY.clone(), policy);
             headers.insert(RATELIMIT.clone(), current);
         }
     }
@@ -213,7 +227,7 @@ pub(crate) fn insert_headers(
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        headers.insert(X_LIMIT.clone(), limit.clone());
+        headers.insert(X_LIMIT.clone(), small_number(fields.limit));
         headers.insert(X_REMAINING.clone(), small_number(decision.remaining()));
         headers.insert(
             X_RESET.clone(),
@@ -238,7 +252,8 @@ fn small_number(n: u64) -> HeaderValue {
 }
 
 /// Text formatted on the stack.
-struct StackText<const N: usize> {
+#[derive(Clone, Debug)]
+pub(crate) struct StackText<const N: usize> {
     buf: [u8; N],
     len: usize,
 }
@@ -253,6 +268,16 @@ impl<const N: usize> StackText<N> {
 
     fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+
+    fn write_bytes(&mut self, bytes: &[u8]) -> std::fmt::Result {
+        let end = self.len + bytes.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
     }
 }
 
