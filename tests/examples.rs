@@ -10,7 +10,7 @@ mod in_memory;
 #[allow(dead_code)]
 mod tiers;
 
-use common::{body, client_from, serve, serve_without_connect_info};
+use common::{body, client_from, post_with, serve, serve_without_connect_info};
 use reqwest::StatusCode;
 
 #[tokio::test]
@@ -68,22 +68,10 @@ async fn another_client_is_unaffected_and_spoofed_forwarding_changes_nothing() {
     }
     // Pretending to be someone else is not believed: no proxy is trusted.
     for header in ["x-forwarded-for", "x-real-ip"] {
-        let r = abuser
-            .post(&url)
-            .header(header, "198.51.100.77")
-            .json(&body())
-            .send()
-            .await
-            .unwrap();
+        let r = post_with(&abuser, &url, header, "198.51.100.77").await;
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{header}");
     }
-    let r = abuser
-        .post(&url)
-        .header("forwarded", "for=198.51.100.77")
-        .json(&body())
-        .send()
-        .await
-        .unwrap();
+    let r = post_with(&abuser, &url, "forwarded", "for=198.51.100.77").await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     let other = client_from("127.0.0.2");
     let r = other.post(&url).json(&body()).send().await.unwrap();
@@ -247,31 +235,13 @@ async fn premium_tier_gets_thirty_and_others_get_403() {
     let client = client_from("127.0.0.7");
     let url = format!("http://{addr}/premium/predict");
     for i in 1..=30 {
-        let r = client
-            .post(&url)
-            .header("x-user-tier", "premium")
-            .json(&body())
-            .send()
-            .await
-            .unwrap();
+        let r = post_with(&client, &url, "x-user-tier", "premium").await;
         assert_eq!(r.status(), StatusCode::OK, "premium request {i}");
     }
-    let r = client
-        .post(&url)
-        .header("x-user-tier", "premium")
-        .json(&body())
-        .send()
-        .await
-        .unwrap();
+    let r = post_with(&client, &url, "x-user-tier", "premium").await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     // The tier is the key: the free tier has its own budget, and is refused by the handler.
-    let r = client
-        .post(&url)
-        .header("x-user-tier", "free")
-        .json(&body())
-        .send()
-        .await
-        .unwrap();
+    let r = post_with(&client, &url, "x-user-tier", "free").await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let detail: serde_json::Value = r.json().await.unwrap();
     assert_eq!(

@@ -41,3 +41,19 @@ pub fn client_from(from: &str) -> reqwest::Client {
 pub fn body() -> serde_json::Value {
     serde_json::json!({"data": [1, 2, 3]})
 }
+
+/// POSTs the example body to `url` with one extra header.
+pub async fn post_with(
+    client: &reqwest::Client,
+    url: &str,
+    name: &str,
+    value: &str,
+) -> reqwest::Response {
+    client
+        .post(url)
+        .header(name, value)
+        .json(&body())
+        .send()
+        .await
+        .unwrap()
+}
