@@ -1,10 +1,13 @@
-//! The server behind BENCHMARKS.md's HTTP figures: the same tiny handler without a limit,
-//! behind a limit it never reaches, and behind a limit that always refuses.
+//! The server behind BENCHMARKS.md's HTTP figures: the same tiny handler without a limit
+//! (`/plain`), with five static headers the size of the rate limit fields
+//! (`/plain-headers`), behind a limit it never reaches (`/limited`), and behind a limit that
+//! always refuses (`/blocked`).
 //!
 //! `PORT=8000 cargo run --release --example bench_server`
 
 use std::net::SocketAddr;
 
+use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use ratelimit::{Limiter, rate_limit};
@@ -25,6 +28,21 @@ fn answer(input: &Input) -> Json<Value> {
 
 async fn plain(Json(input): Json<Input>) -> Json<Value> {
     answer(&input)
+}
+
+/// `/plain` with five static headers of the same sizes as `/limited`'s rate limit fields: the
+/// cost of the bytes alone, apart from the limiter's work.
+async fn plain_headers(Json(input): Json<Input>) -> impl IntoResponse {
+    (
+        [
+            ("ratelimit-policy", "\"1000000000-per-1s\";q=1000000000;w=1"),
+            ("ratelimit", "\"1000000000-per-1s\";r=999999999;t=1"),
+            ("x-ratelimit-limit", "1000000000"),
+            ("x-ratelimit-remaining", "999999999"),
+            ("x-ratelimit-reset", "1795761832"),
+        ],
+        answer(&input),
+    )
 }
 
 #[rate_limit("1000000000/second", key = ip)]
@@ -48,6 +66,7 @@ pub fn app() -> Router {
     };
     Router::new()
         .route("/plain", post(plain))
+        .route("/plain-headers", post(plain_headers))
         .route("/limited", post(limited))
         .route("/blocked", post(blocked))
         .layer(limiter.layer())
