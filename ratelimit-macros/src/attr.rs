@@ -131,24 +131,20 @@ impl Parse for Args {
             }
             let lookahead = input.lookahead1();
             if lookahead.peek(kw::key) {
-                let k: kw::key = input.parse()?;
-                input.parse::<Token![=]>()?;
+                let k: kw::key = keyword(input)?;
                 let value = parse_key(input, &mut errors)?;
                 once(&mut args.key, value, &k, "key", &mut errors);
             } else if lookahead.peek(kw::scope) {
-                let k: kw::scope = input.parse()?;
-                input.parse::<Token![=]>()?;
+                let k: kw::scope = keyword(input)?;
                 let value: LitStr = input.parse()?;
-                if value.value().trim().is_empty() {
-                    errors.push(syn::Error::new_spanned(
-                        &value,
-                        "empty scope: expected a name such as \"inference\"",
-                    ));
-                }
+                non_empty(
+                    &value,
+                    "empty scope: expected a name such as \"inference\"",
+                    &mut errors,
+                );
                 once(&mut args.scope, value, &k, "scope", &mut errors);
             } else if lookahead.peek(kw::algorithm) {
-                let k: kw::algorithm = input.parse()?;
-                input.parse::<Token![=]>()?;
+                let k: kw::algorithm = keyword(input)?;
                 let value: Ident = input.parse()?;
                 if !ALGORITHMS.contains(&value.to_string().as_str()) {
                     errors.push(syn::Error::new_spanned(
@@ -161,8 +157,7 @@ impl Parse for Args {
                 }
                 once(&mut args.algorithm, value, &k, "algorithm", &mut errors);
             } else if lookahead.peek(kw::burst) {
-                let k: kw::burst = input.parse()?;
-                input.parse::<Token![=]>()?;
+                let k: kw::burst = keyword(input)?;
                 let value: LitInt = input.parse()?;
                 match value.base10_parse::<u64>() {
                     Ok(0) => errors.push(syn::Error::new_spanned(
@@ -177,25 +172,21 @@ impl Parse for Args {
                 }
                 once(&mut args.burst, value, &k, "burst", &mut errors);
             } else if lookahead.peek(kw::cost) {
-                let k: kw::cost = input.parse()?;
-                input.parse::<Token![=]>()?;
+                let k: kw::cost = keyword(input)?;
                 let value: Expr = input.parse()?;
                 once(&mut args.cost, value, &k, "cost", &mut errors);
             } else if lookahead.peek(kw::exempt_when) {
-                let k: kw::exempt_when = input.parse()?;
-                input.parse::<Token![=]>()?;
+                let k: kw::exempt_when = keyword(input)?;
                 let value: Path = input.parse()?;
                 once(&mut args.exempt_when, value, &k, "exempt_when", &mut errors);
             } else if lookahead.peek(kw::error_message) {
-                let k: kw::error_message = input.parse()?;
-                input.parse::<Token![=]>()?;
+                let k: kw::error_message = keyword(input)?;
                 let value: LitStr = input.parse()?;
-                if value.value().is_empty() {
-                    errors.push(syn::Error::new_spanned(
-                        &value,
-                        "empty error message: expected the text of the 429 answer",
-                    ));
-                }
+                non_empty(
+                    &value,
+                    "empty error message: expected the text of the 429 answer",
+                    &mut errors,
+                );
                 once(
                     &mut args.error_message,
                     value,
@@ -204,8 +195,7 @@ impl Parse for Args {
                     &mut errors,
                 );
             } else if lookahead.peek(Token![crate]) {
-                let k: Token![crate] = input.parse()?;
-                input.parse::<Token![=]>()?;
+                let k: Token![crate] = keyword(input)?;
                 let value: Path = input.parse()?;
                 once(&mut args.krate, value, &k, "crate", &mut errors);
             } else if input.peek(Ident) {
@@ -230,6 +220,19 @@ impl Parse for Args {
         }
         errors.finish()?;
         Ok(args)
+    }
+}
+
+/// Parses `keyword =`.
+fn keyword<K: Parse>(input: ParseStream<'_>) -> syn::Result<K> {
+    let keyword = input.parse()?;
+    input.parse::<Token![=]>()?;
+    Ok(keyword)
+}
+
+fn non_empty(value: &LitStr, message: &str, errors: &mut Errors) {
+    if value.value().trim().is_empty() {
+        errors.push(syn::Error::new_spanned(value, message));
     }
 }
 
