@@ -576,8 +576,12 @@ impl crate::limiter::LimiterBuilder {
     }
 
     /// Who attributes without a `key` count (default: [`KeySource::Ip`]).
+    /// [`KeySource::Custom`] names no function here, so it counts as [`KeySource::Ip`].
     pub fn default_key(mut self, key: KeySource) -> Self {
-        self.http.default_key = key;
+        self.http.default_key = match key {
+            KeySource::Custom => KeySource::Ip,
+            key => key,
+        };
         self
     }
 
