@@ -2,16 +2,15 @@
 
 use std::any::Any;
 use std::fmt;
-use std::hash::BuildHasher;
-use std::sync::Arc;
-
-use crate::algorithm::Algorithm;
-use crate::limits::{Limits, fnv1a};
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::algorithm::Algorithm;
 use crate::decision::Decision;
+use crate::limits::{Limits, fnv1a};
 use crate::store::{CheckRequest, MemoryStore, Store, StoreError, StoreFuture};
 
 /// Checks keys against limits. Cloning it is cheap and every clone shares the same state.
@@ -255,6 +254,8 @@ impl Default for LimiterBuilder {
 impl LimiterBuilder {
     /// Where state lives (default: a new [`MemoryStore`]).
     pub fn store<S: Store>(mut self, store: S) -> LimiterBuilder {
+        // The default store is kept by its own type, so its checks are direct calls that
+        // inline (see `Backend`); any other goes behind the trait object.
         let store: Box<dyn Any> = Box::new(store);
         self.store = Some(match store.downcast::<MemoryStore>() {
             Ok(memory) => Backend::Memory(*memory),
