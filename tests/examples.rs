@@ -13,6 +13,17 @@ mod tiers;
 use common::{body, client_from, post_with, serve, serve_without_connect_info};
 use reqwest::StatusCode;
 
+/// POSTs a body that is not JSON, with a JSON content type.
+async fn post_malformed(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_eleventh_predict_gets_429_with_retry_after_and_the_detail() {
     let addr = serve(in_memory::app()).await;
@@ -159,13 +170,7 @@ async fn a_rejected_request_is_refused_before_its_body_is_read() {
         client.post(&url).json(&body()).send().await.unwrap();
     }
     // A malformed body would be a 4xx from the JSON extractor if it were read.
-    let r = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let r = post_malformed(&client, &url).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
@@ -174,13 +179,7 @@ async fn bad_bodies_get_axums_4xx_not_a_crash() {
     let addr = serve(in_memory::app()).await;
     let client = client_from("127.0.0.6");
     let url = format!("http://{addr}/predict");
-    let r = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let r = post_malformed(&client, &url).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let r = client
         .post(&url)
