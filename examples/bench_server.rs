@@ -58,18 +58,18 @@ async fn blocked(Json(input): Json<Input>) -> Json<Value> {
 
 /// The application.
 pub fn app() -> Router {
-    let limiter = match std::env::var("HEADERS").as_deref() {
-        Ok("none") => Limiter::builder()
-            .headers(ratelimit::http::HeaderStyle::None)
-            .build(),
-        _ => Limiter::new(),
+    let layer = match std::env::var("HEADERS").as_deref() {
+        Ok("none") => Limiter::new()
+            .layer()
+            .headers(ratelimit::http::HeaderStyle::None),
+        _ => Limiter::new().layer(),
     };
     Router::new()
         .route("/plain", post(plain))
         .route("/plain-headers", post(plain_headers))
         .route("/limited", post(limited))
         .route("/blocked", post(blocked))
-        .layer(limiter.layer())
+        .layer(layer)
 }
 
 #[allow(dead_code)] // tests include this file for `app` alone

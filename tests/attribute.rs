@@ -246,7 +246,8 @@ async fn unlimited() -> &'static str {
 
 #[tokio::test]
 async fn defaults_application_limits_exemptions_and_a_custom_rejection() {
-    let limiter = Limiter::builder()
+    let layer = Limiter::new()
+        .layer()
         .default_limits("2/minute")
         .application_limits("6/minute")
         .exempt(["/health"])
@@ -256,14 +257,13 @@ async fn defaults_application_limits_exemptions_and_a_custom_rejection() {
                 format!("busy: {}", limited.decision.rate()),
             )
                 .into_response()
-        })
-        .build();
+        });
     let app = Router::new()
         .route("/state", get(with_state))
         .route("/plain", get(unlimited))
         .route("/health", get(unlimited))
         .with_state(AppState { greeting: "hello" })
-        .layer(limiter.layer());
+        .layer(layer);
     let addr = serve(app).await;
     let c = client_from("127.0.1.6");
     let get = |path: &str| c.get(format!("http://{addr}{path}")).send();
@@ -278,7 +278,7 @@ async fn defaults_application_limits_exemptions_and_a_custom_rejection() {
     let r = get("/plain").await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.text().await.unwrap(), "busy: 2 per 1 minute");
-    // /state has its own 1/minute (and, on its first request, counts against the defaults).
+    // /state has its own 1/minute; the default limits do not apply to it.
     let r = get("/state").await.unwrap();
     assert_eq!(
         (r.status(), r.text().await.unwrap()),
@@ -352,11 +352,10 @@ async fn header_styles_and_trusted_proxies() {
         (HeaderStyle::Legacy, false, true),
         (HeaderStyle::None, false, false),
     ] {
-        let limiter = Limiter::builder().headers(style).build();
         let addr = serve(
             Router::new()
                 .route("/s", post(styled))
-                .layer(limiter.layer()),
+                .layer(Limiter::new().layer().headers(style)),
         )
         .await;
         let r = client_from("127.0.2.1")
@@ -374,11 +373,10 @@ async fn header_styles_and_trusted_proxies() {
     }
 
     // Behind a trusted proxy (the client's loopback address), the forwarded client counts.
-    let limiter = Limiter::builder().trusted_proxies(["127.0.2.0/24"]).build();
     let addr = serve(
         Router::new()
             .route("/s", post(styled))
-            .layer(limiter.layer()),
+            .layer(Limiter::new().layer().trusted_proxies(["127.0.2.0/24"])),
     )
     .await;
     let proxy = client_from("127.0.2.2");

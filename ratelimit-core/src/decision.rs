@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use crate::algorithm::Verdict;
-use crate::limits::RateParams;
+use crate::algorithm::{RateParams, Verdict};
 use crate::rate::Rate;
 
 /// Whether a request may pass, and what the binding limit has left.
@@ -11,24 +10,76 @@ use crate::rate::Rate;
 /// When several rates are checked together, the binding one is the rate that refused the
 /// request (the one with the longest wait, if several did) or, when all passed, the one with
 /// the fewest requests left.
+///
+/// Any store builds its answers with [`Decision::allowed`] and [`Decision::refused`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
-    pub(crate) rate: Rate,
+    rate: Rate,
     /// Requests left are `spare / per` (see `Verdict`).
-    pub(crate) spare: u64,
-    pub(crate) per: u64,
+    spare: u64,
+    per: u64,
     /// Nanoseconds.
-    pub(crate) reset_after: u64,
+    reset_after: u64,
     /// Nanoseconds; `NEVER` when the cost can never pass, unused when allowed.
-    pub(crate) retry_after: u64,
-    pub(crate) index: u32,
-    pub(crate) allowed: bool,
+    retry_after: u64,
+    index: u16,
+    charge: u16,
+    allowed: bool,
 }
 
 /// A decision is returned on every request: it stays small (and so cheap to move).
 const NEVER: u64 = u64::MAX;
 
 impl Decision {
+    /// An admission by `rate`, which has `remaining` requests of cost 1 left after this one
+    /// and is whole again after `reset_after`.
+    pub fn allowed(rate: Rate, remaining: u64, reset_after: Duration) -> Decision {
+        Decision {
+            rate,
+            spare: remaining,
+            per: 1,
+            reset_after: nanos(reset_after),
+            retry_after: 0,
+            index: 0,
+            charge: 0,
+            allowed: true,
+        }
+    }
+
+    /// A refusal by `rate`, which has `remaining` requests left now, is whole again after
+    /// `reset_after`, and admits the same request after `retry_after` (`None` when its cost is
+    /// more than the rate can ever admit).
+    pub fn refused(
+        rate: Rate,
+        remaining: u64,
+        reset_after: Duration,
+        retry_after: Option<Duration>,
+    ) -> Decision {
+        Decision {
+            rate,
+            spare: remaining,
+            per: 1,
+            reset_after: nanos(reset_after),
+            retry_after: retry_after.map_or(NEVER, |d| nanos(d).min(NEVER - 1)),
+            index: 0,
+            charge: 0,
+            allowed: false,
+        }
+    }
+
+    /// The same decision, bound by the rate at `index` of the limits checked.
+    pub fn at_rate(mut self, index: usize) -> Decision {
+        self.index = u16::try_from(index).unwrap_or(u16::MAX);
+        self
+    }
+
+    /// The same decision, bound by the charge at `index` of the request (see
+    /// [`CheckRequest::charges`](crate::store::CheckRequest::charges)).
+    pub fn at_charge(mut self, index: usize) -> Decision {
+        self.charge = u16::try_from(index).unwrap_or(u16::MAX);
+        self
+    }
+
     /// Whether the request passed (and was charged, unless this was a peek).
     pub fn is_allowed(&self) -> bool {
         self.allowed
@@ -41,7 +92,12 @@ impl Decision {
 
     /// The binding rate's position in the limits that were checked.
     pub fn rate_index(&self) -> usize {
-        self.index as usize
+        usize::from(self.index)
+    }
+
+    /// The binding charge's position in the request, when one request carried several.
+    pub fn charge_index(&self) -> usize {
+        usize::from(self.charge)
     }
 
     /// The binding rate's amount: the most requests it admits per period.
@@ -72,6 +128,21 @@ impl Decision {
     pub fn exceeds_capacity(&self) -> bool {
         !self.allowed && self.retry_after == NEVER
     }
+
+    /// Whether `self` is the decision to report over `other` for one request: a refusal over
+    /// an admission, the longest wait among refusals, the fewest remaining among admissions.
+    pub fn binds_harder_than(&self, other: &Decision) -> bool {
+        match (self.allowed, other.allowed) {
+            (false, true) => true,
+            (true, false) => false,
+            (false, false) => {
+                self.retry_after != other.retry_after
+                    && (self.retry_after == NEVER
+                        || (other.retry_after != NEVER && self.retry_after > other.retry_after))
+            }
+            (true, true) => self.remaining() < other.remaining(),
+        }
+    }
 }
 
 impl Decision {
@@ -82,22 +153,14 @@ impl Decision {
             spare: verdict.spare,
             per: verdict.per,
             reset_after: verdict.reset_after,
-            retry_after: verdict.retry_after.unwrap_or(NEVER),
-            index: index as u32,
+            retry_after: verdict.retry_after.map_or(NEVER, |r| r.min(NEVER - 1)),
+            index: index as u16,
+            charge: 0,
             allowed: verdict.allowed,
         }
     }
+}
 
-    /// A refusal by `rate` (the store could not take the key) with a wait of `retry` ns.
-    pub(crate) fn refused(rate: &RateParams, retry: u64) -> Decision {
-        Decision {
-            rate: rate.rate,
-            spare: 0,
-            per: 1,
-            reset_after: retry,
-            retry_after: retry,
-            index: 0,
-            allowed: false,
-        }
-    }
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -20,13 +20,13 @@
 //! # }
 //! ```
 //!
-//! Without the default `runtime` feature only the [`rate`] grammar is built, with no
+//! Without the default `runtime` feature only the [`rate`] grammar and the [`Algorithm`] names
+//! are built, with no
 //! dependency at all: that is how the `#[rate_limit]` attribute checks its string at compile
 //! time.
 
 pub mod rate;
 
-#[cfg(feature = "runtime")]
 mod algorithm;
 #[cfg(feature = "runtime")]
 mod clock;
@@ -37,12 +37,15 @@ mod limiter;
 #[cfg(feature = "runtime")]
 mod limits;
 #[cfg(feature = "runtime")]
+pub mod observe;
+#[cfg(feature = "runtime")]
 pub mod store;
 
 #[cfg(feature = "axum")]
 pub mod http;
 
 #[cfg(feature = "runtime")]
+pub use algorithm::RateParams;
 pub use algorithm::{Algorithm, UnknownAlgorithm};
 #[cfg(feature = "runtime")]
 pub use clock::{Clock, FakeClock, MonotonicClock};

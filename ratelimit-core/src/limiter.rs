@@ -1,17 +1,18 @@
-//! The limiter: a store, a default algorithm and a key prefix, behind one cheap handle.
+//! The limiter: a store, a default algorithm, a key prefix and an observer, behind one cheap
+//! handle.
 
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::algorithm::Algorithm;
 use crate::decision::Decision;
-use crate::limits::{Limits, fnv1a};
-use crate::store::{CheckRequest, MemoryStore, Store, StoreError, StoreFuture};
+use crate::limits::Limits;
+use crate::observe::{Observation, Observer};
+use crate::store::{Charge, CheckRequest, MemoryStore, Mode, Store, StoreError, StoreFuture};
 
 /// Checks keys against limits. Cloning it is cheap and every clone shares the same state.
 ///
@@ -36,9 +37,7 @@ struct Inner {
     backend: Backend,
     algorithm: Algorithm,
     prefix: String,
-    prefix_hash: u64,
-    #[cfg(feature = "axum")]
-    http: crate::http::HttpConfig,
+    observer: Option<Box<dyn Observer>>,
 }
 
 /// The default store is called directly, so its checks inline into the caller; any other
@@ -60,33 +59,39 @@ impl Limiter {
     }
 
     /// Checks a request of `cost` units from `key` against `limits` and, when every rate
-    /// admits it, charges it to all of them. A refused request is charged nothing.
-    ///
-    /// With the in-memory store, awaiting this future neither waits nor allocates.
-    #[inline]
-    pub fn check<'a>(&'a self, limits: &'a Limits, key: &'a str, cost: u64) -> Check<'a> {
-        self.dispatch(self.request("", limits, key, cost, false))
+    /// admits it, charges it to all of them. A refused request is charged nothing. One store
+    /// call.
+    pub async fn check(&self, limits: &Limits, key: &str, cost: u64) -> Result<Decision, StoreError> {
+        self.check_scoped("", limits, key, cost).await
     }
 
     /// [`check`](Limiter::check) within `scope`: the same key under another scope is another
     /// budget (the attribute scopes keys by route).
-    #[inline]
-    pub fn check_scoped<'a>(
-        &'a self,
-        scope: &'a str,
-        limits: &'a Limits,
-        key: &'a str,
+    pub async fn check_scoped(
+        &self,
+        scope: &str,
+        limits: &Limits,
+        key: &str,
         cost: u64,
-    ) -> Check<'a> {
-        self.dispatch(self.request(scope, limits, key, cost, false))
+    ) -> Result<Decision, StoreError> {
+        let charge = self.charge(scope, limits, cost);
+        let decision = self
+            .check_charges(key.as_bytes(), std::slice::from_ref(&charge), Mode::Charge)
+            .await?;
+        self.observe(scope, key.as_bytes(), &decision);
+        Ok(decision)
     }
 
-    /// Checks like [`check`](Limiter::check), without a future, when the store answers
-    /// without waiting (every [`MemoryStore`] does); `None` when the answer needs I/O or is an
-    /// error: await [`check`](Limiter::check) then.
-    ///
-    /// This is the fastest path: nothing is moved through a future's state, so the whole
-    /// check inlines into the caller.
+    /// Answers what [`check`](Limiter::check) would, without charging anything.
+    pub async fn peek(&self, limits: &Limits, key: &str, cost: u64) -> Result<Decision, StoreError> {
+        let charge = self.charge("", limits, cost);
+        self.check_charges(key.as_bytes(), std::slice::from_ref(&charge), Mode::Peek)
+            .await
+    }
+
+    /// Checks like [`check`](Limiter::check) without a future, when the store answers without
+    /// waiting (every [`MemoryStore`] does); `None` when it would wait (then nothing was sent
+    /// to it: await [`check`](Limiter::check)) or failed.
     ///
     /// ```
     /// use ratelimit_core::{Limiter, Limits};
@@ -98,39 +103,71 @@ impl Limiter {
     /// ```
     #[inline]
     pub fn check_now(&self, limits: &Limits, key: &str, cost: u64) -> Option<Decision> {
-        self.check_scoped_now("", limits, key, cost)
+        let charge = self.charge("", limits, cost);
+        let decision = self
+            .check_charges_now(key.as_bytes(), std::slice::from_ref(&charge), Mode::Charge)?
+            .ok()?;
+        self.observe("", key.as_bytes(), &decision);
+        Some(decision)
     }
 
-    /// [`check_now`](Limiter::check_now) within `scope`.
+    /// A charge of `cost` units under `limits` in `scope`, counted by the limits' algorithm
+    /// or else the limiter's default.
     #[inline]
-    pub fn check_scoped_now(
-        &self,
-        scope: &str,
-        limits: &Limits,
-        key: &str,
-        cost: u64,
-    ) -> Option<Decision> {
-        let request = self.request(scope, limits, key, cost, false);
-        match &self.inner.backend {
-            Backend::Memory(store) => Some(store.check_now(&request)),
-            // An unpolled future has done nothing, so one that is not ready at once is
-            // dropped without effect.
-            Backend::Other(store) => store.check(request).into_ready().ok()?.ok(),
+    pub fn charge<'a>(&self, scope: &'a str, limits: &'a Limits, cost: u64) -> Charge<'a> {
+        Charge {
+            scope,
+            limits,
+            algorithm: limits.algorithm().unwrap_or(self.inner.algorithm),
+            cost,
         }
     }
 
-    /// Answers what [`check`](Limiter::check) would, without charging anything.
+    /// Everything one request must pass under one `key`, in one store call: all charged, or
+    /// none (see [`Store`]). What the HTTP glue calls; a request that must pass limits under
+    /// several keys makes one call per key, and gives back the charges already made when a
+    /// later key refuses ([`Mode::Refund`]).
     #[inline]
-    pub fn peek<'a>(&'a self, limits: &'a Limits, key: &'a str, cost: u64) -> Check<'a> {
-        self.dispatch(self.request("", limits, key, cost, true))
-    }
-
-    #[inline]
-    fn dispatch<'a>(&'a self, request: CheckRequest<'a>) -> Check<'a> {
+    pub fn check_charges<'a>(
+        &'a self,
+        key: &'a [u8],
+        charges: &'a [Charge<'a>],
+        mode: Mode,
+    ) -> Check<'a> {
+        let request = self.request(key, charges, mode);
         Check(match &self.inner.backend {
             Backend::Memory(store) => Pending::Memory(store, request),
             Backend::Other(store) => Pending::Store(store.check(request)),
         })
+    }
+
+    /// [`check_charges`](Limiter::check_charges) without a future, when the store answers
+    /// without waiting ([`Store::answer_now`]); `None` when it would wait, and then nothing
+    /// was sent to it.
+    #[inline]
+    pub fn check_charges_now(
+        &self,
+        key: &[u8],
+        charges: &[Charge<'_>],
+        mode: Mode,
+    ) -> Option<Result<Decision, StoreError>> {
+        let request = self.request(key, charges, mode);
+        match &self.inner.backend {
+            Backend::Memory(store) => Some(Ok(store.check_now(&request))),
+            Backend::Other(store) => store.answer_now(&request),
+        }
+    }
+
+    /// Shows `decision` to the observer, if any.
+    #[inline]
+    pub fn observe(&self, route: &str, key: &[u8], decision: &Decision) {
+        if let Some(observer) = &self.inner.observer {
+            observer.observe(&Observation {
+                route,
+                key,
+                decision,
+            });
+        }
     }
 
     /// The algorithm used for limits that do not name one.
@@ -143,43 +180,18 @@ impl Limiter {
         &self.inner.prefix
     }
 
-    #[cfg(feature = "axum")]
-    pub(crate) fn http(&self) -> &crate::http::HttpConfig {
-        &self.inner.http
-    }
-
     #[inline]
-    fn request<'a>(
-        &'a self,
-        scope: &'a str,
-        limits: &'a Limits,
-        key: &'a str,
-        cost: u64,
-        peek: bool,
-    ) -> CheckRequest<'a> {
-        let algorithm = limits.algorithm().unwrap_or(self.inner.algorithm);
-        let scope_hash = if scope.is_empty() {
-            0
-        } else {
-            SCOPE_HASHER.hash_one(scope)
-        };
-        let namespace =
-            (limits.id() ^ self.inner.prefix_hash ^ scope_hash ^ algorithm.code().rotate_left(56))
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    fn request<'a>(&'a self, key: &'a [u8], charges: &'a [Charge<'a>], mode: Mode) -> CheckRequest<'a> {
         CheckRequest {
-            limits,
-            algorithm,
-            namespace,
             prefix: &self.inner.prefix,
-            scope,
             key,
-            cost,
-            peek,
+            charges,
+            mode,
         }
     }
 }
 
-/// The future of [`Limiter::check`] and [`Limiter::peek`].
+/// The future of [`Limiter::check_charges`]: one store call.
 ///
 /// With the in-memory store it is ready at its first poll: the check runs inside `poll`, so
 /// the decision is written once, straight to the caller.
@@ -209,10 +221,16 @@ impl fmt::Debug for Check<'_> {
     }
 }
 
-/// Scopes are hashed into the namespace on every check: a fast fixed-seed hash (the
-/// namespace is only ever compared within this process).
-static SCOPE_HASHER: foldhash::fast::FixedState =
-    foldhash::fast::FixedState::with_seed(0x5eed_0f5c_09e5);
+/// The process-wide limiter.
+static GLOBAL: std::sync::LazyLock<Limiter> = std::sync::LazyLock::new(Limiter::new);
+
+impl Limiter {
+    /// The process-wide in-memory limiter, which serves `#[rate_limit]` handlers of routers
+    /// without a layer.
+    pub fn global() -> &'static Limiter {
+        &GLOBAL
+    }
+}
 
 impl Default for Limiter {
     fn default() -> Limiter {
@@ -235,8 +253,7 @@ pub struct LimiterBuilder {
     store: Option<Backend>,
     algorithm: Algorithm,
     prefix: String,
-    #[cfg(feature = "axum")]
-    pub(crate) http: crate::http::HttpConfig,
+    observer: Option<Box<dyn Observer>>,
 }
 
 impl Default for LimiterBuilder {
@@ -245,8 +262,7 @@ impl Default for LimiterBuilder {
             store: None,
             algorithm: Algorithm::Gcra,
             prefix: "ratelimit".to_owned(),
-            #[cfg(feature = "axum")]
-            http: Default::default(),
+            observer: None,
         }
     }
 }
@@ -285,9 +301,14 @@ impl LimiterBuilder {
         self
     }
 
+    /// Shows every decision to `observer` (logs, metrics).
+    pub fn observer(mut self, observer: impl Observer) -> LimiterBuilder {
+        self.observer = Some(Box::new(observer));
+        self
+    }
+
     /// Builds the limiter.
     pub fn build(self) -> Limiter {
-        let prefix_hash = fnv1a(self.prefix.bytes());
         Limiter {
             inner: Arc::new(Inner {
                 backend: self
@@ -295,9 +316,7 @@ impl LimiterBuilder {
                     .unwrap_or_else(|| Backend::Memory(MemoryStore::new())),
                 algorithm: self.algorithm,
                 prefix: self.prefix,
-                prefix_hash,
-                #[cfg(feature = "axum")]
-                http: self.http,
+                observer: self.observer,
             }),
         }
     }

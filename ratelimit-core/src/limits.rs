@@ -4,7 +4,7 @@ use std::fmt;
 use std::num::NonZeroU64;
 use std::str::FromStr;
 
-use crate::algorithm::Algorithm;
+use crate::algorithm::{Algorithm, RateParams};
 use crate::rate::{ParseError, Rate, parse_rates};
 
 /// One or more rates that a request must all pass, such as `10/minute;100/hour`, with the
@@ -26,31 +26,7 @@ pub struct Limits {
     params: Box<[RateParams]>,
     algorithm: Option<Algorithm>,
     burst: Option<NonZeroU64>,
-    id: u64,
-    #[cfg(feature = "axum")]
-    http: HttpCache,
-}
-
-/// The header values and 429 bodies of each rate, made on first use.
-#[cfg(feature = "axum")]
-#[derive(Clone, Default)]
-struct HttpCache(std::sync::OnceLock<Box<[crate::http::response::RateHttp]>>);
-
-#[cfg(feature = "axum")]
-impl PartialEq for HttpCache {
-    fn eq(&self, _: &HttpCache) -> bool {
-        true // derived from the rates, which the limits compare
-    }
-}
-
-#[cfg(feature = "axum")]
-impl Eq for HttpCache {}
-
-#[cfg(feature = "axum")]
-impl std::fmt::Debug for HttpCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("..")
-    }
+    shape: u64,
 }
 
 impl Limits {
@@ -63,16 +39,13 @@ impl Limits {
         if params.is_empty() {
             return None;
         }
-        let mut limits = Limits {
+        let shape = shape(&params);
+        Some(Limits {
             params,
             algorithm: None,
             burst: None,
-            id: 0,
-            #[cfg(feature = "axum")]
-            http: HttpCache::default(),
-        };
-        limits.id = limits.compute_id();
-        Some(limits)
+            shape,
+        })
     }
 
     /// Parses `"10/minute"`, `"10/minute;100/hour"` and the rest of the [rate
@@ -95,7 +68,6 @@ impl Limits {
         for p in self.params.iter_mut() {
             *p = RateParams::new(p.rate, Some(burst.get()));
         }
-        self.id = self.compute_id();
         self
     }
 
@@ -114,43 +86,28 @@ impl Limits {
         self.burst
     }
 
-    /// The header values and 429 bodies of rate `index`.
-    #[cfg(feature = "axum")]
-    pub(crate) fn http_rate(&self, index: usize) -> &crate::http::response::RateHttp {
-        let all = self.http.0.get_or_init(|| {
-            self.params
-                .iter()
-                .map(|p| crate::http::response::RateHttp::new(p.rate))
-                .collect()
-        });
-        &all[index.min(all.len() - 1)]
-    }
-
-    pub(crate) fn params(&self) -> &[RateParams] {
+    /// Each rate with the numbers the algorithms count with, in order.
+    pub fn params(&self) -> &[RateParams] {
         &self.params
     }
 
-    /// A fingerprint of the rates and burst: state kept for one set of limits is never read
-    /// for another.
-    pub(crate) fn id(&self) -> u64 {
-        self.id
-    }
-
-    fn compute_id(&self) -> u64 {
-        let mut words = vec![self.burst.map_or(0, NonZeroU64::get)];
-        for p in self.params.iter() {
-            words.extend([p.amount, p.period]);
-        }
-        fnv1a(words.iter().flat_map(|w| w.to_le_bytes()))
+    /// What the state of these limits is named by, besides the key and scope: each rate's
+    /// period in its position. Not the amounts, nor the burst: limits scaled at run time
+    /// (`10/minute` to `2/minute` while a model warms up) keep their counted state. Stable
+    /// across processes and versions (FNV-1a over the periods), so it may be persisted.
+    pub fn shape(&self) -> u64 {
+        self.shape
     }
 }
 
-/// FNV-1a: stable across processes and platforms, which a fingerprint shared between
-/// instances needs.
-pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
-    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// FNV-1a over the periods: stable across processes, platforms and versions.
+fn shape(params: &[RateParams]) -> u64 {
+    params
+        .iter()
+        .flat_map(|p| p.period.to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 impl fmt::Display for Limits {
@@ -177,37 +134,5 @@ impl FromStr for Limits {
 impl From<Rate> for Limits {
     fn from(rate: Rate) -> Limits {
         Limits::from_rates([rate]).expect("one rate")
-    }
-}
-
-/// A rate with the numbers the algorithms need, worked out once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RateParams {
-    pub(crate) rate: Rate,
-    pub(crate) amount: u64,
-    /// The period in nanoseconds.
-    pub(crate) period: u64,
-    /// GCRA: the spacing of requests, `period / amount` rounded up.
-    pub(crate) interval: u64,
-    /// GCRA: how many requests may pass at once.
-    pub(crate) burst: u64,
-    /// GCRA: `burst × interval`.
-    pub(crate) tolerance: u64,
-}
-
-impl RateParams {
-    pub(crate) fn new(rate: Rate, burst: Option<u64>) -> RateParams {
-        let amount = rate.amount();
-        let period = rate.period_nanos();
-        let interval = period.div_ceil(amount).max(1);
-        let burst = burst.unwrap_or(amount);
-        RateParams {
-            rate,
-            amount,
-            period,
-            interval,
-            burst,
-            tolerance: interval.saturating_mul(burst),
-        }
     }
 }

@@ -14,7 +14,8 @@
 //!        | millisecond | ms | s | m | min | h | d
 //! ```
 //!
-//! A month is 30 days and a year 365 days, as in `limits`.
+//! A month is 30 days and a year 360 days (12 × 30), as in `limits`, whose own tests pin
+//! `RateLimitItemPerYear(1).get_expiry()` at `60 * 60 * 24 * 30 * 12` seconds.
 //!
 //! ```
 //! use ratelimit_core::rate::{parse_rates, Rate, Unit};
@@ -52,7 +53,7 @@ pub enum Unit {
     Day,
     /// Thirty days, as in Python's `limits`.
     Month,
-    /// Three hundred and sixty-five days, as in Python's `limits`.
+    /// Three hundred and sixty days (twelve 30-day months), as in Python's `limits`.
     Year,
 }
 
@@ -93,7 +94,7 @@ impl Unit {
             Unit::Hour => 3_600 * S,
             Unit::Day => DAY,
             Unit::Month => 30 * DAY,
-            Unit::Year => 365 * DAY,
+            Unit::Year => 360 * DAY,
         }
     }
 
@@ -133,7 +134,7 @@ pub struct Rate {
 
 impl Rate {
     /// `amount` requests per `multiples` × `unit`, or `None` when the period does not fit in
-    /// 64 bits of nanoseconds (about 584 years).
+    /// 64 bits of nanoseconds (about 593 of its 360-day years).
     pub const fn new(amount: NonZeroU64, multiples: NonZeroU64, unit: Unit) -> Option<Rate> {
         match multiples.get().checked_mul(unit.nanos()) {
             Some(_) => Some(Rate {
@@ -429,7 +430,7 @@ pub enum ParseErrorKind {
     ZeroPeriod,
     /// A number beyond 64 bits.
     NumberTooLarge,
-    /// A period beyond 64 bits of nanoseconds (about 584 years).
+    /// A period beyond 64 bits of nanoseconds (about 593 of its 360-day years).
     PeriodTooLong,
     /// More than one rate where exactly one was asked for.
     Trailing(String),
@@ -492,7 +493,7 @@ impl fmt::Display for ParseError {
             Expected::Separator => "\";\", \",\" or \"|\" between limits",
             Expected::NonZero => "a number of at least 1",
             Expected::Fits => "a number below 2^64",
-            Expected::Period => "a period of at most 584 years",
+            Expected::Period => "a period of at most 593 years",
             Expected::One => "exactly one limit",
         })
     }

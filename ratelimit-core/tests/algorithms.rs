@@ -236,10 +236,10 @@ fn peek_charges_nothing_and_keys_and_limits_are_separate() {
             ready(limiter.check(&limits, "b", 2)).unwrap().is_allowed(),
             "{algorithm}: b has its own budget"
         );
-        let other = Limits::parse("3/minute").unwrap();
+        let other = Limits::parse("3/hour").unwrap();
         assert!(
             ready(limiter.check(&other, "a", 3)).unwrap().is_allowed(),
-            "{algorithm}: other limits, other budget"
+            "{algorithm}: another period, another budget"
         );
     }
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::ready;
+use ratelimit_core::store::WhenFull;
 use ratelimit_core::{Algorithm, FakeClock, Limiter, Limits, MemoryStore};
 
 #[test]
@@ -45,11 +46,15 @@ fn eight_threads_on_one_key_admit_exactly_the_limit() {
 }
 
 #[test]
-fn a_flood_of_distinct_keys_neither_grows_memory_nor_resets_a_limit() {
+fn refusing_new_keys_a_flood_neither_grows_memory_nor_resets_a_limit() {
     const CAP: usize = 100_000;
     const FLOOD: usize = 2_000_000;
     let clock = FakeClock::new();
-    let store = Arc::new(MemoryStore::with_clock(clock.clone()).with_capacity(CAP));
+    let store = Arc::new(
+        MemoryStore::with_clock(clock.clone())
+            .with_capacity(CAP)
+            .when_full(WhenFull::RefuseNewKeys),
+    );
     let limiter = Limiter::builder().shared_store(store.clone()).build();
     let limits = Limits::parse("10/minute").unwrap();
 
@@ -124,6 +129,50 @@ fn a_flood_of_distinct_keys_neither_grows_memory_nor_resets_a_limit() {
             .unwrap()
             .is_allowed()
     );
+}
+
+/// The default policy under a flood: the store keeps serving. New clients get in (the least
+/// recently used state makes room), a key that keeps hammering stays limited, and memory never
+/// passes the cap.
+#[test]
+fn evicting_a_flood_keeps_serving_new_clients_and_keeps_the_hammering_key_limited() {
+    const CAP: usize = 100_000;
+    const FLOOD: usize = 2_000_000;
+    let clock = FakeClock::new();
+    let store = Arc::new(MemoryStore::with_clock(clock.clone()).with_capacity(CAP));
+    let limiter = Limiter::builder().shared_store(store.clone()).build();
+    let limits = Limits::parse("10/minute").unwrap();
+    let check = |key: &str, cost: u64| ready(limiter.check(&limits, key, cost)).unwrap();
+    assert!(check("hammer", 10).is_allowed());
+
+    let mut key = String::new();
+    let mut admitted = 0;
+    let mut hammer_admitted = 10;
+    for i in 0..FLOOD {
+        // 2,000,000 keys over 20 seconds of fake time: all of them live for a minute.
+        clock.advance(Duration::from_micros(10));
+        if i % 1_000 == 0 {
+            // The hammering key tries every 10 ms and gets one request every 6 s: its state
+            // is never the least recently used.
+            hammer_admitted += u64::from(check("hammer", 1).is_allowed());
+            assert!(store.len() <= CAP, "{} keys tracked", store.len());
+        }
+        key.clear();
+        key.push_str("flood-");
+        key.push_str(&i.to_string());
+        if check(&key, 1).is_allowed() {
+            admitted += 1;
+        }
+    }
+    assert!(store.len() <= CAP);
+    assert_eq!(admitted, FLOOD, "every flood key was served");
+    assert!(store.evictions() >= (FLOOD - CAP) as u64);
+    assert_eq!(store.refused_new_keys(), 0);
+    assert!(check("newcomer", 1).is_allowed(), "a new client is admitted");
+    // 10 at once, then one per 6 s over 20 s: 13. Evicted even once, it would have had 10
+    // more.
+    assert_eq!(hammer_admitted, 13, "the hammering key stayed limited");
+    assert!(!check("hammer", 2).is_allowed());
 }
 
 #[test]

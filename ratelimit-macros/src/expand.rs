@@ -1,37 +1,57 @@
-//! Turning the checked arguments and the handler into the rewritten handler and its spec.
+//! Expansion: the checked options of every `#[rate_limit]` on a handler turned into one spec
+//! item per attribute and the handler with one injected extractor. Small `gen_*` functions,
+//! joined in one `quote!`.
 
 use std::collections::HashSet;
 
-use proc_macro2::{TokenStream, TokenTree};
+use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
-use syn::{FnArg, ItemFn, Pat, ReturnType};
+use syn::spanned::Spanned as _;
+use syn::{Attribute, FnArg, Ident, ItemFn, Pat, ReturnType, Signature, Visibility};
 
-use crate::attr::{Args, KeyArg, LimitsArg};
+use crate::attr::{Args, Errors};
+use crate::validate::{Key, Limits, Options, Spanned, validate};
 
-/// The driver: on any error, the errors beside the user's function as it was, so that the
-/// IDE keeps working.
+/// The most attributes one handler can carry (the core checks tuples of up to eight).
+const MAX_ATTRIBUTES: usize = 8;
+
+/// The driver. This attribute takes the `#[rate_limit]` attributes below it too (they would
+/// expand after it), so that everything a handler must pass is checked as one. On any error,
+/// the errors beside the user's function, so that the IDE keeps working.
 pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
-    let function: ItemFn = match syn::parse2(item.clone()) {
+    let mut function: ItemFn = match syn::parse2(item.clone()) {
         Ok(function) => function,
         Err(error) => return with_error(error, item),
     };
-    let args = syn::parse2::<Args>(args);
-    let not_async = function.sig.asyncness.is_none().then(|| {
-        syn::Error::new_spanned(
-            function.sig.fn_token,
-            "#[rate_limit] goes on an `async fn` axum handler: add `async`",
-        )
-    });
-    match (args, not_async) {
-        (Ok(args), None) => expand(args, function),
-        (Ok(_), Some(error)) => with_error(error, item),
-        (Err(mut error), not_async) => {
-            if let Some(more) = not_async {
-                error.combine(more);
-            }
-            with_error(error, item)
+    let mut errors = Errors::default();
+    let mut parsed = vec![syn::parse2::<Args>(args)];
+    function.attrs.retain(|attr| {
+        let ours = is_rate_limit(attr);
+        if ours {
+            parsed.push(attr.parse_args::<Args>());
         }
+        !ours
+    });
+    let options: Vec<Options> = parsed
+        .into_iter()
+        .filter_map(|args| match args {
+            Ok(args) => Some(validate(args, &mut errors)),
+            Err(error) => {
+                errors.push(error);
+                None
+            }
+        })
+        .collect();
+    check_signature(&function.sig, &mut errors);
+    if options.len() > MAX_ATTRIBUTES {
+        errors.spanned(
+            &function.sig.ident,
+            format!("at most {MAX_ATTRIBUTES} #[rate_limit] attributes on one handler: join rates in one string, such as \"10/minute;100/hour\""),
+        );
+    }
+    match errors.finish() {
+        Ok(()) => expand(&options, function),
+        Err(error) => with_error(error, function.into_token_stream()),
     }
 }
 
@@ -40,184 +60,268 @@ fn with_error(error: syn::Error, item: TokenStream) -> TokenStream {
     quote!(#error #item)
 }
 
-fn expand(args: Args, function: ItemFn) -> TokenStream {
-    let ItemFn {
-        attrs,
-        vis,
-        sig,
-        block,
-    } = function;
-    let krate = args
-        .krate
-        .as_ref()
-        .map_or_else(|| quote!(::ratelimit), |path| quote!(#path));
-    let private = quote!(#krate::__private);
-    let name = &sig.ident;
-    // Attributes left on the function expand after this one: number ours after them.
-    let index = attrs
+/// `#[rate_limit(..)]`, however it was imported.
+fn is_rate_limit(attr: &Attribute) -> bool {
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "rate_limit")
+}
+
+fn check_signature(sig: &Signature, errors: &mut Errors) {
+    if sig.asyncness.is_none() {
+        errors.spanned(
+            sig.fn_token,
+            "#[rate_limit] goes on an `async fn` axum handler: add `async`",
+        );
+    }
+    if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
+        errors.spanned(
+            receiver,
+            "#[rate_limit] goes on a free `async fn` axum handler, not a method: `self` is not an extractor; move the handler out of the `impl` block",
+        );
+    }
+}
+
+fn expand(options: &[Options], function: ItemFn) -> TokenStream {
+    let private = match options.iter().find_map(|o| o.krate.as_ref()) {
+        Some(krate) => quote!(#krate::__private),
+        None => quote!(::ratelimit::__private),
+    };
+    let name = function.sig.ident.clone();
+    let specs: Vec<Ident> = (0..options.len())
+        .map(|i| format_ident!("__ratelimit_{}_{}", name, i))
+        .collect();
+    let bound = bound_names(&function.sig.inputs);
+    let deferred = options
         .iter()
-        .filter(|a| {
-            a.path()
-                .segments
-                .last()
-                .is_some_and(|s| s.ident == "rate_limit")
+        .any(|o| o.cost.as_ref().is_some_and(|cost| mentions(cost.to_token_stream(), &bound)));
+    let spec_items: Vec<TokenStream> = options
+        .iter()
+        .zip(&specs)
+        .map(|(options, spec)| {
+            // Deferred, every cost is passed to the check; otherwise each is a hook.
+            let cost = (!deferred).then(|| gen_cost_hook(options, &private)).flatten();
+            gen_spec(options, spec, &function.vis, &name, cost, &private)
         })
-        .count();
-    let spec = format_ident!("__ratelimit_{}_{}", name, index);
-    let guard = format_ident!("__ratelimit_guard_{}", index);
+        .collect();
+    let function = if deferred {
+        gen_deferred(options, &specs, function, &private)
+    } else {
+        gen_guarded(&specs, function, &private)
+    };
+    quote! {
+        #(#spec_items)*
+        #function
+    }
+}
 
-    let bound = bound_names(&sig.inputs);
-    let deferred = args
-        .cost
-        .as_ref()
-        .is_some_and(|cost| mentions(cost.to_token_stream(), &bound));
-
-    // The policy: the attribute's fixed part.
-    let mut policy = quote!(#private::Policy::new(::core::concat!(::core::module_path!(), "::", ::core::stringify!(#name))));
-    let mut hooks = TokenStream::new();
-    match &args.limits {
-        LimitsArg::Literal(lit) => {
-            let mut limits =
-                quote!(#private::Limits::parse(#lit).expect("checked by #[rate_limit]"));
-            if let Some(algorithm) = &args.algorithm {
-                let variant = algorithm_variant(algorithm);
-                limits = quote!(#limits.with_algorithm(#private::Algorithm::#variant));
-            }
-            if let Some(burst) = &args.burst {
-                limits = quote!(#limits.with_burst(#private::NonZeroU64::new(#burst).expect("checked by #[rate_limit]")));
-            }
-            policy = quote!(#policy.limits(#limits));
-        }
-        LimitsArg::Function(path) => {
-            let mut call = quote_spanned!(path.span()=> #private::LimitsRef::from(#path(parts)));
-            if args.algorithm.is_some() || args.burst.is_some() {
-                let algorithm = args.algorithm.as_ref().map(|a| {
-                    let variant = algorithm_variant(a);
-                    quote!(.with_algorithm(#private::Algorithm::#variant))
-                });
-                let burst = args
-                    .burst
-                    .as_ref()
-                    .map(|b| quote!(.with_burst(#private::NonZeroU64::new(#b).expect("checked by #[rate_limit]"))));
-                call = quote!(#private::LimitsRef::Owned(#private::LimitsRef::from(#path(parts)).limits().clone() #algorithm #burst));
-            }
-            hooks.extend(quote! {
-                fn limits(parts: &#private::Parts) -> ::core::option::Option<#private::LimitsRef> {
-                    ::core::option::Option::Some(#call)
-                }
-            });
-        }
-    }
-    match &args.key {
-        None => {}
-        Some(KeyArg::Ip) => policy = quote!(#policy.key(#private::KeySource::Ip)),
-        Some(KeyArg::Global) => policy = quote!(#policy.key(#private::KeySource::Global)),
-        Some(KeyArg::Header(lit)) => {
-            let lower = lit.value().to_ascii_lowercase();
-            policy = quote!(#policy.key(#private::KeySource::Header(#private::HeaderName::from_static(#lower))));
-        }
-        Some(KeyArg::Function(path)) => {
-            policy = quote!(#policy.key(#private::KeySource::Custom));
-            let call = quote_spanned!(path.span()=> #path(parts));
-            hooks.extend(quote! {
-                fn key(parts: &#private::Parts) -> impl ::core::future::Future<Output = #private::Cow<'static, str>> + ::core::marker::Send {
-                    #[allow(unused_imports)]
-                    use #private::{KeyFromFuture as _, KeyFromValue as _};
-                    #private::Probe::new(#call).key_future()
-                }
-            });
-        }
-    }
-    if let Some(scope) = &args.scope {
-        policy = quote!(#policy.scope(#scope));
-    }
-    if let Some(message) = &args.error_message {
-        policy = quote!(#policy.error_message(#message));
-    }
-    if let (Some(cost), false) = (&args.cost, deferred) {
-        let cost = quote_spanned!(cost.span()=> #private::cost(#cost));
-        hooks.extend(quote! {
-            fn cost(_parts: &#private::Parts) -> u64 {
-                #cost
-            }
-        });
-    }
-    if let Some(path) = &args.exempt_when {
-        let call = quote_spanned!(path.span()=> #path(parts));
-        hooks.extend(quote! {
-            fn exempt(parts: &#private::Parts) -> bool {
-                #call
-            }
-        });
-    }
-
-    let spec_item = quote! {
+/// The hidden item that describes one attribute.
+fn gen_spec(
+    options: &Options,
+    spec: &Ident,
+    vis: &Visibility,
+    handler: &Ident,
+    cost: Option<TokenStream>,
+    private: &TokenStream,
+) -> TokenStream {
+    let policy = gen_policy(options, handler, private);
+    let limits = gen_limits_hook(options, private);
+    let key = gen_key_hook(options, private);
+    let exempt = gen_exempt_hook(options, private);
+    quote! {
         #[doc(hidden)]
         #[allow(non_camel_case_types)]
         #vis struct #spec;
 
         impl #private::Spec for #spec {
             fn policy() -> &'static #private::Policy {
-                static POLICY: #private::LazyLock<#private::Policy> = #private::LazyLock::new(|| #policy);
+                static POLICY: #private::LazyLock<#private::Policy> =
+                    #private::LazyLock::new(|| #policy);
                 &POLICY
             }
-            #hooks
-        }
-    };
-
-    let mut sig = sig;
-    let inputs = std::mem::take(&mut sig.inputs);
-    if deferred {
-        sig.inputs
-            .push(syn::parse_quote!(#guard: #private::Deferred<#spec>));
-        sig.inputs.extend(inputs);
-        let output = match &sig.output {
-            ReturnType::Default => quote!(()),
-            ReturnType::Type(_, ty) => quote!(#ty),
-        };
-        let pin_return = (!contains_impl(&sig.output)).then(|| {
-            // Pins the block's type to the declared return type, so `?` and `return` inside
-            // it infer as they did in the handler (tracing-attributes does the same).
-            quote! {
-                #[allow(unreachable_code, clippy::diverging_sub_expression)]
-                if false {
-                    let __ratelimit_return: #output = loop {};
-                    return __ratelimit_return;
-                }
-            }
-        });
-        sig.output = syn::parse_quote!(-> ::core::result::Result<#output, #private::Rejection>);
-        let cost = args.cost.as_ref().expect("deferred means a cost");
-        let cost = quote_spanned!(cost.span()=> #private::cost(#cost));
-        quote! {
-            #spec_item
-            #(#attrs)*
-            #vis #sig {
-                let __ratelimit_cost: u64 = #cost;
-                #guard.check(__ratelimit_cost).await?;
-                ::core::result::Result::Ok(async move { #pin_return #block }.await)
-            }
-        }
-    } else {
-        sig.inputs
-            .push(syn::parse_quote!(#guard: #private::Guard<#spec>));
-        sig.inputs.extend(inputs);
-        quote! {
-            #spec_item
-            #(#attrs)*
-            #vis #sig #block
+            #limits
+            #key
+            #cost
+            #exempt
         }
     }
 }
 
-fn algorithm_variant(algorithm: &syn::Ident) -> syn::Ident {
-    let variant = match algorithm.to_string().as_str() {
-        "fixed_window" => "FixedWindow",
-        "sliding_window" => "SlidingWindow",
-        "moving_window" => "MovingWindow",
-        _ => "Gcra",
+/// `Policy::new("path::to::handler").limits(..).key(..).scope(..).error_message(..)`.
+fn gen_policy(options: &Options, handler: &Ident, private: &TokenStream) -> TokenStream {
+    let mut policy = quote!(#private::Policy::new(::core::concat!(::core::module_path!(), "::", ::core::stringify!(#handler))));
+    if let Limits::Literal(lit) = &options.limits {
+        let limits = gen_tuned(
+            quote!(#private::Limits::parse(#lit).expect("checked by #[rate_limit]")),
+            options,
+            private,
+        );
+        policy = quote!(#policy.limits(#limits));
+    }
+    let key = options.key.as_ref().map(|key| match key {
+        Key::Ip => quote!(#private::KeySource::Ip),
+        Key::Global => quote!(#private::KeySource::Global),
+        Key::Header(name) => {
+            quote!(#private::KeySource::Header(#private::HeaderName::from_static(#name)))
+        }
+        Key::Function(_) => quote!(#private::KeySource::Custom),
+    });
+    if let Some(key) = key {
+        policy = quote!(#policy.key(#key));
+    }
+    if let Some(scope) = &options.scope {
+        policy = quote!(#policy.scope(#scope));
+    }
+    if let Some(message) = &options.error_message {
+        policy = quote!(#policy.error_message(#message));
+    }
+    policy
+}
+
+/// `limits` with the attribute's algorithm and burst.
+fn gen_tuned(limits: TokenStream, options: &Options, private: &TokenStream) -> TokenStream {
+    let algorithm = options.algorithm.as_ref().map(|algorithm| {
+        let algorithm = gen_algorithm(algorithm, private);
+        quote!(.with_algorithm(#algorithm))
+    });
+    let burst = options.burst.map(|burst| {
+        let burst = burst.get();
+        quote!(.with_burst(#private::NonZeroU64::new(#burst).expect("checked by #[rate_limit]")))
+    });
+    quote!(#limits #algorithm #burst)
+}
+
+/// The algorithm by its place in the core's one table.
+fn gen_algorithm(algorithm: &Spanned<ratelimit_core::Algorithm>, private: &TokenStream) -> TokenStream {
+    let index = algorithm.value.index();
+    quote_spanned!(algorithm.span=> #private::Algorithm::ALL[#index])
+}
+
+fn gen_limits_hook(options: &Options, private: &TokenStream) -> Option<TokenStream> {
+    let Limits::Function(path) = &options.limits else {
+        return None;
     };
-    syn::Ident::new(variant, algorithm.span())
+    let call = quote_spanned!(path.span()=> #private::LimitsRef::from(#path(parts)));
+    let call = if options.algorithm.is_some() || options.burst.is_some() {
+        let tuned = gen_tuned(quote!(#call.limits().clone()), options, private);
+        quote!(#private::LimitsRef::Owned(#tuned))
+    } else {
+        call
+    };
+    Some(quote! {
+        fn limits(parts: &#private::Parts) -> ::core::option::Option<#private::LimitsRef> {
+            ::core::option::Option::Some(#call)
+        }
+    })
+}
+
+fn gen_key_hook(options: &Options, private: &TokenStream) -> Option<TokenStream> {
+    let Some(Key::Function(path)) = &options.key else {
+        return None;
+    };
+    let call = quote_spanned!(path.span()=> #path(parts));
+    Some(quote! {
+        fn key(parts: &#private::Parts) -> impl ::core::future::Future<Output = #private::Cow<'static, str>> + ::core::marker::Send {
+            #[allow(unused_imports)]
+            use #private::{KeyFromFuture as _, KeyFromValue as _};
+            #private::Probe::new(#call).key_future()
+        }
+    })
+}
+
+fn gen_exempt_hook(options: &Options, private: &TokenStream) -> Option<TokenStream> {
+    let path = options.exempt_when.as_ref()?;
+    let call = quote_spanned!(path.span()=> #path(parts));
+    Some(quote! {
+        fn exempt(parts: &#private::Parts) -> bool {
+            #call
+        }
+    })
+}
+
+fn gen_cost_hook(options: &Options, private: &TokenStream) -> Option<TokenStream> {
+    options.cost.as_ref()?;
+    let cost = gen_cost(options, private);
+    Some(quote! {
+        fn cost(_parts: &#private::Parts) -> u64 {
+            #cost
+        }
+    })
+}
+
+/// An attribute's cost: its expression as an integer, or 1.
+fn gen_cost(options: &Options, private: &TokenStream) -> TokenStream {
+    match &options.cost {
+        Some(cost) => quote_spanned!(cost.span()=> <_ as #private::Cost>::units(#cost)),
+        None => quote!(1u64),
+    }
+}
+
+/// The guard type: every attribute's spec, as one tuple.
+fn gen_guard_type(wrapper: &str, specs: &[Ident], private: &TokenStream) -> TokenStream {
+    let wrapper = Ident::new(wrapper, Span::call_site());
+    quote!(#private::#wrapper<(#(#specs,)*)>)
+}
+
+/// The handler with a `Guard` in front of its arguments: the check runs before any of them
+/// is extracted, and the body is untouched. The costs, which need no argument, go in a hook.
+fn gen_guarded(specs: &[Ident], function: ItemFn, private: &TokenStream) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        mut sig,
+        block,
+    } = function;
+    let guard = gen_guard_type("Guard", specs, private);
+    sig.inputs.insert(0, syn::parse_quote!(_: #guard));
+    quote! {
+        #(#attrs)*
+        #vis #sig #block
+    }
+}
+
+/// The handler with a `Deferred` in front of its arguments: keys and limits are found before
+/// the body is read, and the check runs once the arguments (which a cost uses) are extracted.
+fn gen_deferred(
+    options: &[Options],
+    specs: &[Ident],
+    function: ItemFn,
+    private: &TokenStream,
+) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        mut sig,
+        block,
+    } = function;
+    let guard_type = gen_guard_type("Deferred", specs, private);
+    sig.inputs
+        .insert(0, syn::parse_quote!(__ratelimit_guard: #guard_type));
+    let body = match (&sig.output, contains_impl(&sig.output)) {
+        // Tells the block what it returns, so that `?` and `return` inside it infer as they
+        // did in the handler.
+        (ReturnType::Type(_, output), false) => {
+            quote!(#private::returns::<#output, _>(async move #block))
+        }
+        (ReturnType::Default, _) => quote!(#private::returns::<(), _>(async move #block)),
+        (ReturnType::Type(..), true) => quote!(async move #block),
+    };
+    let output = match &sig.output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, ty) => quote!(#ty),
+    };
+    sig.output = syn::parse_quote!(-> ::core::result::Result<#output, #private::Rejection>);
+    let costs = options.iter().map(|options| gen_cost(options, private));
+    let len = options.len();
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            let __ratelimit_costs: [u64; #len] = [#(#costs),*];
+            __ratelimit_guard.check(&__ratelimit_costs).await?;
+            ::core::result::Result::Ok(#body.await)
+        }
+    }
 }
 
 /// The names the handler's argument patterns bind (`batch` in `Json(batch): Json<..>`).
@@ -258,7 +362,7 @@ fn mentions(tokens: TokenStream, names: &HashSet<String>) -> bool {
     })
 }
 
-/// Whether the return type holds an `impl Trait`, which cannot be named in a `let`.
+/// Whether the return type holds an `impl Trait`, which cannot be named as a type argument.
 fn contains_impl(output: &ReturnType) -> bool {
     fn has_impl(tokens: TokenStream) -> bool {
         tokens.into_iter().any(|tree| match tree {

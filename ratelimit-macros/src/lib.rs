@@ -1,9 +1,11 @@
 //! The `#[rate_limit]` attribute of the [`ratelimit`](https://docs.rs/ratelimit) crate.
 //!
-//! Use it through `ratelimit::rate_limit`; its documentation lives there.
+//! Use it through `ratelimit::rate_limit`; its documentation lives there. The work is in
+//! three steps: `attr` (syntax), `validate` (typed options), `expand` (generation).
 
 mod attr;
 mod expand;
+mod validate;
 
 use proc_macro::TokenStream;
 

@@ -2,7 +2,7 @@
 //! `amount` requests fit until `period` after that first request, then the count starts over.
 
 use super::Verdict;
-use crate::limits::RateParams;
+use super::RateParams;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FixedWindow {
@@ -23,7 +23,8 @@ impl FixedWindow {
             self.count = 0;
         }
         let end = self.start.saturating_add(rate.period) - now;
-        let left = rate.amount - self.count;
+        // The count may exceed a limit scaled down at run time: saturate.
+        let left = rate.amount.saturating_sub(self.count);
         let reset = if self.count == 0 { 0 } else { end };
         if cost > rate.amount {
             return Verdict::deny(left, reset, None);
@@ -32,9 +33,17 @@ impl FixedWindow {
             if consume {
                 self.count += cost;
             }
-            Verdict::allow(left - cost, end)
+            // A request of cost 0 changes nothing, so it reports the state as it is.
+            Verdict::allow(left - cost, if cost == 0 { reset } else { end })
         } else {
             Verdict::deny(left, reset, Some(end))
+        }
+    }
+
+    pub(crate) fn refund(&mut self, rate: &RateParams, now: u64, cost: u64) {
+        // Only a charge of the window still open can be given back.
+        if now < self.start.saturating_add(rate.period) {
+            self.count = self.count.saturating_sub(cost);
         }
     }
 

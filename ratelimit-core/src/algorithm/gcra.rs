@@ -6,7 +6,7 @@
 //! `max(tat, now) + n × interval ≤ now + burst × interval`, and then moves the TAT there.
 
 use super::Verdict;
-use crate::limits::RateParams;
+use super::RateParams;
 
 /// Judges a request of `cost` at `now` against the TAT `tat`. Returns the verdict and the
 /// TAT to store if the request is admitted.
@@ -25,7 +25,7 @@ pub(crate) fn check(tat: u64, rate: &RateParams, now: u64, cost: u64) -> (Verdic
             tat,
         );
     }
-    let new_tat = base.saturating_add(cost * interval);
+    let new_tat = base.saturating_add(cost.saturating_mul(interval));
     let after = new_tat - now;
     if after <= tolerance {
         (
@@ -39,6 +39,11 @@ pub(crate) fn check(tat: u64, rate: &RateParams, now: u64, cost: u64) -> (Verdic
             tat,
         )
     }
+}
+
+/// The TAT once a charge of `cost` is given back.
+pub(crate) fn refund(tat: u64, rate: &RateParams, _now: u64, cost: u64) -> u64 {
+    tat.saturating_sub(cost.saturating_mul(rate.interval))
 }
 
 #[cfg(test)]

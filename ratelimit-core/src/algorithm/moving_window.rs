@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use super::Verdict;
-use crate::limits::RateParams;
+use super::RateParams;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct MovingWindow {
@@ -30,7 +30,8 @@ impl MovingWindow {
             self.log.pop_front();
             self.count -= n;
         }
-        let free = rate.amount - self.count;
+        // The count may exceed a limit scaled down at run time: saturate.
+        let free = rate.amount.saturating_sub(self.count);
         let reset = self
             .log
             .back()
@@ -39,6 +40,11 @@ impl MovingWindow {
             return Verdict::deny(free, reset, None);
         }
         if cost <= free {
+            if cost == 0 {
+                // Logs nothing (a client that sends empty batches must not grow the log)
+                // and reports the state as it is.
+                return Verdict::allow(free, reset);
+            }
             if consume {
                 match self.log.back_mut() {
                     Some((at, n)) if *at == now => *n += cost,
@@ -58,6 +64,21 @@ impl MovingWindow {
             need -= n;
         }
         Verdict::deny(free, reset, Some(retry))
+    }
+
+    /// Takes `cost` units off the newest entries.
+    pub(crate) fn refund(&mut self, cost: u64) {
+        let mut left = cost;
+        while left > 0 {
+            let Some((_, n)) = self.log.back_mut() else { break };
+            let take = left.min(*n);
+            *n -= take;
+            self.count -= take;
+            left -= take;
+            if *n == 0 {
+                self.log.pop_back();
+            }
+        }
     }
 
     pub(crate) fn expires_at(&self, rate: &RateParams) -> u64 {

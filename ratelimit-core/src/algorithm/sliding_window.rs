@@ -3,7 +3,7 @@
 //! (rounded down), which approximates a moving window in two counters.
 
 use super::Verdict;
-use crate::limits::RateParams;
+use super::RateParams;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct SlidingWindow {
@@ -14,7 +14,7 @@ pub(crate) struct SlidingWindow {
 
 impl SlidingWindow {
     fn roll(&mut self, index: u64) {
-        if index == self.index + 1 {
+        if index == self.index.wrapping_add(1) {
             self.previous = self.current;
             self.current = 0;
         } else if index != self.index {
@@ -35,40 +35,49 @@ impl SlidingWindow {
         let index = now / period;
         self.roll(index);
         let left = period - (now - index * period);
-        let weighted = scale(self.previous, left, period) + self.current;
+        let weighted = scale(self.previous, left, period).saturating_add(self.current);
         let free = rate.amount.saturating_sub(weighted);
         if cost > rate.amount {
             return Verdict::deny(free, self.reset_after(left, period), None);
         }
         if cost <= free {
             let mut after = *self;
-            after.current += cost;
+            after.current = after.current.saturating_add(cost);
             let reset = after.reset_after(left, period);
             if consume {
                 *self = after;
             }
             return Verdict::allow(free - cost, reset);
         }
-        let retry = if self.current + cost <= rate.amount {
+        let retry = if self.current.saturating_add(cost) <= rate.amount {
             // Passes in this window once the previous window's weight has fallen enough.
             let room = rate.amount - cost - self.current;
             left - left.min(threshold(room, period, self.previous))
         } else {
             // Passes in the next window, where this window's count carries the weight.
             let room = rate.amount - cost;
-            left + period - period.min(threshold(room, period, self.current))
+            left.saturating_add(period - period.min(threshold(room, period, self.current)))
         };
         Verdict::deny(free, self.reset_after(left, period), Some(retry))
     }
 
     fn reset_after(&self, left: u64, period: u64) -> u64 {
         if self.current > 0 {
-            left + period
+            left.saturating_add(period)
         } else if self.previous > 0 {
             left
         } else {
             0
         }
+    }
+
+    /// Takes `cost` units off the current window (off the previous one for what the current
+    /// cannot give back, when the window turned since the charge).
+    pub(crate) fn refund(&mut self, rate: &RateParams, now: u64, cost: u64) {
+        self.roll(now / rate.period);
+        let from_current = cost.min(self.current);
+        self.current -= from_current;
+        self.previous = self.previous.saturating_sub(cost - from_current);
     }
 
     pub(crate) fn expires_at(&self, rate: &RateParams) -> u64 {

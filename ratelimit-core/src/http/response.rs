@@ -13,7 +13,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::body::Bytes;
 
 use crate::decision::Decision;
-use crate::rate::Rate;
 
 /// Which rate limit headers go on limited responses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,16 +51,9 @@ impl RateLimited {
     /// The `detail` of the default answer: `Rate limit exceeded: 10 per 1 minute`, or the
     /// attribute's `error_message`.
     pub fn detail(&self) -> Cow<'_, str> {
-        if let Some(message) = &self.message {
-            return Cow::Borrowed(message);
-        }
-        let rate = self.decision.rate();
-        if self.decision.exceeds_capacity() {
-            Cow::Owned(format!(
-                "Rate limit exceeded: this request costs more than {rate} allows"
-            ))
-        } else {
-            Cow::Owned(format!("Rate limit exceeded: {rate}"))
+        match &self.message {
+            Some(message) => Cow::Borrowed(message),
+            None => Cow::Owned(detail(&self.decision)),
         }
     }
 }
@@ -72,16 +64,10 @@ pub struct Rejection(Box<Response>);
 
 impl Rejection {
     /// The default 429: the detail, `Retry-After` and the rate limit fields.
-    pub(crate) fn limited(
-        decision: &Decision,
-        rate: &RateHttp,
-        message: Option<&str>,
-        style: HeaderStyle,
-    ) -> Rejection {
+    pub(crate) fn limited(decision: &Decision, message: Option<&str>, style: HeaderStyle) -> Rejection {
         let body = match message {
             Some(message) => json_body(message),
-            None if decision.exceeds_capacity() => rate.body_over_capacity.clone(),
-            None => rate.body.clone(),
+            None => json_body(&detail(decision)),
         };
         let mut response = (StatusCode::TOO_MANY_REQUESTS, body).into_response();
         let headers = response.headers_mut();
@@ -89,7 +75,7 @@ impl Rejection {
         if let Some(retry) = decision.retry_after() {
             headers.insert(RETRY_AFTER, HeaderValue::from(whole_seconds(retry).max(1)));
         }
-        insert_headers(headers, decision, &rate.fields, style);
+        insert_headers(headers, decision, style);
         Rejection(Box::new(response))
     }
 
@@ -118,6 +104,16 @@ impl IntoResponse for Rejection {
     }
 }
 
+/// `Rate limit exceeded: 10 per 1 minute`, or why waiting will not help.
+fn detail(decision: &Decision) -> String {
+    let rate = decision.rate();
+    if decision.exceeds_capacity() {
+        format!("Rate limit exceeded: this request costs more than {rate} allows")
+    } else {
+        format!("Rate limit exceeded: {rate}")
+    }
+}
+
 /// `{"detail": ...}`.
 fn json_body(detail: &str) -> Bytes {
     Bytes::from(serde_json::json!({ "detail": detail }).to_string())
@@ -142,81 +138,29 @@ static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
-/// What never changes in the answers about one rate, made once per rate: cloning a header
-/// value or a body is a reference count, not a copy.
-#[derive(Clone, Debug)]
-pub(crate) struct RateHttp {
-    pub(crate) fields: Fields,
-    /// `{"detail":"Rate limit exceeded: 10 per 1 minute"}`
-    body: Bytes,
-    /// The same for a request whose cost the rate can never admit.
-    body_over_capacity: Bytes,
-}
-
-/// The fixed header values of one rate.
-#[derive(Clone, Debug)]
-pub(crate) struct Fields {
-    /// `"10-per-1m";q=10;w=60`, whose first `name_len` bytes are the policy's name.
-    policy: StackText<64>,
-    name_len: usize,
-    /// The rate's amount.
-    limit: u64,
-}
-
-impl Fields {
-    /// A copy that shares nothing with the original (no reference count to bounce between
-    /// cores).
-    pub(crate) fn copy(&self) -> Fields {
-        self.clone()
-    }
-}
-
-impl RateHttp {
-    pub(crate) fn new(rate: Rate) -> RateHttp {
-        let name = format!(
+/// Adds the rate limit fields of `decision` to `headers`.
+pub(crate) fn insert_headers(headers: &mut HeaderMap, decision: &Decision, style: HeaderStyle) {
+    let rate = decision.rate();
+    let reset = whole_seconds(decision.reset_after());
+    if matches!(style, HeaderStyle::Both | HeaderStyle::Draft) {
+        // `"10-per-1m"`: the policy's name, in both fields.
+        let mut name = StackText::<48>::new();
+        let _ = write!(
+            name,
             "\"{}-per-{}{}\"",
             rate.amount(),
             rate.multiples(),
             short_unit(rate.unit())
         );
         let window = whole_seconds(rate.period()).max(1);
-        let policy = format!("{name};q={};w={window}", rate.amount());
-        let mut text = StackText::new();
-        if text.write_str(&policy).is_err() {
-            // Cannot happen for 64-bit numbers; a short, still valid policy if it did.
-            text = StackText::new();
-            let _ = write!(text, "\"rate\";q={}", rate.amount());
-        }
-        RateHttp {
-            fields: Fields {
-                policy: text,
-                name_len: name.len().min(policy.len()),
-                limit: rate.amount(),
-            },
-            body: json_body(&format!("Rate limit exceeded: {rate}")),
-            body_over_capacity: json_body(&format!(
-                "Rate limit exceeded: this request costs more than {rate} allows"
-            )),
-        }
-    }
-}
-
-/// Adds the rate limit fields of `decision` (by the rate `fields` describes) to `headers`.
-pub(crate) fn insert_headers(
-    headers: &mut HeaderMap,
-    decision: &Decision,
-    fields: &Fields,
-    style: HeaderStyle,
-) {
-    let policy = fields.policy.as_bytes();
-    let name = &policy[..fields.name_len.min(policy.len())];
-    let reset = whole_seconds(decision.reset_after());
-    if matches!(style, HeaderStyle::Both | HeaderStyle::Draft) {
-        let mut current = StackText::<64>::new();
-        let _ = current.write_bytes(name);
+        let mut policy = StackText::<96>::new();
+        let mut current = StackText::<96>::new();
+        let _ = policy.write_bytes(name.as_bytes());
+        let _ = write!(policy, ";q={};w={window}", rate.amount());
+        let _ = current.write_bytes(name.as_bytes());
         let _ = write!(current, ";r={};t={reset}", decision.remaining());
         if let (Ok(policy), Ok(current)) = (
-            HeaderValue::from_bytes(policy),
+            HeaderValue::from_bytes(policy.as_bytes()),
             HeaderValue::from_bytes(current.as_bytes()),
         ) {
             headers.insert(RATELIMIT_POLICY.clone(), policy);
@@ -224,14 +168,15 @@ pub(crate) fn insert_headers(
         }
     }
     if matches!(style, HeaderStyle::Both | HeaderStyle::Legacy) {
+        // A Unix time, as slowapi and GitHub send it: now plus the reset, rounded up.
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        headers.insert(X_LIMIT.clone(), small_number(fields.limit));
+        headers.insert(X_LIMIT.clone(), small_number(rate.amount()));
         headers.insert(X_REMAINING.clone(), small_number(decision.remaining()));
         headers.insert(
             X_RESET.clone(),
-            HeaderValue::from(whole_seconds(now + decision.reset_after())),
+            HeaderValue::from(whole_seconds(now.saturating_add(decision.reset_after()))),
         );
     }
 }

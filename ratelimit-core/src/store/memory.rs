@@ -1,40 +1,53 @@
 //! The in-memory store: sharded maps from key to state, bounded in size.
 
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use super::{CheckRequest, Store, StoreFuture};
-use crate::algorithm::{Algorithm, State, Verdict, check_all, gcra};
+use super::{Charge, CheckRequest, LimitState, Mode, Store, StoreError, StoreFuture};
+use crate::algorithm::{Algorithm, gcra};
 use crate::clock::{Clock, MonotonicClock};
 use crate::decision::Decision;
-use crate::limits::RateParams;
 
 /// The default cap on tracked keys: under 100 MB for IPv4 clients.
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
 
 type Hasher64 = foldhash::fast::RandomState;
 
+/// What a full [`MemoryStore`] does with a key it does not track yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WhenFull {
+    /// Reclaim expired state, then evict the least recently used state (the default, as
+    /// nginx's `limit_req` zones do): a flood of distinct keys cannot lock new clients out.
+    /// An evicted client starts over with a full budget, so under a flood the least recently
+    /// seen clients are the ones that gain.
+    #[default]
+    EvictLeastRecentlyUsed,
+    /// Reclaim expired state, and while every tracked key is live refuse new keys (with a
+    /// retry-after of when room is due): no client ever regains budget early, and a flood of
+    /// distinct keys locks new clients out until its state expires.
+    RefuseNewKeys,
+}
+
 /// The default store: state in process memory, shared by every clone of the limiter.
 ///
 /// - A check of a key it already tracks allocates nothing and takes no lock but the read
-///   lock of the key's shard; a single GCRA rate is one atomic compare-and-swap on a 32-byte
+///   lock of the key's shard; a single GCRA rate is one atomic compare-and-swap on a 40-byte
 ///   table entry.
 /// - Every key takes 24 bytes inside the table, whatever its length: keys of up to 15 bytes
 ///   (every IPv4 client) as they are, longer ones by a 128-bit hash keyed at random per store,
 ///   so a client cannot make the store keep large keys, nor aim for collisions.
 /// - Memory is bounded: it tracks at most [`capacity`](MemoryStore::with_capacity) keys
 ///   (default [`DEFAULT_CAPACITY`]). When it is full, a new key first makes it reclaim
-///   expired state (state that is as good as new, so dropping it changes no decision), one
-///   shard at a time, at most once per pause proportional to the sweep's own cost.
-/// - It never drops live state to make room: that would hand a limited client a fresh
-///   budget. While every tracked key is live, new keys are refused (with a retry-after of
-///   when room is due) and a warning is logged; known keys are served as usual. So a flood
-///   of distinct keys can neither grow memory past the cap nor reset anyone's limit.
+///   expired state (state that is as good as new, so dropping it changes no decision), and
+///   then, by default, evict the least recently used eighth of its state
+///   ([`WhenFull::EvictLeastRecentlyUsed`]); evictions are counted
+///   ([`evictions`](MemoryStore::evictions)) and logged at most once a minute.
 ///
 /// ```
 /// use std::time::Duration;
@@ -51,88 +64,123 @@ type Hasher64 = foldhash::fast::RandomState;
 /// ```
 pub struct MemoryStore<C: Clock = MonotonicClock> {
     /// Keys limited by a single GCRA rate: one theoretical arrival time each, lock-free.
-    gcra: DashMap<StoredKey, AtomicU64, Hasher64>,
+    gcra: DashMap<StoredKey, GcraSlot, Hasher64>,
     /// Keys limited by several rates, or by a window algorithm: their states behind a
     /// per-key mutex, which makes several rates pass or fail together.
     locked: DashMap<StoredKey, Box<Mutex<Locked>>, Hasher64>,
     clock: C,
     capacity: usize,
+    when_full: WhenFull,
     len: AtomicUsize,
-    /// No sweep before this instant (store clock): the last sweep found nothing to free and
-    /// nothing expires sooner, or it was recent for its cost.
+    /// No sweep before this instant (store clock), when refusing new keys: the last sweep
+    /// found nothing to free and nothing expires sooner, or it was recent for its cost.
     next_sweep: AtomicU64,
-    sweeping: AtomicBool,
+    sweep: Mutex<Sweep>,
     refused: AtomicU64,
-    long_keys: (
-        foldhash::quality::RandomState,
-        foldhash::quality::RandomState,
-    ),
+    evicted: AtomicU64,
+    long_keys: (LongKeySeed, LongKeySeed),
+}
+
+#[derive(Default)]
+struct Sweep {
+    last_warning: Option<Instant>,
+}
+
+/// A GCRA key: its theoretical arrival time, and when it was last checked.
+struct GcraSlot {
+    tat: AtomicU64,
+    touched: AtomicU64,
 }
 
 struct Locked {
-    states: Vec<State>,
+    state: LimitState,
     expires_at: u64,
+    touched: u64,
+}
+
+/// When a slot was last checked, in units of about a millisecond (2^20 ns): writing it only
+/// when it changes keeps a hot key's cache line from bouncing on every refused check.
+#[inline]
+fn tick(now: u64) -> u64 {
+    now >> 20
 }
 
 /// What the two tables keep per key.
 trait Slot: Send + Sync + Sized + 'static {
-    fn new(algorithm: Algorithm, rates: usize) -> Self;
-    fn check(&self, request: &CheckRequest<'_>, now: u64) -> (usize, Verdict);
+    fn new(charge: &Charge<'_>, now: u64) -> Self;
+    fn check(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision;
     /// From when on dropping this slot changes no decision.
     fn expires_at(&mut self) -> u64;
+    fn touched(&mut self) -> u64;
 }
 
-impl Slot for AtomicU64 {
-    fn new(_: Algorithm, _: usize) -> AtomicU64 {
-        AtomicU64::new(0)
+impl Slot for GcraSlot {
+    fn new(_: &Charge<'_>, now: u64) -> GcraSlot {
+        GcraSlot {
+            tat: AtomicU64::new(0),
+            touched: AtomicU64::new(tick(now)),
+        }
     }
 
     #[inline]
-    fn check(&self, request: &CheckRequest<'_>, now: u64) -> (usize, Verdict) {
-        let rate = &request.limits.params()[0];
-        let mut tat = self.load(Ordering::Acquire);
+    fn check(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
+        let rate = &charge.limits.params()[0];
+        if self.touched.load(Ordering::Relaxed) != tick(now) {
+            self.touched.store(tick(now), Ordering::Relaxed);
+        }
+        let mut tat = self.tat.load(Ordering::Acquire);
         loop {
-            let (verdict, next) = gcra::check(tat, rate, now, request.cost);
-            if request.peek || !verdict.allowed || next == tat {
-                return (0, verdict);
+            let (verdict, next) = match mode {
+                Mode::Refund => {
+                    let refunded = gcra::refund(tat, rate, now, charge.cost);
+                    (gcra::check(refunded, rate, now, 0).0, refunded)
+                }
+                _ => gcra::check(tat, rate, now, charge.cost),
+            };
+            let write = match mode {
+                Mode::Peek => false,
+                Mode::Charge => verdict.allowed && charge.cost > 0,
+                Mode::Refund => true,
+            };
+            if !write || next == tat {
+                return Decision::from_verdict(rate, 0, verdict);
             }
-            match self.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return (0, verdict),
+            match self
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Decision::from_verdict(rate, 0, verdict),
                 Err(actual) => tat = actual,
             }
         }
     }
 
     fn expires_at(&mut self) -> u64 {
-        *self.get_mut()
+        *self.tat.get_mut()
+    }
+
+    fn touched(&mut self) -> u64 {
+        *self.touched.get_mut()
     }
 }
 
 impl Slot for Box<Mutex<Locked>> {
-    fn new(algorithm: Algorithm, rates: usize) -> Box<Mutex<Locked>> {
+    fn new(charge: &Charge<'_>, now: u64) -> Box<Mutex<Locked>> {
         Box::new(Mutex::new(Locked {
-            states: (0..rates).map(|_| State::new(algorithm)).collect(),
+            state: LimitState::new(charge),
             expires_at: 0,
+            touched: tick(now),
         }))
     }
 
-    fn check(&self, request: &CheckRequest<'_>, now: u64) -> (usize, Verdict) {
-        let params = request.limits.params();
+    fn check(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
         let mut locked = self.lock().unwrap_or_else(PoisonError::into_inner);
-        let fresh = State::new(request.algorithm);
-        if locked.states.len() != params.len() || !locked.states.iter().all(|s| s.same_kind(&fresh))
-        {
-            // Namespaces make this a 64-bit hash collision; start over rather than misread.
-            *locked = Locked {
-                states: vec![fresh; params.len()],
-                expires_at: 0,
-            };
+        locked.touched = tick(now);
+        let decision = locked.state.check(charge, now, mode);
+        if mode != Mode::Peek {
+            locked.expires_at = locked.state.expires_at(charge);
         }
-        let outcome = check_all(&mut locked.states, params, now, request.cost, !request.peek);
-        if !request.peek && outcome.1.allowed {
-            locked.expires_at = expiry(&locked.states, params);
-        }
-        outcome
+        decision
     }
 
     fn expires_at(&mut self) -> u64 {
@@ -140,15 +188,10 @@ impl Slot for Box<Mutex<Locked>> {
             .unwrap_or_else(PoisonError::into_inner)
             .expires_at
     }
-}
 
-fn expiry(states: &[State], params: &[RateParams]) -> u64 {
-    states
-        .iter()
-        .zip(params)
-        .map(|(state, rate)| state.expires_at(rate))
-        .max()
-        .unwrap_or(0)
+    fn touched(&mut self) -> u64 {
+        self.get_mut().unwrap_or_else(PoisonError::into_inner).touched
+    }
 }
 
 impl MemoryStore<MonotonicClock> {
@@ -173,10 +216,12 @@ impl<C: Clock> MemoryStore<C> {
             locked: DashMap::with_hasher(Hasher64::default()),
             clock,
             capacity: DEFAULT_CAPACITY,
+            when_full: WhenFull::default(),
             len: AtomicUsize::new(0),
             next_sweep: AtomicU64::new(0),
-            sweeping: AtomicBool::new(false),
+            sweep: Mutex::default(),
             refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
             long_keys: Default::default(),
         }
     }
@@ -184,6 +229,12 @@ impl<C: Clock> MemoryStore<C> {
     /// Caps the number of tracked keys at `capacity` (at least 1).
     pub fn with_capacity(mut self, capacity: usize) -> MemoryStore<C> {
         self.capacity = capacity.max(1);
+        self
+    }
+
+    /// What to do with new keys when full (default: evict the least recently used state).
+    pub fn when_full(mut self, policy: WhenFull) -> MemoryStore<C> {
+        self.when_full = policy;
         self
     }
 
@@ -202,9 +253,15 @@ impl<C: Clock> MemoryStore<C> {
         self.len() == 0
     }
 
-    /// How many new keys were refused because the store was full of live state.
+    /// How many new keys were refused because the store was full of live state
+    /// ([`WhenFull::RefuseNewKeys`]).
     pub fn refused_new_keys(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// How many live keys were evicted to make room ([`WhenFull::EvictLeastRecentlyUsed`]).
+    pub fn evictions(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// The store's clock.
@@ -217,17 +274,61 @@ impl<C: Clock> MemoryStore<C> {
     // copied out through several frames (which measurably dominated a check).
     #[inline(always)]
     pub fn check_now(&self, request: &CheckRequest<'_>) -> Decision {
-        let key = StoredKey::new(request.namespace, request.key.as_bytes(), &self.long_keys);
-        let params = request.limits.params();
         let now = self.clock.now();
-        let outcome = if request.algorithm == Algorithm::Gcra && params.len() == 1 {
-            self.check_in(&self.gcra, key, request, now)
-        } else {
-            self.check_in(&self.locked, key, request, now)
+        match request.charges {
+            [charge] => self.check_charge(request, charge, now, request.mode),
+            charges => self.check_several(request, charges, now),
+        }
+    }
+
+    /// Several charges under one key: each charged in turn, and those already charged given
+    /// back when one refuses, so that the request is charged by all or none.
+    #[inline(never)]
+    fn check_several(&self, request: &CheckRequest<'_>, charges: &[Charge<'_>], now: u64) -> Decision {
+        let mut binding: Option<Decision> = None;
+        let mut bind = |decision: Decision| {
+            if binding.is_none_or(|b| decision.binds_harder_than(&b)) {
+                binding = Some(decision);
+            }
         };
-        match outcome {
-            Ok((index, verdict)) => Decision::from_verdict(&params[index], index, verdict),
-            Err(retry) => self.refusal(request, retry),
+        for (i, charge) in charges.iter().enumerate() {
+            let decision = self.check_charge(request, charge, now, request.mode).at_charge(i);
+            if request.mode == Mode::Charge && !decision.is_allowed() {
+                for earlier in &charges[..i] {
+                    self.check_charge(request, earlier, now, Mode::Refund);
+                }
+                // The longest wait among the rest decides the retry-after.
+                bind(decision);
+                for (j, later) in charges.iter().enumerate().skip(i + 1) {
+                    bind(self.check_charge(request, later, now, Mode::Peek).at_charge(j));
+                }
+                break;
+            }
+            bind(decision);
+        }
+        binding.expect("a request carries at least one charge")
+    }
+
+    #[inline(always)]
+    fn check_charge(
+        &self,
+        request: &CheckRequest<'_>,
+        charge: &Charge<'_>,
+        now: u64,
+        mode: Mode,
+    ) -> Decision {
+        let namespace = namespace(request.prefix, charge);
+        let key = StoredKey::new(namespace, request.key, &self.long_keys);
+        // A charge of cost 0 stores nothing: it is a peek.
+        let mode = if charge.cost == 0 && mode == Mode::Charge {
+            Mode::Peek
+        } else {
+            mode
+        };
+        if charge.algorithm == Algorithm::Gcra && charge.limits.params().len() == 1 {
+            self.check_in(&self.gcra, key, charge, now, mode)
+        } else {
+            self.check_in(&self.locked, key, charge, now, mode)
         }
     }
 
@@ -236,48 +337,51 @@ impl<C: Clock> MemoryStore<C> {
         &self,
         map: &DashMap<StoredKey, V, Hasher64>,
         key: StoredKey,
-        request: &CheckRequest<'_>,
+        charge: &Charge<'_>,
         now: u64,
-    ) -> Result<(usize, Verdict), u64> {
+        mode: Mode,
+    ) -> Decision {
         match map.get(&key) {
-            Some(slot) => Ok(slot.check(request, now)),
-            None => self.check_new(map, key, request, now),
+            Some(slot) => slot.check(charge, now, mode),
+            None => self.check_new(map, key, charge, now, mode),
         }
     }
 
     /// Checks a key the store does not track. Only a request that passes and charges needs
-    /// a slot; `Err(retry)` when there is no room for one.
+    /// a slot.
     #[cold]
     #[inline(never)]
     fn check_new<V: Slot>(
         &self,
         map: &DashMap<StoredKey, V, Hasher64>,
         key: StoredKey,
-        request: &CheckRequest<'_>,
+        charge: &Charge<'_>,
         now: u64,
-    ) -> Result<(usize, Verdict), u64> {
-        let slot = V::new(request.algorithm, request.limits.params().len());
-        let outcome = slot.check(request, now);
-        if request.peek || !outcome.1.allowed {
-            return Ok(outcome);
+        mode: Mode,
+    ) -> Decision {
+        let slot = V::new(charge, now);
+        if mode != Mode::Charge {
+            // A peek, or a refund of state that was since reclaimed: nothing to store.
+            return slot.check(charge, now, Mode::Peek);
+        }
+        let decision = slot.check(charge, now, Mode::Peek);
+        if !decision.is_allowed() {
+            return decision;
         }
         if !self.reserve(now) {
-            return Err(self.next_sweep.load(Ordering::Relaxed).saturating_sub(now));
+            return self.refusal(charge, now);
         }
         match map.entry(key) {
             Entry::Occupied(existing) => {
                 // Another thread inserted the key since we looked: charge its slot instead.
                 self.len.fetch_sub(1, Ordering::Relaxed);
-                Ok(existing.get().check(request, now))
+                existing.get().check(charge, now, mode)
             }
-            Entry::Vacant(vacant) => {
-                vacant.insert(slot);
-                Ok(outcome)
-            }
+            Entry::Vacant(vacant) => vacant.insert(slot).check(charge, now, mode),
         }
     }
 
-    /// Takes a place for one more key, reclaiming expired state when the store is full.
+    /// Takes a place for one more key, making room when the store is full.
     fn reserve(&self, now: u64) -> bool {
         let try_take = || {
             if self.len.fetch_add(1, Ordering::Relaxed) < self.capacity {
@@ -290,61 +394,157 @@ impl<C: Clock> MemoryStore<C> {
         if try_take() {
             return true;
         }
-        self.reclaim(now);
+        if self.when_full == WhenFull::RefuseNewKeys
+            && now < self.next_sweep.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        // Threads that find the store full while another makes room wait for it: a cold
+        // path, taken once per eighth of the capacity at most.
+        let mut sweep = self.sweep.lock().unwrap_or_else(PoisonError::into_inner);
+        if try_take() {
+            return true;
+        }
+        self.make_room(now, &mut sweep);
         try_take()
     }
 
-    /// Drops every slot whose state has expired, one shard at a time.
-    fn reclaim(&self, now: u64) {
-        if now < self.next_sweep.load(Ordering::Relaxed)
-            || self.sweeping.swap(true, Ordering::Acquire)
-        {
-            return;
-        }
+    /// Drops every slot whose state has expired and, when that frees less than an eighth of
+    /// the capacity and the policy allows, the least recently used slots up to that eighth.
+    fn make_room(&self, now: u64, sweep: &mut Sweep) {
         let started = Instant::now();
+        let target = (self.capacity / 8).max(1);
         let mut removed = 0usize;
         let mut earliest = u64::MAX;
-        let mut keep = |expires_at: u64| {
-            if expires_at <= now {
-                removed += 1;
-                false
-            } else {
-                earliest = earliest.min(expires_at);
-                true
-            }
-        };
-        self.gcra.retain(|_, slot| keep(slot.expires_at()));
-        self.locked.retain(|_, slot| keep(slot.expires_at()));
+        let mut touched = Vec::new();
+        self.gcra.retain(|_, slot| {
+            keep_live(slot, now, &mut removed, &mut earliest, &mut touched)
+        });
+        self.locked.retain(|_, slot| {
+            keep_live(slot, now, &mut removed, &mut earliest, &mut touched)
+        });
         self.len.fetch_sub(removed, Ordering::Relaxed);
-        // Sweep at most about an eighth of the time, whatever the flood.
-        let cost = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let pause = now.saturating_add(cost.saturating_mul(8).max(1_000_000));
-        let next = if removed == 0 {
-            // Full of live state, and nothing new gets in: nothing frees up before `earliest`.
-            tracing::warn!(
-                capacity = self.capacity,
-                "rate limit store is full of live state; refusing new keys until some expires \
-                 (raise MemoryStore::with_capacity if this is legitimate traffic)"
-            );
-            pause.max(earliest)
-        } else {
-            pause
-        };
-        self.next_sweep.store(next, Ordering::Relaxed);
-        self.sweeping.store(false, Ordering::Release);
+        if removed >= target {
+            return;
+        }
+        match self.when_full {
+            WhenFull::EvictLeastRecentlyUsed => {
+                let evict = (target - removed).min(touched.len());
+                if evict == 0 {
+                    return;
+                }
+                // Evict the `evict` least recently touched: those at most the threshold,
+                // counting down so that ties at the threshold stop at the number wanted.
+                let (_, &mut threshold, _) = touched.select_nth_unstable(evict - 1);
+                let mut left = evict;
+                let mut evicting = |t: u64| {
+                    if left > 0 && t <= threshold {
+                        left -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                };
+                self.gcra.retain(|_, slot| evicting(slot.touched()));
+                self.locked.retain(|_, slot| evicting(slot.touched()));
+                let evicted = evict - left;
+                self.len.fetch_sub(evicted, Ordering::Relaxed);
+                self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
+                if sweep
+                    .last_warning
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+                {
+                    sweep.last_warning = Some(Instant::now());
+                    tracing::warn!(
+                        capacity = self.capacity,
+                        evicted_total = self.evictions(),
+                        "rate limit store is full of live state; evicting the least recently \
+                         used keys, which start over with a full budget (raise \
+                         MemoryStore::with_capacity if this is legitimate traffic)"
+                    );
+                }
+            }
+            WhenFull::RefuseNewKeys => {
+                // Sweep at most about an eighth of the time, whatever the flood.
+                let cost = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let pause = now.saturating_add(cost.saturating_mul(8).max(1_000_000));
+                let next = if removed == 0 {
+                    if sweep
+                        .last_warning
+                        .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+                    {
+                        sweep.last_warning = Some(Instant::now());
+                        tracing::warn!(
+                            capacity = self.capacity,
+                            "rate limit store is full of live state; refusing new keys until \
+                             some expires (raise MemoryStore::with_capacity if this is \
+                             legitimate traffic)"
+                        );
+                    }
+                    // Nothing frees up before the earliest expiry.
+                    pause.max(earliest)
+                } else {
+                    pause
+                };
+                self.next_sweep.store(next, Ordering::Relaxed);
+            }
+        }
     }
 
     #[cold]
-    fn refusal(&self, request: &CheckRequest<'_>, retry: u64) -> Decision {
+    fn refusal(&self, charge: &Charge<'_>, now: u64) -> Decision {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        let rate = &request.limits.params()[0];
-        Decision::refused(rate, retry.clamp(1_000_000, rate.period))
+        let rate = &charge.limits.params()[0];
+        let retry = self
+            .next_sweep
+            .load(Ordering::Relaxed)
+            .saturating_sub(now)
+            .clamp(1_000_000, rate.period_nanos());
+        let retry = Duration::from_nanos(retry);
+        Decision::refused(rate.rate(), 0, retry, Some(retry))
     }
 }
+
+fn keep_live<V: Slot>(
+    slot: &mut V,
+    now: u64,
+    removed: &mut usize,
+    earliest: &mut u64,
+    touched: &mut Vec<u64>,
+) -> bool {
+    let expires_at = slot.expires_at();
+    if expires_at <= now {
+        *removed += 1;
+        false
+    } else {
+        *earliest = (*earliest).min(expires_at);
+        touched.push(slot.touched());
+        true
+    }
+}
+
+/// The in-process name of a charge's state: prefix, scope, algorithm and the periods of its
+/// rates ([`Limits::shape`](crate::Limits::shape)), never the amounts.
+#[inline]
+fn namespace(prefix: &str, charge: &Charge<'_>) -> u64 {
+    let mut hasher = NAMESPACE.build_hasher();
+    hasher.write(prefix.as_bytes());
+    hasher.write_u8(0xff); // no prefix ends where a scope begins
+    hasher.write(charge.scope.as_bytes());
+    hasher.write_u64(charge.limits.shape() ^ charge.algorithm.index() as u64);
+    hasher.finish()
+}
+
+static NAMESPACE: foldhash::fast::FixedState =
+    foldhash::fast::FixedState::with_seed(0x5eed_0f5c_09e5);
 
 impl<C: Clock> Store for MemoryStore<C> {
     fn check<'a>(&'a self, request: CheckRequest<'a>) -> StoreFuture<'a> {
         StoreFuture::ready(Ok(self.check_now(&request)))
+    }
+
+    fn answer_now(&self, request: &CheckRequest<'_>) -> Option<Result<Decision, StoreError>> {
+        Some(Ok(self.check_now(request)))
     }
 }
 
@@ -353,10 +553,10 @@ impl<C: Clock> std::fmt::Debug for MemoryStore<C> {
         f.debug_struct("MemoryStore")
             .field("len", &self.len())
             .field("capacity", &self.capacity)
+            .field("when_full", &self.when_full)
             .finish_non_exhaustive()
     }
 }
-
 /// A stored key: the namespace, then the client key in 16 bytes, as it is when it has at
 /// most 15 bytes (its length in the last byte), or else as a keyed 128-bit hash with the top
 /// bit of the last byte set. Fixed-size, so a GCRA entry is 32 bytes, a lookup allocates
@@ -431,9 +631,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_gcra_entry_is_32_bytes() {
+    fn a_gcra_entry_is_40_bytes() {
         assert_eq!(size_of::<StoredKey>(), 24);
-        assert_eq!(size_of::<(StoredKey, AtomicU64)>(), 32);
+        assert_eq!(size_of::<(StoredKey, GcraSlot)>(), 40);
         assert_eq!(size_of::<(StoredKey, Box<Mutex<Locked>>)>(), 32);
     }
 

@@ -7,53 +7,110 @@
 //! so that path allocates nothing; a networked store boxes its `async` block.
 
 mod memory;
+mod state;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-pub use memory::{DEFAULT_CAPACITY, MemoryStore};
+pub use memory::{DEFAULT_CAPACITY, MemoryStore, WhenFull};
+pub use state::LimitState;
 
 use crate::algorithm::Algorithm;
 use crate::decision::Decision;
 use crate::limits::Limits;
 
-/// One check of one key against a set of limits.
+/// What a check does to the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Judge the request and, when every charge passes, charge them all; when any refuses,
+    /// charge none.
+    Charge,
+    /// Judge the request without charging anything.
+    Peek,
+    /// Give back what an earlier [`Mode::Charge`] of the same request charged: another key's
+    /// limits refused the request afterwards (see
+    /// [`Limiter::check_charges`](crate::Limiter::check_charges)).
+    Refund,
+}
+
+/// One set of limits a request must pass under one key: a scope, the limits, the algorithm
+/// that counts them and the cost.
 #[derive(Clone, Copy, Debug)]
-#[non_exhaustive]
-pub struct CheckRequest<'a> {
+pub struct Charge<'a> {
+    /// Who shares the budget with this key: a route, a name several routes share, or the
+    /// application. Part of the state's name.
+    pub scope: &'a str,
     /// The rates that must all pass.
     pub limits: &'a Limits,
     /// The algorithm that counts them (the limits' own, or the limiter's default).
     pub algorithm: Algorithm,
-    /// A fingerprint of the prefix, the algorithm and the limits: the same `key` under
-    /// another namespace is another budget.
-    pub namespace: u64,
-    /// The limiter's key prefix, for stores that name their keys (Redis).
-    pub prefix: &'a str,
-    /// The scope of the key (a route, or a name shared by several routes), already part of
-    /// `namespace`; for stores that name their keys.
-    pub scope: &'a str,
-    /// Who is counted: a client address, an API key, a scope.
-    pub key: &'a str,
-    /// How many units the request takes.
+    /// How many units the request takes (0 judges without storing anything).
     pub cost: u64,
-    /// Judge without charging anything.
-    pub peek: bool,
+}
+
+/// One request of one key, against everything that applies to it under that key.
+///
+/// State is named by what a user configured, so that every process and version agrees on it:
+/// the [`prefix`](CheckRequest::prefix), each charge's [`scope`](Charge::scope), the
+/// [`key`](CheckRequest::key), and each rate's period and position in its limits
+/// ([`Limits::shape`], [`Limits::params`]); never by the amounts, so that limits scaled at
+/// run time keep their counts.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckRequest<'a> {
+    /// The limiter's key prefix.
+    pub prefix: &'a str,
+    /// Who is counted: a client address, an API key's bytes (not necessarily UTF-8).
+    pub key: &'a [u8],
+    /// What the request must pass, all or nothing.
+    pub charges: &'a [Charge<'a>],
+    /// Charge, peek or refund.
+    pub mode: Mode,
 }
 
 /// A place that keeps rate limit state and applies the algorithms to it.
 ///
-/// Implementations must treat a request as all or nothing: when any rate refuses it, no
-/// rate is charged.
+/// The contract, which the limiter relies on:
+///
+/// - one call per request and key: every charge of a [`CheckRequest`] is judged and, in
+///   [`Mode::Charge`], charged together, all or nothing: when any rate of any charge refuses
+///   it, no rate is charged;
+/// - the answer is the binding decision: the refusing rate with the longest wait, or the
+///   admitting rate with the fewest requests left, marked with
+///   [`at_rate`](Decision::at_rate) and [`at_charge`](Decision::at_charge);
+/// - [`Mode::Refund`] gives back an earlier charge of the same request;
+/// - a charge of cost 0 stores nothing.
+///
+/// [`LimitState`] runs the algorithms on one key's state, for stores that keep state
+/// themselves; a store can also delegate to another (a [`MemoryStore`]).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a rate limit store",
-    note = "a store implements `ratelimit_core::Store`: `fn check<'a>(&'a self, request: CheckRequest<'a>) -> StoreFuture<'a>`; `MemoryStore` is the built-in one"
+    note = "a store implements `ratelimit_core::store::Store`: `fn check<'a>(&'a self, request: CheckRequest<'a>) -> StoreFuture<'a>`; `MemoryStore` is the built-in one"
 )]
 pub trait Store: Send + Sync + 'static {
-    /// Judges `request` and, unless it is a peek and when it passes, charges it.
+    /// Judges `request` and, as its [`mode`](CheckRequest::mode) says, charges, peeks or
+    /// refunds it.
     fn check<'a>(&'a self, request: CheckRequest<'a>) -> StoreFuture<'a>;
+
+    /// The answer at once, for a store that never waits (in memory); `None`, the default,
+    /// for one that does, which is then sent the same request through
+    /// [`check`](Store::check). Returning `None` must leave the state untouched: either way,
+    /// a request reaches the store once.
+    fn answer_now(&self, request: &CheckRequest<'_>) -> Option<Result<Decision, StoreError>> {
+        let _ = request;
+        None
+    }
+}
+
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn check<'a>(&'a self, request: CheckRequest<'a>) -> StoreFuture<'a> {
+        (**self).check(request)
+    }
+
+    fn answer_now(&self, request: &CheckRequest<'_>) -> Option<Result<Decision, StoreError>> {
+        (**self).answer_now(request)
+    }
 }
 
 type BoxedCheck<'a> = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send + 'a>>;

@@ -1,12 +1,76 @@
-//! Who the client is: the peer address, or, behind trusted proxies, the right-most hop of the
-//! forwarding headers that no trusted proxy added.
+//! Who is counted: the client address (the peer, or behind trusted proxies the right-most
+//! forwarded hop that no trusted proxy added), a header's bytes, or everyone. Every path
+//! that checks a request derives its key here, so the same request gets the same key.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use axum::extract::ConnectInfo;
-use http::{Extensions, HeaderMap};
+use http::request::Parts;
+use http::{Extensions, HeaderMap, HeaderValue};
 use ipnet::IpNet;
+
+use super::config::KeySource;
+
+/// A request's key, owned, and without an allocation for a client address.
+#[derive(Clone, Debug)]
+pub(crate) enum Key {
+    /// A client address, and its text as a key.
+    Ip(IpKey, IpAddr),
+    /// A header's value, by its bytes (not necessarily UTF-8).
+    Header(HeaderValue),
+    /// What a key function returned.
+    Text(Cow<'static, str>),
+    /// Everyone.
+    Global,
+}
+
+impl Key {
+    /// The key's bytes, as the store names state by them.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Ip(ip, _) => ip.as_bytes(),
+            Key::Header(value) => value.as_bytes(),
+            Key::Text(text) => text.as_bytes(),
+            Key::Global => b"",
+        }
+    }
+
+    /// The client address, when the key is one.
+    pub(crate) fn client(&self) -> Option<IpAddr> {
+        match self {
+            Key::Ip(_, ip) => Some(*ip),
+            _ => None,
+        }
+    }
+
+    /// The key of `source` for this request; `Custom` is the attribute's to resolve.
+    pub(crate) fn of(
+        source: &KeySource,
+        parts: &Parts,
+        trusted: &TrustedProxies,
+    ) -> Result<Key, MissingConnectInfo> {
+        let ip = || client_ip(&parts.extensions, &parts.headers, trusted);
+        Ok(match source {
+            KeySource::Ip | KeySource::Custom => {
+                let ip = ip()?;
+                Key::Ip(IpKey::new(ip), ip)
+            }
+            KeySource::Global => Key::Global,
+            KeySource::Header(name) => match parts.headers.get(name) {
+                Some(value) => Key::Header(value.clone()),
+                None => {
+                    // Counted by address, under a key no header value can spell (a value
+                    // cannot hold a NUL byte): a client cannot spend another's budget by
+                    // sending the other's address as the header.
+                    let ip = ip()?;
+                    Key::Ip(IpKey::marked(ip), ip)
+                }
+            },
+        })
+    }
+}
 
 /// The proxies whose forwarding headers are believed.
 ///
@@ -142,6 +206,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// A client address as a key: IPv4 as it is, IPv6 by its /64 network, since one subscriber
 /// commonly holds a whole /64 and could otherwise rotate through it.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct IpKey {
     buf: [u8; 48],
     len: usize,
@@ -149,10 +214,22 @@ pub(crate) struct IpKey {
 
 impl IpKey {
     pub(crate) fn new(ip: IpAddr) -> IpKey {
-        let mut key = IpKey {
+        IpKey::written(ip, IpKey {
             buf: [0; 48],
             len: 0,
-        };
+        })
+    }
+
+    /// The key of a client counted by address in place of a missing header: a NUL byte, then
+    /// the address.
+    pub(crate) fn marked(ip: IpAddr) -> IpKey {
+        IpKey::written(ip, IpKey {
+            buf: [0; 48],
+            len: 1,
+        })
+    }
+
+    fn written(ip: IpAddr, mut key: IpKey) -> IpKey {
         let result = match ip {
             IpAddr::V4(v4) => {
                 // By hand: the formatting machinery costs more than the rest of a check.
@@ -184,8 +261,13 @@ impl IpKey {
         self.len += 1;
     }
 
-    pub(crate) fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    #[cfg(test)]
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 

@@ -1,0 +1,121 @@
+//! What the layer is configured with: everything HTTP about rate limiting.
+
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
+
+use dashmap::DashSet;
+use http::HeaderName;
+
+use super::key::TrustedProxies;
+use super::response::{HeaderStyle, RateLimited};
+use crate::limiter::Limiter;
+use crate::limits::Limits;
+
+/// Who a limit counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// The client address (IPv6 grouped by /64), behind trusted proxies the right-most
+    /// forwarded hop they did not add.
+    Ip,
+    /// Everyone together: one budget for the whole route.
+    Global,
+    /// The bytes of a request header's value; a request without the header is counted by
+    /// its client address instead (never under one key shared by every such request).
+    Header(HeaderName),
+    /// A function of the request, given by the attribute's `key = path`.
+    Custom,
+}
+
+pub(crate) type RejectionHandler =
+    Arc<dyn Fn(&RateLimited) -> axum::response::Response + Send + Sync>;
+
+/// The HTTP side of rate limiting, held by the layer (and, without one, the process-wide
+/// default).
+#[derive(Clone)]
+pub(crate) struct HttpConfig {
+    pub(crate) limiter: Limiter,
+    pub(crate) trusted_proxies: TrustedProxies,
+    pub(crate) default_key: KeySource,
+    pub(crate) headers: HeaderStyle,
+    pub(crate) default_limits: Option<Arc<Limits>>,
+    pub(crate) application_limits: Option<Arc<Limits>>,
+    pub(crate) exempt: Arc<[String]>,
+    pub(crate) on_rejected: Option<RejectionHandler>,
+    /// Routes known to carry an attribute, which default limits skip.
+    pub(crate) limited_routes: Arc<DashSet<String>>,
+}
+
+impl HttpConfig {
+    pub(crate) fn new(limiter: Limiter) -> HttpConfig {
+        HttpConfig {
+            limiter,
+            trusted_proxies: TrustedProxies::default(),
+            default_key: KeySource::Ip,
+            headers: HeaderStyle::Both,
+            default_limits: None,
+            application_limits: None,
+            exempt: Arc::from([]),
+            on_rejected: None,
+            limited_routes: Arc::default(),
+        }
+    }
+
+    /// The configuration serving `#[rate_limit]` handlers of routers without a layer: the
+    /// process-wide limiter, client IP keys, both header sets.
+    pub(crate) fn global() -> &'static HttpConfig {
+        static GLOBAL: LazyLock<HttpConfig> =
+            LazyLock::new(|| HttpConfig::new(Limiter::global().clone()));
+        &GLOBAL
+    }
+
+    /// The scope of the application-wide limits.
+    pub(crate) const APPLICATION: &'static str = "__application";
+
+    pub(crate) fn set_trusted_proxies<I, T>(&mut self, proxies: I)
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        let nets = proxies.into_iter().map(|p| {
+            let p = p.as_ref();
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .unwrap_or_else(|_| {
+                    panic!("trusted proxy {p:?} is not an address or a network such as 10.0.0.0/8")
+                })
+        });
+        self.trusted_proxies = TrustedProxies::new(nets);
+    }
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("limiter", &self.limiter)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("default_key", &self.default_key)
+            .field("headers", &self.headers)
+            .field("default_limits", &self.default_limits)
+            .field("application_limits", &self.application_limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Limits given to the layer: parsed [`Limits`], or a string in the rate grammar.
+pub trait AsLimits {
+    /// The limits; panics on a string outside the grammar.
+    fn into_limits(self) -> Limits;
+}
+
+impl AsLimits for Limits {
+    fn into_limits(self) -> Limits {
+        self
+    }
+}
+
+impl AsLimits for &str {
+    fn into_limits(self) -> Limits {
+        Limits::parse(self).unwrap_or_else(|e| panic!("invalid limits {self:?}: {e}"))
+    }
+}

@@ -1,0 +1,255 @@
+//! The one place that checks a request and refuses it: every limit that applies to a request
+//! (its attributes, the route's default limits, the application's) goes through
+//! [`enforce`], which groups them by key (one store call per key), charges all of them or
+//! none, builds the refusal, logs it, shows the decision to the observer and keeps the
+//! admission for the response headers.
+
+use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
+
+use arrayvec::ArrayVec;
+
+use super::config::HttpConfig;
+use super::key::Key;
+use super::response::{RateLimited, Rejection};
+use crate::decision::Decision;
+use crate::limits::Limits;
+use crate::store::{Charge, Mode, StoreError};
+
+/// The most limits one request can meet: eight stacked attributes, the route's default limits
+/// and the application's.
+pub(crate) const MAX_ENTRIES: usize = 10;
+
+/// One limit that applies to a request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Entry<'r> {
+    pub(crate) key: &'r Key,
+    pub(crate) scope: &'r str,
+    pub(crate) limits: &'r Limits,
+    pub(crate) cost: u64,
+    /// The attribute's `error_message`.
+    pub(crate) message: Option<&'static str>,
+}
+
+/// Checks every entry as one: grouped by key, one store call per key, in order; when a key
+/// refuses, the keys already charged are given back (with `charged`, what an earlier stage
+/// of the same request charged), so the request is charged by all or none.
+///
+/// Two keys cannot be judged atomically together by one store call (Redis Cluster may keep
+/// them on different nodes), hence charge-then-refund: concurrent requests may see a charge
+/// that is about to be given back and be refused for it, never admitted beyond a limit.
+pub(crate) async fn enforce(
+    config: &HttpConfig,
+    route: &str,
+    entries: &[Entry<'_>],
+    charged: &[Entry<'_>],
+) -> Result<Option<Decision>, Rejection> {
+    let mut admitted: Option<(Decision, usize)> = None;
+    let mut firsts: ArrayVec<usize, MAX_ENTRIES> = ArrayVec::new();
+    for first in 0..entries.len() {
+        let key = entries[first].key.as_bytes();
+        if entries[..first].iter().any(|e| e.key.as_bytes() == key) {
+            continue; // checked with its key's group
+        }
+        let (charges, members) = group(config, entries, first);
+        let outcome = check(config, key, &charges, Mode::Charge).await;
+        let refusal = match outcome {
+            Ok(decision) if decision.is_allowed() => {
+                let entry = members[decision.charge_index().min(members.len() - 1)];
+                if admitted.is_none_or(|(best, _)| decision.binds_harder_than(&best)) {
+                    admitted = Some((decision, entry));
+                }
+                firsts.push(first);
+                continue;
+            }
+            Ok(decision) => Ok((decision, members[decision.charge_index().min(members.len() - 1)])),
+            Err(error) => Err(error),
+        };
+        // Refused (or the store failed): give back everything this request was charged.
+        for &earlier in &firsts {
+            let (charges, _) = group(config, entries, earlier);
+            let _ = check(config, entries[earlier].key.as_bytes(), &charges, Mode::Refund).await;
+        }
+        refund(config, charged).await;
+        return Err(match refusal {
+            Ok((decision, entry)) => refuse(config, route, &entries[entry], decision),
+            Err(error) => {
+                tracing::error!(%error, route, "rate limit store failed");
+                Rejection::store_failed()
+            }
+        });
+    }
+    let Some((decision, entry)) = admitted else {
+        return Ok(None);
+    };
+    config
+        .limiter
+        .observe(route, entries[entry].key.as_bytes(), &decision);
+    record(decision);
+    Ok(Some(decision))
+}
+
+/// Gives back charges made earlier in a request.
+pub(crate) async fn refund(config: &HttpConfig, charged: &[Entry<'_>]) {
+    for first in 0..charged.len() {
+        let key = charged[first].key.as_bytes();
+        if charged[..first].iter().any(|e| e.key.as_bytes() == key) {
+            continue;
+        }
+        let (charges, _) = group(config, charged, first);
+        let _ = check(config, key, &charges, Mode::Refund).await;
+    }
+}
+
+type Group<'r> = (
+    ArrayVec<Charge<'r>, MAX_ENTRIES>,
+    ArrayVec<usize, MAX_ENTRIES>,
+);
+
+/// The charges of every entry with the key of `entries[first]`, and their positions.
+fn group<'r>(config: &HttpConfig, entries: &[Entry<'r>], first: usize) -> Group<'r> {
+    let key = entries[first].key.as_bytes();
+    let mut charges = ArrayVec::new();
+    let mut members = ArrayVec::new();
+    for (i, entry) in entries.iter().enumerate().skip(first) {
+        if entry.key.as_bytes() == key {
+            charges.push(config.limiter.charge(entry.scope, entry.limits, entry.cost));
+            members.push(i);
+        }
+    }
+    (charges, members)
+}
+
+/// One store call: without a future when the store answers at once.
+async fn check(
+    config: &HttpConfig,
+    key: &[u8],
+    charges: &[Charge<'_>],
+    mode: Mode,
+) -> Result<Decision, StoreError> {
+    match config.limiter.check_charges_now(key, charges, mode) {
+        Some(answer) => answer,
+        None => config.limiter.check_charges(key, charges, mode).await,
+    }
+}
+
+/// The answer to a refusal, logged and observed.
+#[cold]
+fn refuse(config: &HttpConfig, route: &str, entry: &Entry<'_>, decision: Decision) -> Rejection {
+    let key = entry.key.as_bytes();
+    config.limiter.observe(route, key, &decision);
+    let client = entry.key.client();
+    match client {
+        Some(ip) => {
+            tracing::warn!(client = %ip, route, limit = %decision.rate(), "rate limit exceeded")
+        }
+        None => tracing::warn!(
+            key = %String::from_utf8_lossy(key),
+            route,
+            limit = %decision.rate(),
+            "rate limit exceeded"
+        ),
+    }
+    match &config.on_rejected {
+        Some(handler) => Rejection::custom(handler(&details(route, entry, decision, client))),
+        None => Rejection::limited(&decision, entry.message, config.headers),
+    }
+}
+
+fn details(route: &str, entry: &Entry<'_>, decision: Decision, client: Option<IpAddr>) -> RateLimited {
+    RateLimited {
+        decision,
+        route: route.to_owned(),
+        key: String::from_utf8_lossy(entry.key.as_bytes()).into_owned(),
+        client,
+        message: entry.message.map(Into::into),
+    }
+}
+
+/// What the layer shares with the extractors of the request it serves. A task-local rather
+/// than a request extension: nothing is allocated, and nothing shared between requests is
+/// written (a reference count bounced between cores costs more than the whole check).
+pub(crate) struct RequestContext {
+    pub(crate) config: &'static HttpConfig,
+    /// The most restrictive admission so far, for the response headers.
+    admitted: Cell<Option<Decision>>,
+    /// What the layer did about its own limits.
+    layer: RefCell<LayerState>,
+}
+
+/// What the layer did about its default and application limits before the handler ran.
+#[derive(Debug, Default)]
+pub(crate) enum LayerState {
+    /// Nothing to do, or already accounted for.
+    #[default]
+    Done,
+    /// The route carries an attribute: the application limits are left to its check, so
+    /// that they pass or fail with the attribute's.
+    LeftToAttribute,
+    /// The route was not yet known to carry an attribute: the layer charged `key` for the
+    /// application limits (`application`) and the route's default limits (`default`).
+    Charged {
+        key: Key,
+        application: bool,
+        default: bool,
+    },
+}
+
+tokio::task_local! {
+    static REQUEST: RequestContext;
+}
+
+impl RequestContext {
+    pub(crate) fn new(config: &'static HttpConfig, layer: LayerState) -> RequestContext {
+        RequestContext {
+            config,
+            admitted: Cell::new(None),
+            layer: RefCell::new(layer),
+        }
+    }
+
+    /// Runs `future` with this context.
+    pub(crate) fn scope<F: Future>(self, future: F) -> tokio::task::futures::TaskLocalFuture<RequestContext, F> {
+        REQUEST.scope(self, future)
+    }
+}
+
+/// The configuration serving this request: the layer's, or the process-wide default.
+pub(crate) fn current_config() -> &'static HttpConfig {
+    REQUEST
+        .try_with(|request| request.config)
+        .unwrap_or_else(|_| HttpConfig::global())
+}
+
+/// Takes what the layer left for the attribute's check.
+pub(crate) fn take_layer_state() -> LayerState {
+    REQUEST
+        .try_with(|request| request.layer.take())
+        .unwrap_or_default()
+}
+
+/// The admission to describe in the response headers (taken once).
+pub(crate) fn take_admitted() -> Option<Decision> {
+    REQUEST
+        .try_with(|request| request.admitted.take())
+        .ok()
+        .flatten()
+}
+
+/// Remembers an admission for the response headers (a no-op outside the layer).
+fn record(decision: Decision) {
+    let _ = REQUEST.try_with(|request| {
+        if request
+            .admitted
+            .get()
+            .is_none_or(|earlier| decision.binds_harder_than(&earlier))
+        {
+            request.admitted.set(Some(decision));
+        }
+    });
+}
+
+/// Says what the layer did about its own limits (a no-op outside the layer).
+pub(crate) fn set_layer_state(state: LayerState) {
+    let _ = REQUEST.try_with(|request| *request.layer.borrow_mut() = state);
+}

@@ -1,0 +1,510 @@
+//! What the `#[rate_limit]` attribute injects into a handler: the [`Guard`] extractor (the
+//! check runs before the body is read), or [`Deferred`] when a `cost` needs the handler's
+//! arguments; and the [`Spec`] the attribute describes itself with.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::{Arc, LazyLock};
+
+use arrayvec::ArrayVec;
+use axum::extract::{FromRequestParts, MatchedPath};
+use http::request::Parts;
+
+use super::config::{HttpConfig, KeySource};
+use super::enforce::{self, Entry, LayerState, MAX_ENTRIES, enforce};
+use super::key::Key;
+use super::missing_connect_info;
+use super::response::Rejection;
+use crate::limits::Limits;
+
+/// What one `#[rate_limit]` attribute says, built once per attribute by the generated code.
+#[derive(Debug)]
+pub struct Policy {
+    handler: &'static str,
+    limits: Option<Limits>,
+    key: Option<KeySource>,
+    scope: Option<&'static str>,
+    error_message: Option<&'static str>,
+}
+
+impl Policy {
+    /// The policy of the handler named `handler` (`module::path::fn_name`, for logs and as the
+    /// fallback scope when a request carries no matched route).
+    pub fn new(handler: &'static str) -> Policy {
+        Policy {
+            handler,
+            limits: None,
+            key: None,
+            scope: None,
+            error_message: None,
+        }
+    }
+
+    /// Fixed limits (without them, the spec's `limits` function answers per request).
+    pub fn limits(mut self, limits: Limits) -> Policy {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// Who is counted (default: the limiter's default key, the client IP).
+    pub fn key(mut self, key: KeySource) -> Policy {
+        self.key = Some(key);
+        self
+    }
+
+    /// One budget shared by every handler naming the same scope.
+    pub fn scope(mut self, scope: &'static str) -> Policy {
+        self.scope = Some(scope);
+        self
+    }
+
+    /// The `detail` of the 429 answer instead of `Rate limit exceeded: 10 per 1 minute`.
+    pub fn error_message(mut self, message: &'static str) -> Policy {
+        self.error_message = Some(message);
+        self
+    }
+}
+
+/// Limits a request resolved at run time by a `LIMITS` function: anything that lends a
+/// [`Limits`].
+#[derive(Debug)]
+pub enum LimitsRef {
+    /// Limits that live for the whole program (a `static`).
+    Static(&'static Limits),
+    /// Limits shared behind an `Arc`.
+    Shared(Arc<Limits>),
+    /// Limits made for this request.
+    Owned(Limits),
+}
+
+impl LimitsRef {
+    /// The limits lent.
+    pub fn limits(&self) -> &Limits {
+        match self {
+            LimitsRef::Static(limits) => limits,
+            LimitsRef::Shared(limits) => limits,
+            LimitsRef::Owned(limits) => limits,
+        }
+    }
+}
+
+impl From<&'static Limits> for LimitsRef {
+    fn from(limits: &'static Limits) -> LimitsRef {
+        LimitsRef::Static(limits)
+    }
+}
+
+impl From<Arc<Limits>> for LimitsRef {
+    fn from(limits: Arc<Limits>) -> LimitsRef {
+        LimitsRef::Shared(limits)
+    }
+}
+
+impl From<Limits> for LimitsRef {
+    fn from(limits: Limits) -> LimitsRef {
+        LimitsRef::Owned(limits)
+    }
+}
+
+impl From<&'static LazyLock<Limits>> for LimitsRef {
+    fn from(limits: &'static LazyLock<Limits>) -> LimitsRef {
+        LimitsRef::Static(limits)
+    }
+}
+
+/// A key returned by a key function: any string type, or `Option` of one (`None` shares
+/// one budget among all requests without a key: return the client address instead where
+/// that is not what you want).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a rate limit key",
+    note = "a key function takes `&http::request::Parts` and returns a `String`, `&'static str`, `Cow<str>` or an `Option` of one (sync or async)"
+)]
+pub trait IntoKey {
+    /// The key.
+    fn into_key(self) -> Cow<'static, str>;
+}
+
+impl IntoKey for String {
+    fn into_key(self) -> Cow<'static, str> {
+        Cow::Owned(self)
+    }
+}
+
+impl IntoKey for &'static str {
+    fn into_key(self) -> Cow<'static, str> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl IntoKey for Cow<'static, str> {
+    fn into_key(self) -> Cow<'static, str> {
+        self
+    }
+}
+
+impl IntoKey for Box<str> {
+    fn into_key(self) -> Cow<'static, str> {
+        Cow::Owned(self.into())
+    }
+}
+
+impl IntoKey for Arc<str> {
+    fn into_key(self) -> Cow<'static, str> {
+        Cow::Owned(self.as_ref().to_owned())
+    }
+}
+
+impl<K: IntoKey> IntoKey for Option<K> {
+    fn into_key(self) -> Cow<'static, str> {
+        self.map_or(Cow::Borrowed(""), IntoKey::into_key)
+    }
+}
+
+/// The hooks the generated code fills in for one attribute. Every method but `policy` has a
+/// default: an attribute overrides only what it uses.
+pub trait Spec: Send + Sync + 'static {
+    /// The attribute's fixed part.
+    fn policy() -> &'static Policy;
+
+    /// `key = path`: the user's key function.
+    fn key(parts: &Parts) -> impl Future<Output = Cow<'static, str>> + Send {
+        let _ = parts;
+        std::future::ready(Cow::Borrowed(""))
+    }
+
+    /// `LIMITS` given as a function: the limits of this request.
+    fn limits(parts: &Parts) -> Option<LimitsRef> {
+        let _ = parts;
+        None
+    }
+
+    /// `cost = EXPR` when the expression uses no handler argument.
+    fn cost(parts: &Parts) -> u64 {
+        let _ = parts;
+        1
+    }
+
+    /// `exempt_when = path`: requests that skip this limit.
+    fn exempt(parts: &Parts) -> bool {
+        let _ = parts;
+        false
+    }
+}
+
+/// The attributes of one handler, in order: a [`Spec`] or a tuple of up to eight. Several
+/// `#[rate_limit]` attributes on one handler become one tuple, checked as one.
+pub trait Specs: Send + Sync + 'static {
+    /// How many attributes.
+    const LEN: usize;
+
+    /// What each attribute says of this request.
+    #[doc(hidden)]
+    fn resolve(parts: &Parts) -> impl Future<Output = Result<Resolved, Rejection>> + Send;
+}
+
+/// What the attributes of a handler say of one request; built by [`Specs::resolve`].
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Resolved(ArrayVec<One, 8>);
+
+#[derive(Debug)]
+struct One {
+    policy: &'static Policy,
+    /// `None` when the request is exempt from this attribute.
+    key: Option<Key>,
+    limits: LimitsRef,
+    cost: u64,
+}
+
+/// What attribute `S` says of this request.
+#[doc(hidden)]
+pub async fn resolve_one<S: Spec>(parts: &Parts, into: &mut Resolved) -> Result<(), Rejection> {
+    let policy = S::policy();
+    let config = enforce::current_config();
+    let key = if S::exempt(parts) {
+        None
+    } else {
+        Some(match policy.key.as_ref().unwrap_or(&config.default_key) {
+            KeySource::Custom => Key::Text(S::key(parts).await),
+            source => Key::of(source, parts, &config.trusted_proxies).map_err(|_| {
+                missing_connect_info(policy.handler);
+                Rejection::misconfigured()
+            })?,
+        })
+    };
+    let limits = match S::limits(parts) {
+        Some(dynamic) => dynamic,
+        None => LimitsRef::Static(policy.limits.as_ref().expect(
+            "the attribute gives either fixed limits or a limits function",
+        )),
+    };
+    into.0.push(One {
+        policy,
+        key,
+        limits,
+        cost: S::cost(parts),
+    });
+    Ok(())
+}
+
+macro_rules! specs {
+    ($len:literal: $($s:ident),+) => {
+        impl<$($s: Spec),+> Specs for ($($s,)+) {
+            const LEN: usize = $len;
+
+            async fn resolve(parts: &Parts) -> Result<Resolved, Rejection> {
+                let mut resolved = Resolved::default();
+                $(resolve_one::<$s>(parts, &mut resolved).await?;)+
+                Ok(resolved)
+            }
+        }
+    };
+}
+
+specs!(1: A);
+specs!(2: A, B);
+specs!(3: A, B, C);
+specs!(4: A, B, C, D);
+specs!(5: A, B, C, D, E);
+specs!(6: A, B, C, D, E, F);
+specs!(7: A, B, C, D, E, F, G);
+specs!(8: A, B, C, D, E, F, G, H);
+
+/// What the layer left for the attributes' check.
+#[derive(Debug)]
+enum LayerPart {
+    Nothing,
+    /// The application limits, to check with the attributes' under this key.
+    ToCheck(Key),
+    /// The application limits, already charged to this key: given back if refused.
+    Charged(Key),
+}
+
+impl LayerPart {
+    /// Takes the layer's state; a default-limit charge made before the route was known to
+    /// carry an attribute is given back at once.
+    async fn take(config: &HttpConfig, parts: &Parts, route: &str) -> Result<LayerPart, Rejection> {
+        Ok(match enforce::take_layer_state() {
+            LayerState::Done => LayerPart::Nothing,
+            LayerState::LeftToAttribute => LayerPart::ToCheck(
+                Key::of(&config.default_key, parts, &config.trusted_proxies).map_err(|_| {
+                    missing_connect_info("the rate limit layer");
+                    Rejection::misconfigured()
+                })?,
+            ),
+            LayerState::Charged {
+                key,
+                application,
+                default,
+            } => {
+                if let (true, Some(defaults)) = (default, &config.default_limits) {
+                    let entry = Entry {
+                        key: &key,
+                        scope: route,
+                        limits: defaults,
+                        cost: 1,
+                        message: None,
+                    };
+                    enforce::refund(config, &[entry]).await;
+                }
+                if application {
+                    LayerPart::Charged(key)
+                } else {
+                    LayerPart::Nothing
+                }
+            }
+        })
+    }
+}
+
+/// Checks a request against its attributes (at `costs`, one per attribute, when given; at
+/// each attribute's own cost otherwise) and what the layer left.
+async fn check(
+    config: &HttpConfig,
+    route: Option<&str>,
+    resolved: &Resolved,
+    costs: Option<&[u64]>,
+    layer: &LayerPart,
+) -> Result<(), Rejection> {
+    let mut entries: ArrayVec<Entry<'_>, MAX_ENTRIES> = ArrayVec::new();
+    let mut charged: ArrayVec<Entry<'_>, 1> = ArrayVec::new();
+    for (i, one) in resolved.0.iter().enumerate() {
+        let Some(key) = &one.key else { continue };
+        entries.push(Entry {
+            key,
+            scope: one.policy.scope.or(route).unwrap_or(one.policy.handler),
+            limits: one.limits.limits(),
+            cost: costs.and_then(|c| c.get(i).copied()).unwrap_or(one.cost),
+            message: one.policy.error_message,
+        });
+    }
+    let application = config.application_limits.as_deref();
+    match (layer, application) {
+        (LayerPart::ToCheck(key), Some(limits)) => entries.push(application_entry(key, limits)),
+        (LayerPart::Charged(key), Some(limits)) => charged.push(application_entry(key, limits)),
+        _ => {}
+    }
+    let handler = resolved.0.first().map_or("", |one| one.policy.handler);
+    enforce(config, route.unwrap_or(handler), &entries, &charged).await?;
+    Ok(())
+}
+
+fn application_entry<'r>(key: &'r Key, limits: &'r Limits) -> Entry<'r> {
+    Entry {
+        key,
+        scope: HttpConfig::APPLICATION,
+        limits,
+        cost: 1,
+        message: None,
+    }
+}
+
+/// Remembers that `route` carries an attribute, so that default limits skip it.
+fn note_limited_route(config: &HttpConfig, route: Option<&str>) {
+    if let (Some(route), Some(_)) = (route, &config.default_limits) {
+        if !config.limited_routes.contains(route) {
+            config.limited_routes.insert(route.to_owned());
+        }
+    }
+}
+
+/// The extractor the attribute injects: by the time the handler runs, the request has passed
+/// every limit of its attributes (or is exempt), and otherwise the client got the 429 answer.
+pub struct Guard<S: Specs> {
+    _spec: PhantomData<fn() -> S>,
+}
+
+impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
+    type Rejection = Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Guard<S>, Rejection> {
+        let config = enforce::current_config();
+        let route = parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str);
+        note_limited_route(config, route);
+        let resolved = S::resolve(parts).await?;
+        let layer = LayerPart::take(config, parts, route.unwrap_or("")).await?;
+        check(config, route, &resolved, None, &layer).await?;
+        Ok(Guard { _spec: PhantomData })
+    }
+}
+
+/// The extractor for attributes whose `cost` needs the handler's arguments: it finds the
+/// keys and limits before the body is read, and the rewritten handler calls
+/// [`check`](Deferred::check) once the arguments are extracted.
+pub struct Deferred<S: Specs> {
+    config: &'static HttpConfig,
+    route: Option<MatchedPath>,
+    resolved: Resolved,
+    layer: LayerPart,
+    _spec: PhantomData<fn() -> S>,
+}
+
+impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
+    type Rejection = Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Deferred<S>, Rejection> {
+        let config = enforce::current_config();
+        let route = parts.extensions.get::<MatchedPath>().cloned();
+        note_limited_route(config, route.as_ref().map(MatchedPath::as_str));
+        let resolved = S::resolve(parts).await?;
+        let layer =
+            LayerPart::take(config, parts, route.as_ref().map_or("", MatchedPath::as_str)).await?;
+        Ok(Deferred {
+            config,
+            route,
+            resolved,
+            layer,
+            _spec: PhantomData,
+        })
+    }
+}
+
+impl<S: Specs> Deferred<S> {
+    /// Checks the request now that the arguments are known: `costs` holds each attribute's
+    /// cost, in order.
+    pub async fn check(&self, costs: &[u64]) -> Result<(), Rejection> {
+        let route = self.route.as_ref().map(MatchedPath::as_str);
+        check(self.config, route, &self.resolved, Some(costs), &self.layer).await
+    }
+}
+
+/// What the code generated by `#[rate_limit]` calls; not a public API.
+#[doc(hidden)]
+pub mod support {
+    use std::borrow::Cow;
+    use std::cell::Cell;
+    use std::future::Future;
+
+    use super::IntoKey;
+
+    /// Holds a key function's result until [`KeyFromFuture`] or [`KeyFromValue`] takes it:
+    /// method resolution picks the first for a future (an `async fn`), the second for a
+    /// value (a plain `fn`).
+    pub struct Probe<T>(Cell<Option<T>>);
+
+    impl<T> Probe<T> {
+        /// Wraps a key function's result.
+        pub fn new(value: T) -> Probe<T> {
+            Probe(Cell::new(Some(value)))
+        }
+
+        fn take(&self) -> T {
+            self.0.take().expect("a probe is read once")
+        }
+    }
+
+    /// The key of an `async` key function.
+    pub trait KeyFromFuture {
+        /// The key, once the function's future completes.
+        fn key_future(self) -> impl Future<Output = Cow<'static, str>> + Send;
+    }
+
+    impl<F> KeyFromFuture for Probe<F>
+    where
+        F: Future + Send,
+        F::Output: IntoKey,
+    {
+        fn key_future(self) -> impl Future<Output = Cow<'static, str>> + Send {
+            let future = self.take();
+            async move { future.await.into_key() }
+        }
+    }
+
+    /// The key of a plain key function.
+    pub trait KeyFromValue {
+        /// The key, at once.
+        fn key_future(self) -> std::future::Ready<Cow<'static, str>>;
+    }
+
+    impl<K: IntoKey> KeyFromValue for &Probe<K> {
+        fn key_future(self) -> std::future::Ready<Cow<'static, str>> {
+            std::future::ready(self.take().into_key())
+        }
+    }
+
+    /// A request's cost, from any integer type (a negative cost counts as 0).
+    #[diagnostic::on_unimplemented(
+        message = "`cost` must be an integer, not `{Self}`",
+        note = "`cost = EXPR` takes an integer expression, such as `cost = batch.len()`"
+    )]
+    pub trait Cost {
+        /// The cost in units.
+        fn units(self) -> u64;
+    }
+
+    macro_rules! unsigned {
+        ($($t:ty),*) => {$(impl Cost for $t { fn units(self) -> u64 { u64::try_from(self).unwrap_or(u64::MAX) } })*};
+    }
+    macro_rules! signed {
+        ($($t:ty),*) => {$(impl Cost for $t { fn units(self) -> u64 { u64::try_from(self.max(0)).unwrap_or(u64::MAX) } })*};
+    }
+    unsigned!(u8, u16, u32, u64, u128, usize);
+    signed!(i8, i16, i32, i64, i128, isize);
+
+    /// Pins the type of what `future` returns, so that `?` and `return` inside a handler's
+    /// body infer as they did before the rewrite moved it into an `async` block.
+    pub fn returns<T, F: Future<Output = T>>(future: F) -> F {
+        future
+    }
+}

@@ -1,0 +1,68 @@
+//! One key's state under one charge's limits, for stores that keep state themselves.
+
+use super::{Charge, Mode};
+use crate::algorithm::{State, check_all, refund_all};
+use crate::decision::Decision;
+
+/// The state of one key under one [`Charge`]'s limits (one entry per rate), with the
+/// algorithms that judge it: what a store that keeps its own state (in a map behind a lock,
+/// in a database row) stores per key and scope.
+///
+/// ```
+/// use ratelimit_core::store::{Charge, LimitState, Mode};
+/// use ratelimit_core::{Algorithm, Limits};
+///
+/// let limits = Limits::parse("2/second").unwrap();
+/// let charge = Charge { scope: "", limits: &limits, algorithm: Algorithm::Gcra, cost: 1 };
+/// let mut state = LimitState::new(&charge);
+/// assert!(state.check(&charge, 0, Mode::Charge).is_allowed());
+/// assert!(state.check(&charge, 0, Mode::Charge).is_allowed());
+/// assert!(!state.check(&charge, 0, Mode::Charge).is_allowed());
+/// state.check(&charge, 0, Mode::Refund);
+/// assert!(state.check(&charge, 0, Mode::Charge).is_allowed());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitState {
+    states: Vec<State>,
+}
+
+impl LimitState {
+    /// A fresh state for `charge`'s limits and algorithm.
+    pub fn new(charge: &Charge<'_>) -> LimitState {
+        LimitState {
+            states: vec![State::new(charge.algorithm); charge.limits.params().len()],
+        }
+    }
+
+    /// Judges `charge` at `now` (nanoseconds on the store's clock) and, as `mode` says,
+    /// charges it (when every rate admits it), peeks, or gives an earlier charge back. The
+    /// decision is bound by the rate that refused, or the one with the fewest left.
+    ///
+    /// A state made for other limits (another number of rates, another algorithm) starts
+    /// over.
+    pub fn check(&mut self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
+        let params = charge.limits.params();
+        let fresh = State::new(charge.algorithm);
+        if self.states.len() != params.len() || !self.states.iter().all(|s| s.same_kind(&fresh))
+        {
+            self.states = vec![fresh; params.len()];
+        }
+        if mode == Mode::Refund {
+            refund_all(&mut self.states, params, now, charge.cost);
+        }
+        let consume = mode == Mode::Charge && charge.cost > 0;
+        let (index, verdict) = check_all(&mut self.states, params, now, charge.cost, consume);
+        Decision::from_verdict(&params[index], index, verdict)
+    }
+
+    /// From when on (store clock) this state is as good as new, so dropping it changes no
+    /// decision.
+    pub fn expires_at(&self, charge: &Charge<'_>) -> u64 {
+        self.states
+            .iter()
+            .zip(charge.limits.params())
+            .map(|(state, rate)| state.expires_at(rate))
+            .max()
+            .unwrap_or(0)
+    }
+}

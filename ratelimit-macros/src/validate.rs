@@ -1,0 +1,151 @@
+//! Validation: each attribute's arguments checked once and turned into typed options, which
+//! the expansion never checks or parses again.
+
+use std::num::NonZeroU64;
+use std::str::FromStr;
+
+use proc_macro2::Span;
+use ratelimit_core::Algorithm;
+use ratelimit_core::rate::parse_rates;
+use syn::{Expr, LitStr, Path};
+
+use crate::attr::{Args, Errors, KeyArg, LimitsArg};
+
+/// A value with the span of the tokens it was checked from.
+pub(crate) struct Spanned<T> {
+    pub(crate) value: T,
+    pub(crate) span: Span,
+}
+
+/// What limits a request, checked.
+pub(crate) enum Limits {
+    /// A string in the rate grammar.
+    Literal(LitStr),
+    /// A function of the request parts returning its limits.
+    Function(Path),
+}
+
+/// Who is counted, checked.
+pub(crate) enum Key {
+    Ip,
+    Global,
+    /// The header's name, lowercase (as `HeaderName::from_static` needs it).
+    Header(String),
+    Function(Path),
+}
+
+/// One attribute, checked.
+pub(crate) struct Options {
+    pub(crate) limits: Limits,
+    pub(crate) key: Option<Key>,
+    pub(crate) scope: Option<LitStr>,
+    pub(crate) algorithm: Option<Spanned<Algorithm>>,
+    pub(crate) burst: Option<NonZeroU64>,
+    pub(crate) cost: Option<Expr>,
+    pub(crate) exempt_when: Option<Path>,
+    pub(crate) error_message: Option<LitStr>,
+    pub(crate) krate: Option<Path>,
+}
+
+/// Checks `args`, adding what is wrong to `errors`.
+pub(crate) fn validate(args: Args, errors: &mut Errors) -> Options {
+    let algorithm = args.algorithm.map(|(_, name)| algorithm(&name, errors));
+    let burst = args.burst.and_then(|(_, burst)| {
+        if algorithm.as_ref().is_some_and(|a| !a.value.has_burst()) {
+            let algorithm = algorithm.as_ref().map(|a| a.value).unwrap_or_default();
+            errors.spanned(
+                &burst,
+                format!("`burst` applies to `gcra` only: `{algorithm}` admits its amount per window"),
+            );
+        }
+        match burst.base10_parse::<u64>().ok().map(NonZeroU64::new) {
+            Some(Some(value)) => Some(value),
+            Some(None) => {
+                errors.spanned(&burst, "zero burst: expected at least 1");
+                None
+            }
+            None => {
+                errors.spanned(&burst, "invalid burst: expected a whole number below 2^64");
+                None
+            }
+        }
+    });
+    Options {
+        limits: limits(args.limits, errors),
+        key: args.key.map(|(_, key)| self::key(key, errors)),
+        scope: args.scope.map(|(_, scope)| {
+            non_empty(&scope, "empty scope: expected a name such as \"inference\"", errors);
+            scope
+        }),
+        algorithm,
+        burst,
+        cost: args.cost.map(|(_, cost)| cost),
+        exempt_when: args.exempt_when.map(|(_, path)| path),
+        error_message: args.error_message.map(|(_, message)| {
+            non_empty(
+                &message,
+                "empty error message: expected the text of the 429 answer",
+                errors,
+            );
+            message
+        }),
+        krate: args.krate.map(|(_, path)| path),
+    }
+}
+
+/// One of the core's algorithm names: the one table of them.
+fn algorithm(name: &syn::Ident, errors: &mut Errors) -> Spanned<Algorithm> {
+    let value = Algorithm::from_str(&name.to_string()).unwrap_or_else(|_| {
+        let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+        errors.spanned(
+            name,
+            format!("unknown algorithm `{name}`: expected one of {}", names.join(", ")),
+        );
+        Algorithm::default()
+    });
+    Spanned {
+        value,
+        span: name.span(),
+    }
+}
+
+fn limits(limits: LimitsArg, errors: &mut Errors) -> Limits {
+    match limits {
+        LimitsArg::Literal(lit) => {
+            if let Err(e) = parse_rates(&lit.value()) {
+                errors.spanned(&lit, format!("invalid rate limit: {e}"));
+            }
+            Limits::Literal(lit)
+        }
+        LimitsArg::Function(path) => Limits::Function(path),
+    }
+}
+
+fn key(key: KeyArg, errors: &mut Errors) -> Key {
+    match key {
+        KeyArg::Ip => Key::Ip,
+        KeyArg::Global => Key::Global,
+        KeyArg::Function(path) => Key::Function(path),
+        KeyArg::Header(name) => {
+            let value = name.value();
+            if value.is_empty() {
+                errors.spanned(&name, "empty header name: expected a header such as \"X-API-Key\"");
+            } else if !value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                errors.spanned(
+                    &name,
+                    format!("invalid header name {value:?}: expected letters, digits and `-`, such as \"X-API-Key\""),
+                );
+            }
+            Key::Header(value.to_ascii_lowercase())
+        }
+    }
+}
+
+fn non_empty(value: &LitStr, message: &str, errors: &mut Errors) {
+    if value.value().trim().is_empty() {
+        errors.spanned(value, message);
+    }
+}
