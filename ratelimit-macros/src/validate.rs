@@ -49,6 +49,7 @@ pub(crate) struct Options {
 
 /// Checks `args`, adding what is wrong to `errors`.
 pub(crate) fn validate(args: Args, errors: &mut Errors) -> Options {
+    let limits = limits(args.limits, errors);
     let algorithm = args.algorithm.map(|(_, name)| algorithm(&name, errors));
     let burst = args.burst.and_then(|(_, burst)| {
         if algorithm.as_ref().is_some_and(|a| !a.value.has_burst()) {
@@ -71,7 +72,7 @@ pub(crate) fn validate(args: Args, errors: &mut Errors) -> Options {
         }
     });
     Options {
-        limits: limits(args.limits, errors),
+        limits,
         key: args.key.map(|(_, key)| self::key(key, errors)),
         scope: args.scope.map(|(_, scope)| {
             non_empty(&scope, "empty scope: expected a name such as \"inference\"", errors);
