@@ -61,7 +61,12 @@ impl Limiter {
     /// Checks a request of `cost` units from `key` against `limits` and, when every rate
     /// admits it, charges it to all of them. A refused request is charged nothing. One store
     /// call.
-    pub async fn check(&self, limits: &Limits, key: &str, cost: u64) -> Result<Decision, StoreError> {
+    pub async fn check(
+        &self,
+        limits: &Limits,
+        key: &str,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
         self.check_scoped("", limits, key, cost).await
     }
 
@@ -83,7 +88,12 @@ impl Limiter {
     }
 
     /// Answers what [`check`](Limiter::check) would, without charging anything.
-    pub async fn peek(&self, limits: &Limits, key: &str, cost: u64) -> Result<Decision, StoreError> {
+    pub async fn peek(
+        &self,
+        limits: &Limits,
+        key: &str,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
         let charge = self.charge("", limits, cost);
         self.check_charges(key.as_bytes(), std::slice::from_ref(&charge), Mode::Peek)
             .await
@@ -181,7 +191,12 @@ impl Limiter {
     }
 
     #[inline]
-    fn request<'a>(&'a self, key: &'a [u8], charges: &'a [Charge<'a>], mode: Mode) -> CheckRequest<'a> {
+    fn request<'a>(
+        &'a self,
+        key: &'a [u8],
+        charges: &'a [Charge<'a>],
+        mode: Mode,
+    ) -> CheckRequest<'a> {
         CheckRequest {
             prefix: &self.inner.prefix,
             key,

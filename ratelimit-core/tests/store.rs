@@ -168,7 +168,10 @@ fn evicting_a_flood_keeps_serving_new_clients_and_keeps_the_hammering_key_limite
     assert_eq!(admitted, FLOOD, "every flood key was served");
     assert!(store.evictions() >= (FLOOD - CAP) as u64);
     assert_eq!(store.refused_new_keys(), 0);
-    assert!(check("newcomer", 1).is_allowed(), "a new client is admitted");
+    assert!(
+        check("newcomer", 1).is_allowed(),
+        "a new client is admitted"
+    );
     // 10 at once, then one per 6 s over 20 s: 13. Evicted even once, it would have had 10
     // more.
     assert_eq!(hammer_admitted, 13, "the hammering key stayed limited");

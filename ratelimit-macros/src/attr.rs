@@ -59,7 +59,11 @@ impl Errors {
         }
     }
 
-    pub(crate) fn spanned(&mut self, tokens: impl quote::ToTokens, message: impl std::fmt::Display) {
+    pub(crate) fn spanned(
+        &mut self,
+        tokens: impl quote::ToTokens,
+        message: impl std::fmt::Display,
+    ) {
         self.push(syn::Error::new_spanned(tokens, message));
     }
 
@@ -140,7 +144,12 @@ impl Parse for Args {
             } else if lookahead.peek(kw::exempt_when) {
                 option(input, &mut args.exempt_when, "exempt_when", Parse::parse)?;
             } else if lookahead.peek(kw::error_message) {
-                option(input, &mut args.error_message, "error_message", Parse::parse)?;
+                option(
+                    input,
+                    &mut args.error_message,
+                    "error_message",
+                    Parse::parse,
+                )?;
             } else if lookahead.peek(Token![crate]) {
                 option(input, &mut args.krate, "crate", Parse::parse)?;
             } else if input.peek(Ident) {

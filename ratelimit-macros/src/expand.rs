@@ -93,15 +93,19 @@ fn expand(options: &[Options], function: ItemFn) -> TokenStream {
         .map(|i| format_ident!("__ratelimit_{}_{}", name, i))
         .collect();
     let bound = bound_names(&function.sig.inputs);
-    let deferred = options
-        .iter()
-        .any(|o| o.cost.as_ref().is_some_and(|cost| mentions(cost.to_token_stream(), &bound)));
+    let deferred = options.iter().any(|o| {
+        o.cost
+            .as_ref()
+            .is_some_and(|cost| mentions(cost.to_token_stream(), &bound))
+    });
     let spec_items: Vec<TokenStream> = options
         .iter()
         .zip(&specs)
         .map(|(options, spec)| {
             // Deferred, every cost is passed to the check; otherwise each is a hook.
-            let cost = (!deferred).then(|| gen_cost_hook(options, &private)).flatten();
+            let cost = (!deferred)
+                .then(|| gen_cost_hook(options, &private))
+                .flatten();
             gen_spec(options, spec, &function.vis, &name, cost, &private)
         })
         .collect();
@@ -193,7 +197,10 @@ fn gen_tuned(limits: TokenStream, options: &Options, private: &TokenStream) -> T
 }
 
 /// The algorithm by its place in the core's one table.
-fn gen_algorithm(algorithm: &Spanned<ratelimit_core::Algorithm>, private: &TokenStream) -> TokenStream {
+fn gen_algorithm(
+    algorithm: &Spanned<ratelimit_core::Algorithm>,
+    private: &TokenStream,
+) -> TokenStream {
     let index = algorithm.value.index();
     quote_spanned!(algorithm.span=> #private::Algorithm::ALL[#index])
 }

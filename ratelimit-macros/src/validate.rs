@@ -56,7 +56,9 @@ pub(crate) fn validate(args: Args, errors: &mut Errors) -> Options {
             let algorithm = algorithm.as_ref().map(|a| a.value).unwrap_or_default();
             errors.spanned(
                 &burst,
-                format!("`burst` applies to `gcra` only: `{algorithm}` admits its amount per window"),
+                format!(
+                    "`burst` applies to `gcra` only: `{algorithm}` admits its amount per window"
+                ),
             );
         }
         match burst.base10_parse::<u64>().ok().map(NonZeroU64::new) {
@@ -75,7 +77,11 @@ pub(crate) fn validate(args: Args, errors: &mut Errors) -> Options {
         limits,
         key: args.key.map(|(_, key)| self::key(key, errors)),
         scope: args.scope.map(|(_, scope)| {
-            non_empty(&scope, "empty scope: expected a name such as \"inference\"", errors);
+            non_empty(
+                &scope,
+                "empty scope: expected a name such as \"inference\"",
+                errors,
+            );
             scope
         }),
         algorithm,
@@ -100,7 +106,10 @@ fn algorithm(name: &syn::Ident, errors: &mut Errors) -> Spanned<Algorithm> {
         let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
         errors.spanned(
             name,
-            format!("unknown algorithm `{name}`: expected one of {}", names.join(", ")),
+            format!(
+                "unknown algorithm `{name}`: expected one of {}",
+                names.join(", ")
+            ),
         );
         Algorithm::default()
     });
@@ -130,7 +139,10 @@ fn key(key: KeyArg, errors: &mut Errors) -> Key {
         KeyArg::Header(name) => {
             let value = name.value();
             if value.is_empty() {
-                errors.spanned(&name, "empty header name: expected a header such as \"X-API-Key\"");
+                errors.spanned(
+                    &name,
+                    "empty header name: expected a header such as \"X-API-Key\"",
+                );
             } else if !value
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))

@@ -1,8 +1,8 @@
 //! A fixed window that opens on a key's first request, as Python's `limits` does in memory:
 //! `amount` requests fit until `period` after that first request, then the count starts over.
 
-use super::Verdict;
 use super::RateParams;
+use super::Verdict;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FixedWindow {

@@ -5,8 +5,8 @@
 //! once: a request of cost `n` at `now` is admitted when
 //! `max(tat, now) + n × interval ≤ now + burst × interval`, and then moves the TAT there.
 
-use super::Verdict;
 use super::RateParams;
+use super::Verdict;
 
 /// Judges a request of `cost` at `now` against the TAT `tat`. Returns the verdict and the
 /// TAT to store if the request is admitted.

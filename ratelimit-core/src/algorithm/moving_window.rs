@@ -3,8 +3,8 @@
 
 use std::collections::VecDeque;
 
-use super::Verdict;
 use super::RateParams;
+use super::Verdict;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct MovingWindow {
@@ -70,7 +70,9 @@ impl MovingWindow {
     pub(crate) fn refund(&mut self, cost: u64) {
         let mut left = cost;
         while left > 0 {
-            let Some((_, n)) = self.log.back_mut() else { break };
+            let Some((_, n)) = self.log.back_mut() else {
+                break;
+            };
             let take = left.min(*n);
             *n -= take;
             self.count -= take;

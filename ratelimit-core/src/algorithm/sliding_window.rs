@@ -2,8 +2,8 @@
 //! period, and a count of `previous × (time left in the current window / period) + current`
 //! (rounded down), which approximates a moving window in two counters.
 
-use super::Verdict;
 use super::RateParams;
+use super::Verdict;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct SlidingWindow {

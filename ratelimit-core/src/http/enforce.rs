@@ -62,13 +62,22 @@ pub(crate) async fn enforce(
                 firsts.push(first);
                 continue;
             }
-            Ok(decision) => Ok((decision, members[decision.charge_index().min(members.len() - 1)])),
+            Ok(decision) => Ok((
+                decision,
+                members[decision.charge_index().min(members.len() - 1)],
+            )),
             Err(error) => Err(error),
         };
         // Refused (or the store failed): give back everything this request was charged.
         for &earlier in &firsts {
             let (charges, _) = group(config, entries, earlier);
-            let _ = check(config, entries[earlier].key.as_bytes(), &charges, Mode::Refund).await;
+            let _ = check(
+                config,
+                entries[earlier].key.as_bytes(),
+                &charges,
+                Mode::Refund,
+            )
+            .await;
         }
         refund(config, charged).await;
         return Err(match refusal {
@@ -156,7 +165,12 @@ fn refuse(config: &HttpConfig, route: &str, entry: &Entry<'_>, decision: Decisio
     }
 }
 
-fn details(route: &str, entry: &Entry<'_>, decision: Decision, client: Option<IpAddr>) -> RateLimited {
+fn details(
+    route: &str,
+    entry: &Entry<'_>,
+    decision: Decision,
+    client: Option<IpAddr>,
+) -> RateLimited {
     RateLimited {
         decision,
         route: route.to_owned(),
@@ -209,7 +223,10 @@ impl RequestContext {
     }
 
     /// Runs `future` with this context.
-    pub(crate) fn scope<F: Future>(self, future: F) -> tokio::task::futures::TaskLocalFuture<RequestContext, F> {
+    pub(crate) fn scope<F: Future>(
+        self,
+        future: F,
+    ) -> tokio::task::futures::TaskLocalFuture<RequestContext, F> {
         REQUEST.scope(self, future)
     }
 }

@@ -235,9 +235,12 @@ pub async fn resolve_one<S: Spec>(parts: &Parts, into: &mut Resolved) -> Result<
     };
     let limits = match S::limits(parts) {
         Some(dynamic) => dynamic,
-        None => LimitsRef::Static(policy.limits.as_ref().expect(
-            "the attribute gives either fixed limits or a limits function",
-        )),
+        None => LimitsRef::Static(
+            policy
+                .limits
+                .as_ref()
+                .expect("the attribute gives either fixed limits or a limits function"),
+        ),
     };
     into.0.push(One {
         policy,
@@ -380,7 +383,10 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Guard<S>, Rejection> {
         let config = enforce::current_config();
-        let route = parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str);
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str);
         note_limited_route(config, route);
         let resolved = S::resolve(parts).await?;
         let layer = LayerPart::take(config, parts, route.unwrap_or("")).await?;
@@ -408,8 +414,12 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
         let route = parts.extensions.get::<MatchedPath>().cloned();
         note_limited_route(config, route.as_ref().map(MatchedPath::as_str));
         let resolved = S::resolve(parts).await?;
-        let layer =
-            LayerPart::take(config, parts, route.as_ref().map_or("", MatchedPath::as_str)).await?;
+        let layer = LayerPart::take(
+            config,
+            parts,
+            route.as_ref().map_or("", MatchedPath::as_str),
+        )
+        .await?;
         Ok(Deferred {
             config,
             route,

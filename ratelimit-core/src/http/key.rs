@@ -214,19 +214,25 @@ pub(crate) struct IpKey {
 
 impl IpKey {
     pub(crate) fn new(ip: IpAddr) -> IpKey {
-        IpKey::written(ip, IpKey {
-            buf: [0; 48],
-            len: 0,
-        })
+        IpKey::written(
+            ip,
+            IpKey {
+                buf: [0; 48],
+                len: 0,
+            },
+        )
     }
 
     /// The key of a client counted by address in place of a missing header: a NUL byte, then
     /// the address.
     pub(crate) fn marked(ip: IpAddr) -> IpKey {
-        IpKey::written(ip, IpKey {
-            buf: [0; 48],
-            len: 1,
-        })
+        IpKey::written(
+            ip,
+            IpKey {
+                buf: [0; 48],
+                len: 1,
+            },
+        )
     }
 
     fn written(ip: IpAddr, mut key: IpKey) -> IpKey {

@@ -15,8 +15,8 @@ use tower::{Layer, Service};
 use super::config::{AsLimits, HttpConfig, KeySource};
 use super::enforce::{self, Entry, LayerState, RequestContext, enforce};
 use super::key::Key;
-use super::response::{HeaderStyle, RateLimited, Rejection, insert_headers};
 use super::missing_connect_info;
+use super::response::{HeaderStyle, RateLimited, Rejection, insert_headers};
 use crate::limiter::Limiter;
 
 impl Limiter {
@@ -203,7 +203,10 @@ async fn layer_limits(config: &'static HttpConfig, parts: &Parts) -> Result<(), 
     if config.application_limits.is_none() && config.default_limits.is_none() {
         return Ok(());
     }
-    let route = parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str);
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
     let path = route.unwrap_or_else(|| parts.uri.path());
     if config.exempt.iter().any(|exempt| exempt == path) {
         return Ok(());

@@ -64,7 +64,11 @@ pub struct Rejection(Box<Response>);
 
 impl Rejection {
     /// The default 429: the detail, `Retry-After` and the rate limit fields.
-    pub(crate) fn limited(decision: &Decision, message: Option<&str>, style: HeaderStyle) -> Rejection {
+    pub(crate) fn limited(
+        decision: &Decision,
+        message: Option<&str>,
+        style: HeaderStyle,
+    ) -> Rejection {
         let body = match message {
             Some(message) => json_body(message),
             None => json_body(&detail(decision)),

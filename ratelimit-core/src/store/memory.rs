@@ -190,7 +190,9 @@ impl Slot for Box<Mutex<Locked>> {
     }
 
     fn touched(&mut self) -> u64 {
-        self.get_mut().unwrap_or_else(PoisonError::into_inner).touched
+        self.get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .touched
     }
 }
 
@@ -284,7 +286,12 @@ impl<C: Clock> MemoryStore<C> {
     /// Several charges under one key: each charged in turn, and those already charged given
     /// back when one refuses, so that the request is charged by all or none.
     #[inline(never)]
-    fn check_several(&self, request: &CheckRequest<'_>, charges: &[Charge<'_>], now: u64) -> Decision {
+    fn check_several(
+        &self,
+        request: &CheckRequest<'_>,
+        charges: &[Charge<'_>],
+        now: u64,
+    ) -> Decision {
         let mut binding: Option<Decision> = None;
         let mut bind = |decision: Decision| {
             if binding.is_none_or(|b| decision.binds_harder_than(&b)) {
@@ -292,7 +299,9 @@ impl<C: Clock> MemoryStore<C> {
             }
         };
         for (i, charge) in charges.iter().enumerate() {
-            let decision = self.check_charge(request, charge, now, request.mode).at_charge(i);
+            let decision = self
+                .check_charge(request, charge, now, request.mode)
+                .at_charge(i);
             if request.mode == Mode::Charge && !decision.is_allowed() {
                 for earlier in &charges[..i] {
                     self.check_charge(request, earlier, now, Mode::Refund);
@@ -300,7 +309,10 @@ impl<C: Clock> MemoryStore<C> {
                 // The longest wait among the rest decides the retry-after.
                 bind(decision);
                 for (j, later) in charges.iter().enumerate().skip(i + 1) {
-                    bind(self.check_charge(request, later, now, Mode::Peek).at_charge(j));
+                    bind(
+                        self.check_charge(request, later, now, Mode::Peek)
+                            .at_charge(j),
+                    );
                 }
                 break;
             }
@@ -417,12 +429,10 @@ impl<C: Clock> MemoryStore<C> {
         let mut removed = 0usize;
         let mut earliest = u64::MAX;
         let mut touched = Vec::new();
-        self.gcra.retain(|_, slot| {
-            keep_live(slot, now, &mut removed, &mut earliest, &mut touched)
-        });
-        self.locked.retain(|_, slot| {
-            keep_live(slot, now, &mut removed, &mut earliest, &mut touched)
-        });
+        self.gcra
+            .retain(|_, slot| keep_live(slot, now, &mut removed, &mut earliest, &mut touched));
+        self.locked
+            .retain(|_, slot| keep_live(slot, now, &mut removed, &mut earliest, &mut touched));
         self.len.fetch_sub(removed, Ordering::Relaxed);
         if removed >= target {
             return;

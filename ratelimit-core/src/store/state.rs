@@ -43,8 +43,7 @@ impl LimitState {
     pub fn check(&mut self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
         let params = charge.limits.params();
         let fresh = State::new(charge.algorithm);
-        if self.states.len() != params.len() || !self.states.iter().all(|s| s.same_kind(&fresh))
-        {
+        if self.states.len() != params.len() || !self.states.iter().all(|s| s.same_kind(&fresh)) {
             self.states = vec![fresh; params.len()];
         }
         if mode == Mode::Refund {
