@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ratelimit::{Limiter, rate_limit};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// A model input, as the Python seed takes it.
 #[derive(Deserialize)]
@@ -28,13 +28,29 @@ async fn predict(Json(input): Json<ModelInput>) -> Json<Value> {
     Json(json!({"prediction": score, "confidence": 0.87}))
 }
 
+/// Any JSON object, as the seed's `data: dict`: each list of numbers in it (at its top level,
+/// or in a list of lists) is one input, and gets one prediction.
 #[rate_limit("2/minute", key = ip)]
-async fn batch_predict(Json(batch): Json<Vec<ModelInput>>) -> Json<Value> {
-    let results: Vec<Value> = batch
-        .iter()
-        .map(|input| json!({"prediction": input.data.iter().sum::<f64>().tanh().abs()}))
+async fn batch_predict(Json(body): Json<Map<String, Value>>) -> Json<Value> {
+    let results: Vec<Value> = body
+        .values()
+        .flat_map(inputs)
+        .map(|input| json!({"prediction": input.iter().sum::<f64>().tanh().abs()}))
         .collect();
     Json(json!({ "results": results }))
+}
+
+/// The lists of numbers in `value`: itself, or its elements.
+fn inputs(value: &Value) -> Vec<Vec<f64>> {
+    let numbers =
+        |v: &Value| -> Option<Vec<f64>> { v.as_array()?.iter().map(Value::as_f64).collect() };
+    match numbers(value) {
+        Some(input) => vec![input],
+        None => value
+            .as_array()
+            .map(|items| items.iter().filter_map(numbers).collect())
+            .unwrap_or_default(),
+    }
 }
 
 async fn model_info() -> Json<Value> {

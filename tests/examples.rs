@@ -123,20 +123,26 @@ async fn a_concurrent_burst_admits_exactly_the_limit() {
 async fn batch_predict_allows_two_and_model_info_is_never_limited() {
     let addr = serve(in_memory::app()).await;
     let client = client_from("127.0.0.4");
-    let batch = serde_json::json!([{"data": [1, 2, 3]}, {"data": [4]}]);
     let url = format!("http://{addr}/batch-predict");
-    for _ in 0..2 {
+    // Any JSON object, as the seed's `data: dict`: the seed's own curl body, and a batch.
+    let answers = [
+        (serde_json::json!({"data": [1, 2, 3]}), 1),
+        (
+            serde_json::json!({"data": [[1, 2], [3], [4, 5, 6]], "model": "v2"}),
+            3,
+        ),
+    ];
+    for (body, predictions) in answers {
+        let r = client.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{body}");
+        let answer: serde_json::Value = r.json().await.unwrap();
         assert_eq!(
-            client
-                .post(&url)
-                .json(&batch)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            StatusCode::OK
+            answer["results"].as_array().unwrap().len(),
+            predictions,
+            "{answer}"
         );
     }
+    let batch = serde_json::json!({"data": [4]});
     assert_eq!(
         client
             .post(&url)

@@ -35,7 +35,7 @@ impl MovingWindow {
         let reset = self
             .log
             .back()
-            .map_or(0, |&(at, _)| at.saturating_add(period) - now);
+            .map_or(0, |&(at, _)| at.saturating_add(period).saturating_sub(now));
         if cost > rate.amount {
             return Verdict::deny(free, reset, None);
         }
@@ -57,7 +57,7 @@ impl MovingWindow {
         let mut need = cost - free;
         let mut retry = 0;
         for &(at, n) in &self.log {
-            retry = at.saturating_add(period) - now;
+            retry = at.saturating_add(period).saturating_sub(now);
             if n >= need {
                 break;
             }

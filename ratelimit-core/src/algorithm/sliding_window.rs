@@ -49,14 +49,15 @@ impl SlidingWindow {
             }
             return Verdict::allow(free - cost, reset);
         }
-        let retry = if self.current.saturating_add(cost) <= rate.amount {
+        let room_now = (rate.amount - cost).checked_sub(self.current);
+        let retry = match room_now {
             // Passes in this window once the previous window's weight has fallen enough.
-            let room = rate.amount - cost - self.current;
-            left - left.min(threshold(room, period, self.previous))
-        } else {
+            Some(room) => left - left.min(threshold(room, period, self.previous)),
             // Passes in the next window, where this window's count carries the weight.
-            let room = rate.amount - cost;
-            left.saturating_add(period - period.min(threshold(room, period, self.current)))
+            None => {
+                let room = rate.amount - cost;
+                left.saturating_add(period - period.min(threshold(room, period, self.current)))
+            }
         };
         Verdict::deny(free, self.reset_after(left, period), Some(retry))
     }

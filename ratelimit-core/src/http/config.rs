@@ -4,28 +4,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
 use dashmap::DashSet;
-use http::HeaderName;
 
-use super::key::TrustedProxies;
+use super::key::{KeySource, TrustedProxies};
 use super::response::{HeaderStyle, RateLimited};
 use crate::limiter::Limiter;
 use crate::limits::Limits;
-
-/// Who a limit counts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum KeySource {
-    /// The client address (IPv6 grouped by /64), behind trusted proxies the right-most
-    /// forwarded hop they did not add.
-    Ip,
-    /// Everyone together: one budget for the whole route.
-    Global,
-    /// The bytes of a request header's value; a request without the header is counted by
-    /// its client address instead (never under one key shared by every such request).
-    Header(HeaderName),
-    /// A function of the request, given by the attribute's `key = path`.
-    Custom,
-}
 
 pub(crate) type RejectionHandler =
     Arc<dyn Fn(&RateLimited) -> axum::response::Response + Send + Sync>;

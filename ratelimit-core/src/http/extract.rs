@@ -11,10 +11,9 @@ use arrayvec::ArrayVec;
 use axum::extract::{FromRequestParts, MatchedPath};
 use http::request::Parts;
 
-use super::config::{HttpConfig, KeySource};
+use super::config::HttpConfig;
 use super::enforce::{self, Entry, LayerState, MAX_ENTRIES, enforce};
-use super::key::Key;
-use super::missing_connect_info;
+use super::key::{Key, KeySource, missing_connect_info};
 use super::response::Rejection;
 use crate::limits::Limits;
 
@@ -363,9 +362,11 @@ fn application_entry<'r>(key: &'r Key, limits: &'r Limits) -> Entry<'r> {
     }
 }
 
-/// Remembers that `route` carries an attribute, so that default limits skip it.
+/// Remembers that `route` carries an attribute: default limits skip it, and application
+/// limits are checked with the attribute's.
 fn note_limited_route(config: &HttpConfig, route: Option<&str>) {
-    if let (Some(route), Some(_)) = (route, &config.default_limits) {
+    let layer_limits = config.default_limits.is_some() || config.application_limits.is_some();
+    if let (Some(route), true) = (route, layer_limits) {
         if !config.limited_routes.contains(route) {
             config.limited_routes.insert(route.to_owned());
         }

@@ -5,13 +5,28 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ConnectInfo;
 use http::request::Parts;
-use http::{Extensions, HeaderMap, HeaderValue};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use super::config::KeySource;
+/// Who a limit counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// The client address (IPv6 grouped by /64), behind trusted proxies the right-most
+    /// forwarded hop they did not add.
+    Ip,
+    /// Everyone together: one budget for the whole route.
+    Global,
+    /// The bytes of a request header's value; a request without the header is counted by
+    /// its client address instead (never under one key shared by every such request).
+    Header(HeaderName),
+    /// A function of the request, given by the attribute's `key = path`.
+    Custom,
+}
 
 /// A request's key, owned, and without an allocation for a client address.
 #[derive(Clone, Debug)]
@@ -69,6 +84,18 @@ impl Key {
                 }
             },
         })
+    }
+}
+
+/// Logs, once per process, why a server without the peer address cannot limit by client IP.
+pub(crate) fn missing_connect_info(handler: &str) {
+    static ONCE: AtomicBool = AtomicBool::new(false);
+    if !ONCE.swap(true, Ordering::Relaxed) {
+        tracing::error!(
+            handler,
+            "rate limiting by client IP needs the peer address, and this server does not provide it: \
+             serve the router with `axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())`"
+        );
     }
 }
 

@@ -12,10 +12,9 @@ use http::Request;
 use http::request::Parts;
 use tower::{Layer, Service};
 
-use super::config::{AsLimits, HttpConfig, KeySource};
+use super::config::{AsLimits, HttpConfig};
 use super::enforce::{self, Entry, LayerState, RequestContext, enforce};
-use super::key::Key;
-use super::missing_connect_info;
+use super::key::{Key, KeySource, missing_connect_info};
 use super::response::{HeaderStyle, RateLimited, Rejection, insert_headers};
 use crate::limiter::Limiter;
 

@@ -16,24 +16,10 @@ mod key;
 mod layer;
 mod response;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-pub use config::{AsLimits, KeySource};
+pub use config::AsLimits;
 pub use extract::{
     Deferred, Guard, IntoKey, LimitsRef, Policy, Resolved, Spec, Specs, resolve_one, support,
 };
-pub use key::TrustedProxies;
+pub use key::{KeySource, TrustedProxies};
 pub use layer::{RateLimitLayer, RateLimitService};
 pub use response::{HeaderStyle, RateLimited, Rejection};
-
-/// Logs, once per process, why a server without the peer address cannot limit by client IP.
-fn missing_connect_info(handler: &str) {
-    static ONCE: AtomicBool = AtomicBool::new(false);
-    if !ONCE.swap(true, Ordering::Relaxed) {
-        tracing::error!(
-            handler,
-            "rate limiting by client IP needs the peer address, and this server does not provide it: \
-             serve the router with `axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())`"
-        );
-    }
-}

@@ -1,0 +1,182 @@
+//! The store contract from outside the crate: a third party implements `Store` with the
+//! public pieces alone, and the limiter calls a store exactly once per check, also when the
+//! store's future is pending at first.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ratelimit_core::store::{CheckRequest, LimitState, Mode, StoreFuture};
+use ratelimit_core::{
+    Clock, Decision, FakeClock, Limiter, Limits, MemoryStore, Rate, Store, StoreError,
+};
+
+/// A store of its own: one `LimitState` per (prefix, scope, key, periods) behind one lock,
+/// peeked all then charged all, so a request passes or fails as one.
+#[derive(Default)]
+struct OwnStore {
+    clock: FakeClock,
+    states: Mutex<HashMap<(String, String, Vec<u8>, u64), LimitState>>,
+}
+
+impl Store for OwnStore {
+    fn check<'a>(&'a self, request: CheckRequest<'a>) -> StoreFuture<'a> {
+        let now = self.clock.now();
+        let mut states = self.states.lock().unwrap();
+        let mut state = |i: usize| {
+            let charge = &request.charges[i];
+            let name = (
+                request.prefix.to_owned(),
+                charge.scope.to_owned(),
+                request.key.to_vec(),
+                charge.limits.shape(),
+            );
+            states
+                .entry(name)
+                .or_insert_with(|| LimitState::new(charge))
+                .clone()
+        };
+        let judge = |mode: Mode, state: &mut dyn FnMut(usize) -> LimitState| {
+            let mut binding: Option<Decision> = None;
+            let mut after = Vec::new();
+            for (i, charge) in request.charges.iter().enumerate() {
+                let mut s = state(i);
+                let d = s.check(charge, now, mode).at_charge(i);
+                after.push(s);
+                if binding.is_none_or(|b| d.binds_harder_than(&b)) {
+                    binding = Some(d);
+                }
+            }
+            (binding.expect("one charge at least"), after)
+        };
+        let (peeked, _) = judge(Mode::Peek, &mut state);
+        if request.mode == Mode::Peek || (request.mode == Mode::Charge && !peeked.is_allowed()) {
+            return StoreFuture::ready(Ok(peeked));
+        }
+        let (decision, after) = judge(request.mode, &mut state);
+        for (charge, s) in request.charges.iter().zip(after) {
+            let name = (
+                request.prefix.to_owned(),
+                charge.scope.to_owned(),
+                request.key.to_vec(),
+                charge.limits.shape(),
+            );
+            states.insert(name, s);
+        }
+        StoreFuture::ready(Ok(decision))
+    }
+}
+
+#[tokio::test]
+async fn a_third_party_store_implements_the_contract_with_public_pieces() {
+    let store = std::sync::Arc::new(OwnStore::default());
+    let limiter = Limiter::builder().shared_store(store.clone()).build();
+    let limits = Limits::parse("2/second").unwrap();
+    assert!(limiter.check(&limits, "a", 1).await.unwrap().is_allowed());
+    assert!(limiter.check(&limits, "a", 1).await.unwrap().is_allowed());
+    let refused = limiter.check(&limits, "a", 1).await.unwrap();
+    assert!(!refused.is_allowed());
+    assert_eq!(refused.retry_after(), Some(Duration::from_millis(500)));
+    store.clock.advance(Duration::from_millis(500));
+    assert!(limiter.check(&limits, "a", 1).await.unwrap().is_allowed());
+
+    // Several charges under one key: one refusing charge means none is charged.
+    let tight = Limits::parse("1/minute").unwrap();
+    let loose = Limits::parse("5/minute").unwrap();
+    let charges = [
+        limiter.charge("loose", &loose, 1),
+        limiter.charge("tight", &tight, 1),
+    ];
+    let first = limiter.check_charges(b"k", &charges, Mode::Charge).await;
+    assert!(first.unwrap().is_allowed());
+    let refused = limiter
+        .check_charges(b"k", &charges, Mode::Charge)
+        .await
+        .unwrap();
+    assert!(!refused.is_allowed());
+    assert_eq!(refused.charge_index(), 1, "the tight charge refused");
+    let loose_left = limiter.peek(&loose, "k", 1).await.unwrap();
+    assert_eq!(
+        loose_left.remaining(),
+        4,
+        "unscoped: untouched (a peek at cost 1 says 4)"
+    );
+    let loose_scoped = limiter
+        .check_charges(b"k", &charges[..1], Mode::Peek)
+        .await
+        .unwrap();
+    assert_eq!(
+        loose_scoped.remaining(),
+        3,
+        "charged once (4 left), peeked at cost 1"
+    );
+}
+
+#[test]
+fn decisions_are_built_by_any_store() {
+    let rate: Rate = "10/minute".parse().unwrap();
+    let allowed = Decision::allowed(rate, 7, Duration::from_secs(18));
+    assert!(allowed.is_allowed());
+    assert_eq!((allowed.remaining(), allowed.limit()), (7, 10));
+    let refused = Decision::refused(
+        rate,
+        0,
+        Duration::from_secs(60),
+        Some(Duration::from_secs(6)),
+    )
+    .at_rate(1)
+    .at_charge(2);
+    assert_eq!(refused.retry_after(), Some(Duration::from_secs(6)));
+    assert_eq!((refused.rate_index(), refused.charge_index()), (1, 2));
+    assert!(refused.binds_harder_than(&allowed));
+    let never = Decision::refused(rate, 3, Duration::ZERO, None);
+    assert!(never.exceeds_capacity());
+    assert!(
+        never.binds_harder_than(&refused),
+        "never passing binds hardest"
+    );
+}
+
+/// Delegates to a memory store and counts its calls; with `pending`, its future waits one
+/// poll before answering, as a networked store's does.
+struct Counting {
+    inner: MemoryStore<FakeClock>,
+    calls: AtomicUsize,
+    pending: bool,
+}
+
+impl Store for Counting {
+    fn check<'a>(&'a self, request: CheckRequest<'a>) -> StoreFuture<'a> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.pending {
+            StoreFuture::new(async move {
+                tokio::task::yield_now().await;
+                Ok::<_, StoreError>(self.inner.check_now(&request))
+            })
+        } else {
+            StoreFuture::ready(Ok(self.inner.check_now(&request)))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_check_is_one_store_call_ready_or_pending() {
+    for pending in [false, true] {
+        let store = std::sync::Arc::new(Counting {
+            inner: MemoryStore::with_clock(FakeClock::new()),
+            calls: AtomicUsize::new(0),
+            pending,
+        });
+        let limiter = Limiter::builder().shared_store(store.clone()).build();
+        let limits = Limits::parse("10/minute; 100/hour").unwrap();
+        for n in 1..=3 {
+            assert!(limiter.check(&limits, "k", 1).await.unwrap().is_allowed());
+            assert_eq!(store.calls.load(Ordering::SeqCst), n, "pending: {pending}");
+        }
+        // `check_now` answers only for stores that never wait, and never sends twice.
+        let before = store.calls.load(Ordering::SeqCst);
+        assert!(limiter.check_now(&limits, "k", 1).is_none());
+        assert_eq!(store.calls.load(Ordering::SeqCst), before);
+    }
+}
