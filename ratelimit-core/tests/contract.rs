@@ -12,12 +12,15 @@ use ratelimit_core::{
     Clock, Decision, FakeClock, Limiter, Limits, MemoryStore, Rate, Store, StoreError,
 };
 
-/// A store of its own: one `LimitState` per (prefix, scope, key, periods) behind one lock,
-/// peeked all then charged all, so a request passes or fails as one.
+/// What names a state: prefix, scope, key, and the periods of the limits.
+type Name = (String, String, Vec<u8>, u64);
+
+/// A store of its own: one `LimitState` per name behind one lock, peeked all then charged
+/// all, so a request passes or fails as one.
 #[derive(Default)]
 struct OwnStore {
     clock: FakeClock,
-    states: Mutex<HashMap<(String, String, Vec<u8>, u64), LimitState>>,
+    states: Mutex<HashMap<Name, LimitState>>,
 }
 
 impl Store for OwnStore {
