@@ -3,7 +3,11 @@
 //! (`/plain-headers`), behind a limit it never reaches (`/limited`), and behind a limit that
 //! always refuses (`/blocked`).
 //!
-//! `PORT=8000 cargo run --release --example bench_server`
+//! `MODE` chooses the router: `bare` is `/plain` alone with no layer at all (the baseline a
+//! user compares with), `layer` (the default) every route behind `Limiter::layer()`, and
+//! `no-headers` the same with `HeaderStyle::None`.
+//!
+//! `PORT=8000 MODE=layer cargo run --release --example bench_server`
 
 use std::net::SocketAddr;
 
@@ -58,8 +62,9 @@ async fn blocked(Json(input): Json<Input>) -> Json<Value> {
 
 /// The application.
 pub fn app() -> Router {
-    let layer = match std::env::var("HEADERS").as_deref() {
-        Ok("none") => Limiter::new()
+    let layer = match std::env::var("MODE").as_deref() {
+        Ok("bare") => return Router::new().route("/plain", post(plain)),
+        Ok("no-headers") => Limiter::new()
             .layer()
             .headers(ratelimit::http::HeaderStyle::None),
         _ => Limiter::new().layer(),

@@ -373,3 +373,43 @@ async fn a_request_is_one_store_call_per_key_even_when_the_store_waits() {
         assert_eq!(calls() - before, expected, "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_layer_around_a_whole_router_learns_routes_by_path() {
+    use tower::Layer as _;
+    let inner = Router::new()
+        .route("/limited", post(one_a_minute))
+        .route("/plain", post(unannotated));
+    let layer = Limiter::new().layer().default_limits("2/minute");
+    let app = Router::new().fallback_service(layer.layer(inner));
+    let addr = serve(app).await;
+    let c = client_from("127.0.4.8");
+    let limited = format!("http://{addr}/limited");
+    let plain = format!("http://{addr}/plain");
+    // The attribute's 1/minute, never the defaults' 2/minute on top.
+    assert_eq!(status(c.post(&limited)).await, 200);
+    assert_eq!(status(c.post(&limited)).await, 429);
+    let other = client_from("127.0.4.9");
+    assert_eq!(status(other.post(&limited)).await, 200);
+    // The unannotated route: the defaults.
+    assert_eq!(status(c.post(&plain)).await, 200);
+    assert_eq!(status(c.post(&plain)).await, 200);
+    assert_eq!(status(c.post(&plain)).await, 429);
+}
+
+#[tokio::test]
+async fn a_route_learned_to_be_plain_still_gets_the_layer_s_limits_and_headers() {
+    let layer = Limiter::new().layer().default_limits("3/minute");
+    let app = Router::new()
+        .route("/plain", post(unannotated))
+        .layer(layer);
+    let addr = serve(app).await;
+    let c = client_from("127.0.5.1");
+    let url = format!("http://{addr}/plain");
+    for left in ["2", "1", "0"] {
+        let r = c.post(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["x-ratelimit-remaining"], left);
+    }
+    assert_eq!(status(c.post(&url)).await, 429);
+}

@@ -168,6 +168,12 @@ impl Limiter {
         }
     }
 
+    /// Whether the store answers without waiting (the default in-memory store): then
+    /// [`check_charges_now`](Limiter::check_charges_now) always answers.
+    pub fn answers_now(&self) -> bool {
+        matches!(self.inner.backend, Backend::Memory(_))
+    }
+
     /// Shows `decision` to the observer, if any.
     #[inline]
     pub fn observe(&self, route: &str, key: &[u8], decision: &Decision) {

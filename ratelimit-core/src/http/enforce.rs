@@ -189,6 +189,11 @@ pub(crate) struct RequestContext {
     admitted: Cell<Option<Decision>>,
     /// What the layer did about its own limits.
     layer: RefCell<LayerState>,
+    /// Whether an attribute's extractor ran: the layer learns which routes carry one.
+    attributed: Cell<bool>,
+    /// Whether the extractor records its route in the configuration (when the layer wraps
+    /// several routes and cannot learn them itself).
+    record_route: bool,
 }
 
 /// What the layer did about its default and application limits before the handler ran.
@@ -214,12 +219,24 @@ tokio::task_local! {
 }
 
 impl RequestContext {
-    pub(crate) fn new(config: &'static HttpConfig, layer: LayerState) -> RequestContext {
+    pub(crate) fn new(
+        config: &'static HttpConfig,
+        layer: LayerState,
+        admitted: Option<Decision>,
+        record_route: bool,
+    ) -> RequestContext {
         RequestContext {
             config,
-            admitted: Cell::new(None),
+            admitted: Cell::new(admitted),
             layer: RefCell::new(layer),
+            attributed: Cell::new(false),
+            record_route,
         }
+    }
+
+    /// The admission to describe in the response headers, and whether an attribute ran.
+    pub(crate) fn finish(self) -> (Option<Decision>, bool) {
+        (self.admitted.get(), self.attributed.get())
     }
 
     /// Runs `future` with this context.
@@ -231,11 +248,16 @@ impl RequestContext {
     }
 }
 
-/// The configuration serving this request: the layer's, or the process-wide default.
-pub(crate) fn current_config() -> &'static HttpConfig {
+/// The configuration serving this request (the layer's, or the process-wide default), and
+/// whether the attribute should record its route for the layer. Tells the layer that an
+/// attribute runs on this request.
+pub(crate) fn attribute_context() -> (&'static HttpConfig, bool) {
     REQUEST
-        .try_with(|request| request.config)
-        .unwrap_or_else(|_| HttpConfig::global())
+        .try_with(|request| {
+            request.attributed.set(true);
+            (request.config, request.record_route)
+        })
+        .unwrap_or_else(|_| (HttpConfig::global(), false))
 }
 
 /// Takes what the layer left for the attribute's check.
@@ -243,14 +265,6 @@ pub(crate) fn take_layer_state() -> LayerState {
     REQUEST
         .try_with(|request| request.layer.take())
         .unwrap_or_default()
-}
-
-/// The admission to describe in the response headers (taken once).
-pub(crate) fn take_admitted() -> Option<Decision> {
-    REQUEST
-        .try_with(|request| request.admitted.take())
-        .ok()
-        .flatten()
 }
 
 /// Remembers an admission for the response headers (a no-op outside the layer).
@@ -264,9 +278,4 @@ fn record(decision: Decision) {
             request.admitted.set(Some(decision));
         }
     });
-}
-
-/// Says what the layer did about its own limits (a no-op outside the layer).
-pub(crate) fn set_layer_state(state: LayerState) {
-    let _ = REQUEST.try_with(|request| *request.layer.borrow_mut() = state);
 }

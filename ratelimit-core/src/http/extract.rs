@@ -220,7 +220,7 @@ struct One {
 #[doc(hidden)]
 pub async fn resolve_one<S: Spec>(parts: &Parts, into: &mut Resolved) -> Result<(), Rejection> {
     let policy = S::policy();
-    let config = enforce::current_config();
+    let (config, _) = enforce::attribute_context();
     let key = if S::exempt(parts) {
         None
     } else {
@@ -383,12 +383,14 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Guard<S>, Rejection> {
-        let config = enforce::current_config();
+        let (config, record_route) = enforce::attribute_context();
         let route = parts
             .extensions
             .get::<MatchedPath>()
             .map(MatchedPath::as_str);
-        note_limited_route(config, route);
+        if record_route {
+            note_limited_route(config, route);
+        }
         let resolved = S::resolve(parts).await?;
         let layer = LayerPart::take(config, parts, route.unwrap_or("")).await?;
         check(config, route, &resolved, None, &layer).await?;
@@ -411,9 +413,11 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Deferred<S>, Rejection> {
-        let config = enforce::current_config();
+        let (config, record_route) = enforce::attribute_context();
         let route = parts.extensions.get::<MatchedPath>().cloned();
-        note_limited_route(config, route.as_ref().map(MatchedPath::as_str));
+        if record_route {
+            note_limited_route(config, route.as_ref().map(MatchedPath::as_str));
+        }
         let resolved = S::resolve(parts).await?;
         let layer = LayerPart::take(
             config,

@@ -3,19 +3,23 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use axum::extract::MatchedPath;
 use axum::response::{IntoResponse, Response};
 use http::Request;
 use http::request::Parts;
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
 use super::config::{AsLimits, HttpConfig};
-use super::enforce::{self, Entry, LayerState, RequestContext, enforce};
+use super::enforce::{Entry, LayerState, RequestContext, enforce};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::{HeaderStyle, RateLimited, Rejection, insert_headers};
+use crate::decision::Decision;
 use crate::limiter::Limiter;
 
 impl Limiter {
@@ -150,6 +154,9 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimitService {
             inner,
             config: self.installed(),
+            // One per wrapped service (with `Router::layer`, one per route and method), kept
+            // for the process, like the configuration.
+            route: Box::leak(Box::default()),
         }
     }
 }
@@ -159,6 +166,52 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimitService<S> {
     inner: S,
     config: &'static HttpConfig,
+    route: &'static RouteState,
+}
+
+/// What the service learned of the one route it wraps (with `Router::layer`, each route gets
+/// its own service): whether its handler carries an attribute. A route without one then costs
+/// the layer nothing but this lookup; a route with one skips the default limits.
+#[derive(Debug, Default)]
+struct RouteState {
+    /// The matched path's address (the router keeps one per route): 0 before the first
+    /// request, `MIXED` when the service sees several routes (a layer around a whole router).
+    path: AtomicUsize,
+    kind: AtomicU8,
+}
+
+const MIXED: usize = usize::MAX;
+const UNKNOWN: u8 = 0;
+const PLAIN: u8 = 1;
+const LIMITED: u8 = 2;
+
+impl RouteState {
+    /// What is known of `route`, and whether this service may learn it.
+    fn kind(&self, route: Option<&MatchedPath>) -> (u8, bool) {
+        let Some(route) = route else {
+            return (UNKNOWN, false);
+        };
+        let at = route.as_str().as_ptr() as usize;
+        match self.path.load(Ordering::Relaxed) {
+            known if known == at => (self.kind.load(Ordering::Relaxed), true),
+            MIXED => (UNKNOWN, false),
+            0 => match self
+                .path
+                .compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => (UNKNOWN, true),
+                Err(known) if known == at => (self.kind.load(Ordering::Relaxed), true),
+                Err(_) => {
+                    self.path.store(MIXED, Ordering::Relaxed);
+                    (UNKNOWN, false)
+                }
+            },
+            _ => {
+                self.path.store(MIXED, Ordering::Relaxed);
+                (UNKNOWN, false)
+            }
+        }
+    }
 }
 
 impl<S, B> Service<Request<B>> for RateLimitService<S>
@@ -169,38 +222,245 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The clone that was driven to readiness serves this request (tower's usual swap).
+        let config = self.config;
+        let (kind, learn) = self.route.kind(req.extensions().get::<MatchedPath>());
+        let route = learn.then_some(self.route);
+        let limited = kind == LIMITED
+            || (kind == UNKNOWN && !config.limited_routes.is_empty() && {
+                let path = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str);
+                config
+                    .limited_routes
+                    .contains(path.unwrap_or_else(|| req.uri().path()))
+            });
+        let layer_limits = config.application_limits.is_some() || config.default_limits.is_some();
+        if kind == PLAIN && !layer_limits {
+            // Nothing to do for a route without an attribute and a layer without limits.
+            return ResponseFuture::new(Inner::Pass {
+                future: self.inner.call(req),
+            });
+        }
+        if layer_limits && !config.limiter.answers_now() {
+            return self.call_waiting(req, limited, route);
+        }
+        // The store answers at once: the layer's own limits are checked here, so that the
+        // wrapped service is called now (no clone of it, no box).
+        let (parts, body) = req.into_parts();
+        let checked = now_or_never(layer_limits_of(config, &parts, limited));
+        let req = Request::from_parts(parts, body);
+        let (state, admitted) = match checked {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(rejection)) => {
+                return ResponseFuture::new(Inner::Ready {
+                    response: Some(rejection.into_response()),
+                });
+            }
+            // Cannot happen: an in-memory store never waits. Refuse rather than let the
+            // request through unchecked.
+            None => {
+                return ResponseFuture::new(Inner::Ready {
+                    response: Some(Rejection::store_failed().into_response()),
+                });
+            }
+        };
+        if kind == PLAIN {
+            return ResponseFuture::new(Inner::Headers {
+                future: self.inner.call(req),
+                admitted,
+                style: config.headers,
+            });
+        }
+        let context = RequestContext::new(config, state, admitted, route.is_none());
+        ResponseFuture::new(Inner::Scoped {
+            future: Scoped {
+                future: context.scope(self.inner.call(req)),
+                style: config.headers,
+                route,
+            },
+        })
+    }
+}
+
+impl<S> RateLimitService<S> {
+    /// With a store that waits (Redis), the layer's own limits are awaited before the wrapped
+    /// service is called: a clone of it serves the request (tower's usual swap), in a boxed
+    /// future.
+    fn call_waiting<B>(
+        &mut self,
+        req: Request<B>,
+        limited: bool,
+        route: Option<&'static RouteState>,
+    ) -> ResponseFuture<S::Future, S::Error>
+    where
+        S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config;
-        let context = RequestContext::new(config, LayerState::Done);
-        Box::pin(context.scope(async move {
+        let future = async move {
             // Only the head is borrowed across the checks: the body need not be `Sync`.
             let (parts, body) = req.into_parts();
-            if let Err(rejection) = layer_limits(config, &parts).await {
-                return Ok(rejection.into_response());
+            let (state, admitted) = match layer_limits_of(config, &parts, limited).await {
+                Ok(outcome) => outcome,
+                Err(rejection) => return Ok(rejection.into_response()),
+            };
+            let context = RequestContext::new(config, state, admitted, route.is_none());
+            Scoped {
+                future: context.scope(inner.call(Request::from_parts(parts, body))),
+                style: config.headers,
+                route,
             }
-            let mut response = inner.call(Request::from_parts(parts, body)).await?;
-            if let Some(decision) = enforce::take_admitted() {
-                insert_headers(response.headers_mut(), &decision, config.headers);
+            .await
+        };
+        ResponseFuture::new(Inner::Waiting {
+            future: Box::pin(future),
+        })
+    }
+}
+
+type BoxedResponse<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
+
+pin_project! {
+    /// The response future of [`RateLimitService`]: the wrapped service's, passed through or
+    /// given the rate limit headers, or the layer's own 429. Nothing is allocated unless the
+    /// store waits.
+    pub struct ResponseFuture<F, E> {
+        #[pin]
+        inner: Inner<F, E>,
+    }
+}
+
+impl<F, E> ResponseFuture<F, E> {
+    fn new(inner: Inner<F, E>) -> ResponseFuture<F, E> {
+        ResponseFuture { inner }
+    }
+}
+
+pin_project! {
+    #[project = InnerProjection]
+    enum Inner<F, E> {
+        /// A route known to carry no attribute, and no layer limits.
+        Pass { #[pin] future: F },
+        /// A route known to carry no attribute, admitted by the layer's limits.
+        Headers { #[pin] future: F, admitted: Option<Decision>, style: HeaderStyle },
+        /// A route with an attribute, or not known yet: its extractors find the context.
+        Scoped { #[pin] future: Scoped<F> },
+        /// Refused by the layer.
+        Ready { response: Option<Response> },
+        /// The store waits.
+        Waiting { future: BoxedResponse<E> },
+    }
+}
+
+pin_project! {
+    /// A route's future inside its request context: on completion, the admission goes into
+    /// the headers and the route's kind is learned.
+    struct Scoped<F> {
+        #[pin]
+        future: TaskLocalFuture<RequestContext, F>,
+        style: HeaderStyle,
+        route: Option<&'static RouteState>,
+    }
+}
+
+impl<F, E> Future for Scoped<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let result = ready!(this.future.as_mut().poll(cx));
+        let Some(context) = this.future.take_value() else {
+            return Poll::Ready(result);
+        };
+        let (admitted, attributed) = context.finish();
+        if let Some(route) = this.route {
+            route
+                .kind
+                .store(if attributed { LIMITED } else { PLAIN }, Ordering::Relaxed);
+        }
+        let style = *this.style;
+        Poll::Ready(result.map(|mut response| {
+            if let Some(decision) = admitted {
+                insert_headers(response.headers_mut(), &decision, style);
             }
-            Ok(response)
+            response
         }))
     }
 }
 
+impl<F, E> Future for ResponseFuture<F, E>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().inner.project() {
+            InnerProjection::Pass { future } => future.poll(cx),
+            InnerProjection::Headers {
+                future,
+                admitted,
+                style,
+            } => {
+                let result = ready!(future.poll(cx));
+                Poll::Ready(result.map(|mut response| {
+                    if let Some(decision) = admitted.take() {
+                        insert_headers(response.headers_mut(), &decision, *style);
+                    }
+                    response
+                }))
+            }
+            InnerProjection::Scoped { future } => future.poll(cx),
+            InnerProjection::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .unwrap_or_else(|| Rejection::store_failed().into_response()))),
+            InnerProjection::Waiting { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, E> std::fmt::Debug for ResponseFuture<F, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// Polls `future` once: the answer when it is ready at once.
+fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
 /// The application-wide limits and the route's default limits: checked here for a route not
-/// known to carry an attribute, left to the attribute's check otherwise.
-async fn layer_limits(config: &'static HttpConfig, parts: &Parts) -> Result<(), Rejection> {
+/// known to carry an attribute (`limited`), left to the attribute's check otherwise. Returns
+/// what the attribute's check must know, and the admission for the headers.
+async fn layer_limits_of(
+    config: &'static HttpConfig,
+    parts: &Parts,
+    limited: bool,
+) -> Result<(LayerState, Option<Decision>), Rejection> {
     if config.application_limits.is_none() && config.default_limits.is_none() {
-        return Ok(());
+        return Ok((LayerState::Done, None));
     }
     let route = parts
         .extensions
@@ -208,13 +468,14 @@ async fn layer_limits(config: &'static HttpConfig, parts: &Parts) -> Result<(), 
         .map(MatchedPath::as_str);
     let path = route.unwrap_or_else(|| parts.uri.path());
     if config.exempt.iter().any(|exempt| exempt == path) {
-        return Ok(());
+        return Ok((LayerState::Done, None));
     }
-    if config.limited_routes.contains(path) {
-        if config.application_limits.is_some() {
-            enforce::set_layer_state(LayerState::LeftToAttribute);
-        }
-        return Ok(());
+    if limited {
+        let state = match config.application_limits {
+            Some(_) => LayerState::LeftToAttribute,
+            None => LayerState::Done,
+        };
+        return Ok((state, None));
     }
     let key = Key::of(&config.default_key, parts, &config.trusted_proxies).map_err(|_| {
         missing_connect_info("the rate limit layer");
@@ -239,12 +500,12 @@ async fn layer_limits(config: &'static HttpConfig, parts: &Parts) -> Result<(), 
             message: None,
         });
     }
-    enforce(config, path, &entries, &[]).await?;
+    let admitted = enforce(config, path, &entries, &[]).await?;
     drop(entries);
-    enforce::set_layer_state(LayerState::Charged {
+    let state = LayerState::Charged {
         application: config.application_limits.is_some(),
         default: config.default_limits.is_some(),
         key,
-    });
-    Ok(())
+    };
+    Ok((state, admitted))
 }

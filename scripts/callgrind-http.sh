@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Instructions per request of bench_server, counted by callgrind: deterministic to about 1%,
+# where throughput on these shared cores swings by 15%. For each (mode, path): the server
+# runs under `valgrind --tool=callgrind`, takes WARMUP requests, has its counters zeroed
+# (`callgrind_control -z`), serves N keep-alive requests from one connection, dumps
+# (`callgrind_control -d`), and the total is divided by N.
+#   scripts/callgrind-http.sh                 (N=2000 WARMUP=200 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-2000}
+WARMUP=${WARMUP:-200}
+PORT=${PORT:-18282}
+command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
+cargo build -q --release --example bench_server
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+# Sends `count` POSTs of the benchmark body over one keep-alive connection.
+send() {
+  python3 - "$PORT" "$1" "$2" <<'PY'
+import http.client, sys
+port, path, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+conn = http.client.HTTPConnection("127.0.0.1", port)
+body = b'{"data": [1,2,3]}'
+for _ in range(count):
+    conn.request("POST", path, body, {"Content-Type": "application/json"})
+    conn.getresponse().read()
+PY
+}
+
+measure() {
+  local mode=$1 path=$2
+  rm -f "$out"/callgrind.out.*
+  MODE=$mode PORT=$PORT valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out.%p" \
+    ./target/release/examples/bench_server >/dev/null 2>&1 &
+  local server=$!
+  for _ in $(seq 200); do curl -s -o /dev/null "localhost:$PORT" && break; sleep 0.1; done
+  send "$path" "$WARMUP"
+  callgrind_control -z "$server" >/dev/null
+  send "$path" "$N"
+  callgrind_control -d "$server" >/dev/null
+  kill "$server"; wait "$server" 2>/dev/null || true
+  # The dump after zeroing is the newest file with a part number.
+  local dump
+  dump=$(ls -t "$out"/callgrind.out.*.* | head -1)
+  local total
+  total=$(awk '/^summary:/ {print $2}' "$dump")
+  echo "$mode $path $(( total / N ))"
+}
+
+echo "mode path instructions/request (N=$N after $WARMUP warm-up)"
+measure bare /plain
+measure layer /plain
+measure layer /limited
+measure no-headers /limited
+measure layer /blocked
+measure layer /plain-headers
