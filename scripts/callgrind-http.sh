@@ -30,19 +30,19 @@ PY
 
 measure() {
   local mode=$1 path=$2
-  rm -f "$out"/callgrind.out.*
+  PORT=$((PORT + 1)) # a fresh port: the previous server may still be letting go of its own
   MODE=$mode PORT=$PORT valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out.%p" \
     ./target/release/examples/bench_server >/dev/null 2>&1 &
   local server=$!
   for _ in $(seq 200); do curl -s -o /dev/null "localhost:$PORT" && break; sleep 0.1; done
-  send "$path" "$WARMUP"
-  callgrind_control -z "$server" >/dev/null
+  send "$path" "$WARMUP" || { echo "$mode $path: the warm-up failed" >&2; kill "$server"; return 1; }
+  callgrind_control -z "$server" >/dev/null 2>&1
   send "$path" "$N"
-  callgrind_control -d "$server" >/dev/null
+  callgrind_control -d "$server" >/dev/null 2>&1
+  # The dump made after zeroing: part 1 of this server's profile.
+  local dump="$out/callgrind.out.$server.1"
+  for _ in $(seq 100); do [ -s "$dump" ] && break; sleep 0.1; done
   kill "$server"; wait "$server" 2>/dev/null || true
-  # The dump after zeroing is the newest file with a part number.
-  local dump
-  dump=$(ls -t "$out"/callgrind.out.*.* | head -1)
   local total
   total=$(awk '/^summary:/ {print $2}' "$dump")
   echo "$mode $path $(( total / N ))"
