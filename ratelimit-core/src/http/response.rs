@@ -1,7 +1,6 @@
 //! The 429 answer and the rate limit headers.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -142,27 +141,39 @@ static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
-/// Adds the rate limit fields of `decision` to `headers`.
+/// Adds the rate limit fields of `decision` to `headers`. Formatted by hand into stack
+/// buffers: the formatting machinery cost more than the rest of the check.
 pub(crate) fn insert_headers(headers: &mut HeaderMap, decision: &Decision, style: HeaderStyle) {
+    let (draft, legacy) = match style {
+        HeaderStyle::Both => (true, true),
+        HeaderStyle::Draft => (true, false),
+        HeaderStyle::Legacy => (false, true),
+        HeaderStyle::None => return,
+    };
+    headers.reserve(if draft && legacy { 5 } else { 3 });
     let rate = decision.rate();
     let reset = whole_seconds(decision.reset_after());
-    if matches!(style, HeaderStyle::Both | HeaderStyle::Draft) {
+    if draft {
         // `"10-per-1m"`: the policy's name, in both fields.
-        let mut name = StackText::<48>::new();
-        let _ = write!(
-            name,
-            "\"{}-per-{}{}\"",
-            rate.amount(),
-            rate.multiples(),
-            short_unit(rate.unit())
-        );
-        let window = whole_seconds(rate.period()).max(1);
-        let mut policy = StackText::<96>::new();
-        let mut current = StackText::<96>::new();
-        let _ = policy.write_bytes(name.as_bytes());
-        let _ = write!(policy, ";q={};w={window}", rate.amount());
-        let _ = current.write_bytes(name.as_bytes());
-        let _ = write!(current, ";r={};t={reset}", decision.remaining());
+        let mut name = StackText::<64>::new();
+        name.push(b"\"");
+        name.number(rate.amount());
+        name.push(b"-per-");
+        name.number(rate.multiples());
+        name.push(short_unit(rate.unit()).as_bytes());
+        name.push(b"\"");
+        // `"10-per-1m";q=10;w=60`
+        let mut policy = name.clone();
+        policy.push(b";q=");
+        policy.number(rate.amount());
+        policy.push(b";w=");
+        policy.number(whole_seconds(rate.period()).max(1));
+        // `"10-per-1m";r=9;t=6`
+        let mut current = name;
+        current.push(b";r=");
+        current.number(decision.remaining());
+        current.push(b";t=");
+        current.number(reset);
         if let (Ok(policy), Ok(current)) = (
             HeaderValue::from_bytes(policy.as_bytes()),
             HeaderValue::from_bytes(current.as_bytes()),
@@ -171,7 +182,7 @@ pub(crate) fn insert_headers(headers: &mut HeaderMap, decision: &Decision, style
             headers.insert(RATELIMIT.clone(), current);
         }
     }
-    if matches!(style, HeaderStyle::Both | HeaderStyle::Legacy) {
+    if legacy {
         // A Unix time, as slowapi and GitHub send it: now plus the reset, rounded up.
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -200,7 +211,7 @@ fn small_number(n: u64) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(n))
 }
 
-/// Text formatted on the stack.
+/// Text made on the stack; what does not fit is dropped (64 bytes hold every field).
 #[derive(Clone, Debug)]
 pub(crate) struct StackText<const N: usize> {
     buf: [u8; N],
@@ -219,26 +230,25 @@ impl<const N: usize> StackText<N> {
         &self.buf[..self.len]
     }
 
-    fn write_bytes(&mut self, bytes: &[u8]) -> std::fmt::Result {
-        let end = self.len + bytes.len();
-        self.buf
-            .get_mut(self.len..end)
-            .ok_or(std::fmt::Error)?
-            .copy_from_slice(bytes);
+    fn push(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(N);
+        self.buf[self.len..end].copy_from_slice(&bytes[..end - self.len]);
         self.len = end;
-        Ok(())
     }
-}
 
-impl<const N: usize> std::fmt::Write for StackText<N> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        self.buf
-            .get_mut(self.len..end)
-            .ok_or(std::fmt::Error)?
-            .copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
+    /// `n` in decimal.
+    fn number(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[at..]);
     }
 }
 
@@ -252,5 +262,38 @@ fn short_unit(unit: crate::rate::Unit) -> &'static str {
         Unit::Day => "d",
         Unit::Month => "mo",
         Unit::Year => "y",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_overflow_on_the_stack() {
+        let mut text = StackText::<64>::new();
+        for n in [0, 7, 10, 999, u64::MAX] {
+            text.number(n);
+            text.push(b",");
+        }
+        assert_eq!(text.as_bytes(), b"0,7,10,999,18446744073709551615,");
+        let mut small = StackText::<4>::new();
+        small.push(b"abcdef");
+        assert_eq!(small.as_bytes(), b"abcd", "what does not fit is dropped");
+    }
+
+    #[test]
+    fn the_fields_of_a_decision() {
+        let rate: crate::Rate = "10/minute".parse().unwrap();
+        let decision = Decision::allowed(rate, 9, Duration::from_millis(5_500));
+        let mut headers = HeaderMap::new();
+        insert_headers(&mut headers, &decision, HeaderStyle::Both);
+        assert_eq!(headers["ratelimit-policy"], "\"10-per-1m\";q=10;w=60");
+        assert_eq!(headers["ratelimit"], "\"10-per-1m\";r=9;t=6");
+        assert_eq!(headers["x-ratelimit-limit"], "10");
+        assert_eq!(headers["x-ratelimit-remaining"], "9");
+        let mut none = HeaderMap::new();
+        insert_headers(&mut none, &decision, HeaderStyle::None);
+        assert!(none.is_empty());
     }
 }
