@@ -4,8 +4,9 @@
 //! always refuses (`/blocked`).
 //!
 //! `MODE` chooses the router: `bare` is `/plain` alone with no layer at all (the baseline a
-//! user compares with), `layer` (the default) every route behind `Limiter::layer()`, and
-//! `no-headers` the same with `HeaderStyle::None`.
+//! user compares with), `layer` (the default) every route behind `Limiter::layer()` with both
+//! header sets, and `no-headers`, `draft`, `legacy` the same with `HeaderStyle::None`,
+//! `Draft`, `Legacy`.
 //!
 //! `PORT=8000 MODE=layer cargo run --release --example bench_server`
 
@@ -67,6 +68,12 @@ pub fn app() -> Router {
         Ok("no-headers") => Limiter::new()
             .layer()
             .headers(ratelimit::http::HeaderStyle::None),
+        Ok("draft") => Limiter::new()
+            .layer()
+            .headers(ratelimit::http::HeaderStyle::Draft),
+        Ok("legacy") => Limiter::new()
+            .layer()
+            .headers(ratelimit::http::HeaderStyle::Legacy),
         _ => Limiter::new().layer(),
     };
     Router::new()

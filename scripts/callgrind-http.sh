@@ -15,16 +15,24 @@ cargo build -q --release --example bench_server
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-# Sends `count` POSTs of the benchmark body over one keep-alive connection.
+# Sends `count` POSTs of the benchmark body over one keep-alive connection (a new one when
+# the server closes it: hyper may, after a 429 whose body it did not read in time).
 send() {
   python3 - "$PORT" "$1" "$2" <<'PY'
 import http.client, sys
 port, path, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 conn = http.client.HTTPConnection("127.0.0.1", port)
 body = b'{"data": [1,2,3]}'
+reconnects = 0
 for _ in range(count):
-    conn.request("POST", path, body, {"Content-Type": "application/json"})
-    conn.getresponse().read()
+    try:
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        conn.getresponse().read()
+    except (http.client.HTTPException, OSError):
+        reconnects += 1
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+if reconnects:
+    print(f"({reconnects} reconnections)", file=sys.stderr)
 PY
 }
 
@@ -53,5 +61,8 @@ measure bare /plain
 measure layer /plain
 measure layer /limited
 measure no-headers /limited
+measure draft /limited
+measure legacy /limited
 measure layer /blocked
+measure no-headers /blocked
 measure layer /plain-headers

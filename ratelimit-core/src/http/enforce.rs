@@ -44,6 +44,18 @@ pub(crate) async fn enforce(
     entries: &[Entry<'_>],
     charged: &[Entry<'_>],
 ) -> Result<Option<Decision>, Rejection> {
+    if let ([entry], []) = (entries, charged) {
+        // One limit and nothing charged before it: nothing to group or give back.
+        let charge = config.limiter.charge(entry.scope, entry.limits, entry.cost);
+        let key = entry.key.as_bytes();
+        return match check(config, key, std::slice::from_ref(&charge), Mode::Charge).await {
+            Ok(decision) if decision.is_allowed() => {
+                Ok(Some(admit(config, route, entry, decision)))
+            }
+            Ok(decision) => Err(refuse(config, route, entry, decision)),
+            Err(error) => Err(store_failed(route, error)),
+        };
+    }
     let mut admitted: Option<(Decision, usize)> = None;
     let mut firsts: ArrayVec<usize, MAX_ENTRIES> = ArrayVec::new();
     for first in 0..entries.len() {
@@ -82,20 +94,25 @@ pub(crate) async fn enforce(
         refund(config, charged).await;
         return Err(match refusal {
             Ok((decision, entry)) => refuse(config, route, &entries[entry], decision),
-            Err(error) => {
-                tracing::error!(%error, route, "rate limit store failed");
-                Rejection::store_failed()
-            }
+            Err(error) => store_failed(route, error),
         });
     }
-    let Some((decision, entry)) = admitted else {
-        return Ok(None);
-    };
+    Ok(admitted.map(|(decision, entry)| admit(config, route, &entries[entry], decision)))
+}
+
+/// A request admitted, bound by `entry`: observed, and kept for the response headers.
+fn admit(config: &HttpConfig, route: &str, entry: &Entry<'_>, decision: Decision) -> Decision {
     config
         .limiter
-        .observe(route, entries[entry].key.as_bytes(), &decision);
+        .observe(route, entry.key.as_bytes(), &decision);
     record(decision);
-    Ok(Some(decision))
+    decision
+}
+
+#[cold]
+fn store_failed(route: &str, error: StoreError) -> Rejection {
+    tracing::error!(%error, route, "rate limit store failed");
+    Rejection::store_failed()
 }
 
 /// Gives back charges made earlier in a request.

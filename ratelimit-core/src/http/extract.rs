@@ -197,18 +197,30 @@ pub trait Specs: Send + Sync + 'static {
     /// How many attributes.
     const LEN: usize;
 
+    /// What the attributes say of one request: room for exactly `LEN`.
+    #[doc(hidden)]
+    type Resolved: AsRef<[One]> + Send + Sync + 'static;
+
     /// What each attribute says of this request.
     #[doc(hidden)]
-    fn resolve(parts: &Parts) -> impl Future<Output = Result<Resolved, Rejection>> + Send;
+    fn resolve(parts: &Parts) -> impl Future<Output = Result<Self::Resolved, Rejection>> + Send;
 }
 
-/// What the attributes of a handler say of one request; built by [`Specs::resolve`].
+/// What the `N` attributes of a handler say of one request; built by [`Specs::resolve`].
 #[doc(hidden)]
-#[derive(Debug, Default)]
-pub struct Resolved(ArrayVec<One, 8>);
-
 #[derive(Debug)]
-struct One {
+pub struct Resolved<const N: usize>(ArrayVec<One, N>);
+
+impl<const N: usize> AsRef<[One]> for Resolved<N> {
+    fn as_ref(&self) -> &[One] {
+        &self.0
+    }
+}
+
+/// What one attribute says of one request.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct One {
     policy: &'static Policy,
     /// `None` when the request is exempt from this attribute.
     key: Option<Key>,
@@ -218,7 +230,10 @@ struct One {
 
 /// What attribute `S` says of this request.
 #[doc(hidden)]
-pub async fn resolve_one<S: Spec>(parts: &Parts, into: &mut Resolved) -> Result<(), Rejection> {
+pub async fn resolve_one<S: Spec, const N: usize>(
+    parts: &Parts,
+    into: &mut Resolved<N>,
+) -> Result<(), Rejection> {
     let policy = S::policy();
     let (config, _) = enforce::attribute_context();
     let key = if S::exempt(parts) {
@@ -255,9 +270,11 @@ macro_rules! specs {
         impl<$($s: Spec),+> Specs for ($($s,)+) {
             const LEN: usize = $len;
 
-            async fn resolve(parts: &Parts) -> Result<Resolved, Rejection> {
-                let mut resolved = Resolved::default();
-                $(resolve_one::<$s>(parts, &mut resolved).await?;)+
+            type Resolved = Resolved<$len>;
+
+            async fn resolve(parts: &Parts) -> Result<Resolved<$len>, Rejection> {
+                let mut resolved = Resolved(ArrayVec::new());
+                $(resolve_one::<$s, $len>(parts, &mut resolved).await?;)+
                 Ok(resolved)
             }
         }
@@ -325,13 +342,13 @@ impl LayerPart {
 async fn check(
     config: &HttpConfig,
     route: Option<&str>,
-    resolved: &Resolved,
+    resolved: &[One],
     costs: Option<&[u64]>,
     layer: &LayerPart,
 ) -> Result<(), Rejection> {
     let mut entries: ArrayVec<Entry<'_>, MAX_ENTRIES> = ArrayVec::new();
     let mut charged: ArrayVec<Entry<'_>, 1> = ArrayVec::new();
-    for (i, one) in resolved.0.iter().enumerate() {
+    for (i, one) in resolved.iter().enumerate() {
         let Some(key) = &one.key else { continue };
         entries.push(Entry {
             key,
@@ -347,7 +364,7 @@ async fn check(
         (LayerPart::Charged(key), Some(limits)) => charged.push(application_entry(key, limits)),
         _ => {}
     }
-    let handler = resolved.0.first().map_or("", |one| one.policy.handler);
+    let handler = resolved.first().map_or("", |one| one.policy.handler);
     enforce(config, route.unwrap_or(handler), &entries, &charged).await?;
     Ok(())
 }
@@ -393,7 +410,7 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
         }
         let resolved = S::resolve(parts).await?;
         let layer = LayerPart::take(config, parts, route.unwrap_or("")).await?;
-        check(config, route, &resolved, None, &layer).await?;
+        check(config, route, resolved.as_ref(), None, &layer).await?;
         Ok(Guard { _spec: PhantomData })
     }
 }
@@ -404,7 +421,7 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
 pub struct Deferred<S: Specs> {
     config: &'static HttpConfig,
     route: Option<MatchedPath>,
-    resolved: Resolved,
+    resolved: S::Resolved,
     layer: LayerPart,
     _spec: PhantomData<fn() -> S>,
 }
@@ -440,7 +457,14 @@ impl<S: Specs> Deferred<S> {
     /// cost, in order.
     pub async fn check(&self, costs: &[u64]) -> Result<(), Rejection> {
         let route = self.route.as_ref().map(MatchedPath::as_str);
-        check(self.config, route, &self.resolved, Some(costs), &self.layer).await
+        check(
+            self.config,
+            route,
+            self.resolved.as_ref(),
+            Some(costs),
+            &self.layer,
+        )
+        .await
     }
 }
 

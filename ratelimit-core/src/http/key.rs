@@ -231,12 +231,16 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Room for the longest key: a NUL marker and `ffff:ffff:ffff:ffff::/64` take 25 bytes; 31
+/// makes the whole key 32.
+const IP_KEY_LEN: usize = 31;
+
 /// A client address as a key: IPv4 as it is, IPv6 by its /64 network, since one subscriber
 /// commonly holds a whole /64 and could otherwise rotate through it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct IpKey {
-    buf: [u8; 48],
-    len: usize,
+    buf: [u8; IP_KEY_LEN],
+    len: u8,
 }
 
 impl IpKey {
@@ -244,7 +248,7 @@ impl IpKey {
         IpKey::written(
             ip,
             IpKey {
-                buf: [0; 48],
+                buf: [0; IP_KEY_LEN],
                 len: 0,
             },
         )
@@ -256,7 +260,7 @@ impl IpKey {
         IpKey::written(
             ip,
             IpKey {
-                buf: [0; 48],
+                buf: [0; IP_KEY_LEN],
                 len: 1,
             },
         )
@@ -285,17 +289,17 @@ impl IpKey {
                 write!(key, "{}/64", Ipv6Addr::from(net))
             }
         };
-        debug_assert!(result.is_ok(), "an address fits in 48 bytes");
+        debug_assert!(result.is_ok(), "an address fits in {IP_KEY_LEN} bytes");
         key
     }
 
     fn push(&mut self, byte: u8) {
-        self.buf[self.len] = byte;
+        self.buf[usize::from(self.len)] = byte;
         self.len += 1;
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf[..usize::from(self.len)]
     }
 
     #[cfg(test)]
@@ -306,10 +310,11 @@ impl IpKey {
 
 impl fmt::Write for IpKey {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        let dest = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        let start = usize::from(self.len);
+        let end = start + s.len();
+        let dest = self.buf.get_mut(start..end).ok_or(fmt::Error)?;
         dest.copy_from_slice(s.as_bytes());
-        self.len = end;
+        self.len = u8::try_from(end).map_err(|_| fmt::Error)?;
         Ok(())
     }
 }
@@ -424,7 +429,19 @@ mod tests {
             IpKey::new(ip("2001:db8:1:2:bbbb::9")).as_str(),
             "2001:db8:1:2::/64"
         );
-        for v4 in ["203.0.113.7", "0.0.0.0", "10.100.9.255", "1.20.100.0"] {
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        assert_eq!(
+            IpKey::marked(longest).as_bytes(),
+            b"\0ffff:ffff:ffff:ffff::/64",
+            "the longest key fits"
+        );
+        for v4 in [
+            "203.0.113.7",
+            "0.0.0.0",
+            "10.100.9.255",
+            "1.20.100.0",
+            "255.255.255.255",
+        ] {
             assert_eq!(IpKey::new(ip(v4)).as_str(), v4);
         }
         let p = parts("[::ffff:203.0.113.7]:80", &[]);

@@ -228,7 +228,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let config = self.config;
         let (kind, learn) = self.route.kind(req.extensions().get::<MatchedPath>());
         let route = learn.then_some(self.route);
@@ -254,23 +254,27 @@ where
         }
         // The store answers at once: the layer's own limits are checked here, so that the
         // wrapped service is called now (no clone of it, no box).
-        let (parts, body) = req.into_parts();
-        let checked = now_or_never(layer_limits_of(config, &parts, limited));
-        let req = Request::from_parts(parts, body);
-        let (state, admitted) = match checked {
-            Some(Ok(outcome)) => outcome,
-            Some(Err(rejection)) => {
-                return ResponseFuture::new(Inner::Ready {
-                    response: Some(rejection.into_response()),
-                });
+        let (state, admitted) = if layer_limits {
+            let (parts, body) = req.into_parts();
+            let checked = now_or_never(layer_limits_of(config, &parts, limited));
+            req = Request::from_parts(parts, body);
+            match checked {
+                Some(Ok(outcome)) => outcome,
+                Some(Err(rejection)) => {
+                    return ResponseFuture::new(Inner::Ready {
+                        response: Some(rejection.into_response()),
+                    });
+                }
+                // Cannot happen: an in-memory store never waits. Refuse rather than let the
+                // request through unchecked.
+                None => {
+                    return ResponseFuture::new(Inner::Ready {
+                        response: Some(Rejection::store_failed().into_response()),
+                    });
+                }
             }
-            // Cannot happen: an in-memory store never waits. Refuse rather than let the
-            // request through unchecked.
-            None => {
-                return ResponseFuture::new(Inner::Ready {
-                    response: Some(Rejection::store_failed().into_response()),
-                });
-            }
+        } else {
+            (LayerState::Done, None)
         };
         if kind == PLAIN {
             return ResponseFuture::new(Inner::Headers {

@@ -18,7 +18,7 @@ mod response;
 
 pub use config::AsLimits;
 pub use extract::{
-    Deferred, Guard, IntoKey, LimitsRef, Policy, Resolved, Spec, Specs, resolve_one, support,
+    Deferred, Guard, IntoKey, LimitsRef, One, Policy, Resolved, Spec, Specs, resolve_one, support,
 };
 pub use key::{KeySource, TrustedProxies};
 pub use layer::{RateLimitLayer, RateLimitService};
