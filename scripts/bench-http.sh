@@ -24,7 +24,7 @@ for mode in bare layer no-headers; do
 done
 
 # case = mode:path
-cases=(bare:/plain layer:/plain no-headers:/limited layer:/limited layer:/blocked layer:/plain-headers)
+cases=(bare:/plain layer:/plain no-headers:/limited layer:/limited no-headers:/blocked layer:/blocked layer:/plain-headers)
 declare -A results
 for round in $(seq "$ROUNDS"); do
   for case in "${cases[@]}"; do

@@ -44,11 +44,13 @@ pub use ratelimit_core::*;
 ///   function `fn(&Parts) -> L` returning the limits of each request, where `L` is
 ///   `&'static Limits`, `&'static LazyLock<Limits>`, `Arc<Limits>` or `Limits`.
 /// - **`key = ip | global | header("X-API-Key") | path`**: who is counted. `ip` is the peer
-///   address (IPv6 by /64; behind [trusted proxies](LimiterBuilder::trusted_proxies) the
-///   right-most untrusted forwarded hop), `global` is everyone together, `header` a header's
-///   value, and a path names a function `fn(&Parts) -> K` or `async fn(&Parts) -> K` whose
-///   `K` is a `String`, `&'static str`, `Cow<'static, str>` or an `Option` of one. Default:
-///   the limiter's [default key](LimiterBuilder::default_key), the client IP.
+///   address (IPv6 by /64; behind
+///   [trusted proxies](http::RateLimitLayer::trusted_proxies) the right-most untrusted
+///   forwarded hop), `global` is everyone together, `header` the header's bytes (a request
+///   without it is counted by its client address), and a path names a function
+///   `fn(&Parts) -> K` or `async fn(&Parts) -> K` whose `K` is a `String`, `&'static str`,
+///   `Cow<'static, str>` or an `Option` of one. Default: the layer's
+///   [default key](http::RateLimitLayer::default_key), the client IP.
 /// - **`scope = "name"`**: one budget shared by every handler naming it. Without it, keys are
 ///   scoped by the matched route template (`/items/1` and `/items/2` share `/items/{id}`).
 /// - **`algorithm = gcra | fixed_window | sliding_window | moving_window`** (default: the
@@ -61,7 +63,9 @@ pub use ratelimit_core::*;
 /// - **`error_message = "..."`**: the `detail` of the 429 answer.
 /// - **`crate = path`**: where to find this crate if it was renamed.
 ///
-/// Several attributes on one handler all apply. A refused request gets `429` with
+/// Several attributes on one handler all apply, as one: a request refused by any of them (or
+/// by the layer's default and application limits) is charged by none. The attribute goes on
+/// free `async fn` handlers; on a method it is a compile error. A refused request gets `429` with
 /// `{"detail": "Rate limit exceeded: 10 per 1 minute"}`, `Retry-After`, and the rate limit
 /// headers; with [`Limiter::layer`] every response of a limited route carries them.
 ///
