@@ -111,7 +111,7 @@ impl Limiter {
     /// assert!(limiter.check_now(&limits, "k", 1).unwrap().is_allowed());
     /// assert!(!limiter.check_now(&limits, "k", 1).unwrap().is_allowed());
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn check_now(&self, limits: &Limits, key: &str, cost: u64) -> Option<Decision> {
         let charge = self.charge("", limits, cost);
         let decision = self
@@ -154,7 +154,7 @@ impl Limiter {
     /// [`check_charges`](Limiter::check_charges) without a future, when the store answers
     /// without waiting ([`Store::answer_now`]); `None` when it would wait, and then nothing
     /// was sent to it.
-    #[inline]
+    #[inline(always)]
     pub fn check_charges_now(
         &self,
         key: &[u8],

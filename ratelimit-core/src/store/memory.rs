@@ -122,7 +122,7 @@ impl Slot for GcraSlot {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn check(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
         let rate = &charge.limits.params()[0];
         if self.touched.load(Ordering::Relaxed) != tick(now) {
