@@ -146,6 +146,36 @@ fn group<'r>(config: &HttpConfig, entries: &[Entry<'r>], first: usize) -> Group<
     (charges, members)
 }
 
+/// Runs the future `make` builds to completion: on the stack when the store answers at once
+/// (an in-memory store: ready at its first poll), so that its state is no part of the
+/// caller's future, which axum moves and boxes with the handler's; boxed when the store
+/// waits.
+pub(crate) async fn settle<T, F>(
+    config: &HttpConfig,
+    make: impl FnOnce() -> F,
+) -> Result<T, Rejection>
+where
+    F: Future<Output = Result<T, Rejection>>,
+{
+    if config.limiter.answers_now() {
+        // Cannot be pending; were it, refuse rather than let the request through unchecked.
+        return now_or_never(make()).unwrap_or_else(|| Err(Rejection::store_failed()));
+    }
+    Box::pin(make()).await
+}
+
+/// Polls `future` once: the answer when it is ready at once.
+pub(crate) fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// One store call: without a future when the store answers at once.
 async fn check(
     config: &HttpConfig,

@@ -12,7 +12,7 @@ use axum::extract::{FromRequestParts, MatchedPath};
 use http::request::Parts;
 
 use super::config::HttpConfig;
-use super::enforce::{self, Entry, LayerState, MAX_ENTRIES, enforce};
+use super::enforce::{self, Entry, LayerState, MAX_ENTRIES, enforce, settle};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::Rejection;
 use crate::limits::Limits;
@@ -409,8 +409,12 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
             note_limited_route(config, route);
         }
         let resolved = S::resolve(parts).await?;
-        let layer = LayerPart::take(config, parts, route.unwrap_or("")).await?;
-        check(config, route, resolved.as_ref(), None, &layer).await?;
+        let path = route.unwrap_or("");
+        let layer = settle(config, || LayerPart::take(config, parts, path)).await?;
+        settle(config, || {
+            check(config, route, resolved.as_ref(), None, &layer)
+        })
+        .await?;
         Ok(Guard { _spec: PhantomData })
     }
 }
@@ -436,12 +440,8 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
             note_limited_route(config, route.as_ref().map(MatchedPath::as_str));
         }
         let resolved = S::resolve(parts).await?;
-        let layer = LayerPart::take(
-            config,
-            parts,
-            route.as_ref().map_or("", MatchedPath::as_str),
-        )
-        .await?;
+        let path = route.as_ref().map_or("", MatchedPath::as_str);
+        let layer = settle(config, || LayerPart::take(config, parts, path)).await?;
         Ok(Deferred {
             config,
             route,
@@ -457,13 +457,10 @@ impl<S: Specs> Deferred<S> {
     /// cost, in order.
     pub async fn check(&self, costs: &[u64]) -> Result<(), Rejection> {
         let route = self.route.as_ref().map(MatchedPath::as_str);
-        check(
-            self.config,
-            route,
-            self.resolved.as_ref(),
-            Some(costs),
-            &self.layer,
-        )
+        let resolved = self.resolved.as_ref();
+        settle(self.config, || {
+            check(self.config, route, resolved, Some(costs), &self.layer)
+        })
         .await
     }
 }

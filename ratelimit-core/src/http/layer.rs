@@ -16,7 +16,7 @@ use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
 use super::config::{AsLimits, HttpConfig};
-use super::enforce::{Entry, LayerState, RequestContext, enforce};
+use super::enforce::{Entry, LayerState, RequestContext, enforce, now_or_never};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::{HeaderStyle, RateLimited, Rejection, insert_headers};
 use crate::decision::Decision;
@@ -440,18 +440,6 @@ where
 impl<F, E> std::fmt::Debug for ResponseFuture<F, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-/// Polls `future` once: the answer when it is ready at once.
-fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(std::task::Waker::noop()))
-    {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
     }
 }
 
