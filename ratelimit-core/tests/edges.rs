@@ -119,15 +119,7 @@ fn a_year_is_360_days_as_in_limits() {
 
 /// Any rate the grammar accepts: every unit, any multiple that fits, any amount.
 fn any_rate() -> impl Strategy<Value = Rate> {
-    let units = prop::sample::select(vec![
-        Unit::Millisecond,
-        Unit::Second,
-        Unit::Minute,
-        Unit::Hour,
-        Unit::Day,
-        Unit::Month,
-        Unit::Year,
-    ]);
+    let units = prop::sample::select(Unit::ALL.to_vec());
     let extreme = prop_oneof![
         Just(1u64),
         Just(2),

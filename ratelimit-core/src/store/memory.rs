@@ -86,6 +86,19 @@ struct Sweep {
     last_warning: Option<Instant>,
 }
 
+impl Sweep {
+    /// Whether to log now: at most once a minute, however long the flood.
+    fn may_warn(&mut self) -> bool {
+        let due = self
+            .last_warning
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+        if due {
+            self.last_warning = Some(Instant::now());
+        }
+        due
+    }
+}
+
 /// A GCRA key: its theoretical arrival time, and when it was last checked.
 struct GcraSlot {
     tat: AtomicU64,
@@ -460,11 +473,7 @@ impl<C: Clock> MemoryStore<C> {
                 let evicted = evict - left;
                 self.len.fetch_sub(evicted, Ordering::Relaxed);
                 self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
-                if sweep
-                    .last_warning
-                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
-                {
-                    sweep.last_warning = Some(Instant::now());
+                if sweep.may_warn() {
                     tracing::warn!(
                         capacity = self.capacity,
                         evicted_total = self.evictions(),
@@ -479,11 +488,7 @@ impl<C: Clock> MemoryStore<C> {
                 let cost = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 let pause = now.saturating_add(cost.saturating_mul(8).max(1_000_000));
                 let next = if removed == 0 {
-                    if sweep
-                        .last_warning
-                        .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
-                    {
-                        sweep.last_warning = Some(Instant::now());
+                    if sweep.may_warn() {
                         tracing::warn!(
                             capacity = self.capacity,
                             "rate limit store is full of live state; refusing new keys until \
