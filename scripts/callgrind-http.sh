@@ -3,12 +3,15 @@
 # where throughput on these shared cores swings by 15%. For each (mode, path): the server
 # runs under `valgrind --tool=callgrind`, takes WARMUP requests, has its counters zeroed
 # (`callgrind_control -z`), serves N keep-alive requests from one connection, dumps
-# (`callgrind_control -d`), and the total is divided by N.
-#   scripts/callgrind-http.sh                 (N=2000 WARMUP=200 by default)
+# (`callgrind_control -d`), and the total is divided by N. ROUNDS rounds, the cases in turn
+# in each, and the median per case: how the kernel splits reads moves a single figure by up
+# to 3%.
+#   scripts/callgrind-http.sh                 (N=2000 WARMUP=200 ROUNDS=3 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-2000}
 WARMUP=${WARMUP:-200}
+ROUNDS=${ROUNDS:-3}
 PORT=${PORT:-18282}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 cargo build -q --release --example bench_server
@@ -56,13 +59,20 @@ measure() {
   echo "$mode $path $(( total / N ))"
 }
 
-echo "mode path instructions/request (N=$N after $WARMUP warm-up)"
-measure bare /plain
-measure layer /plain
-measure layer /limited
-measure no-headers /limited
-measure draft /limited
-measure legacy /limited
-measure layer /blocked
-measure no-headers /blocked
-measure layer /plain-headers
+cases=(bare:/plain layer:/plain no-headers:/limited draft:/limited legacy:/limited layer:/limited
+  no-headers:/blocked layer:/blocked layer:/plain-headers)
+declare -A results
+for round in $(seq "$ROUNDS"); do
+  for case in "${cases[@]}"; do
+    line=$(measure "${case%%:*}" "${case#*:}")
+    echo "round $round: $line"
+    results[$case]+="${line##* } "
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+bare=$(echo "${results[bare:/plain]}" | median)
+echo "== instructions per request, medians of $ROUNDS rounds (N=$N after $WARMUP warm-up)"
+for case in "${cases[@]}"; do
+  m=$(echo "${results[$case]}" | median)
+  echo "$case: $m (rounds: ${results[$case]}), bare/case $(awk -v a="$bare" -v b="$m" 'BEGIN {printf "%.3f", a / b}')"
+done

@@ -379,6 +379,7 @@ async fn a_layer_around_a_whole_router_learns_routes_by_path() {
     use tower::Layer as _;
     let inner = Router::new()
         .route("/limited", post(one_a_minute))
+        .route("/items/{id}", post(three_a_minute))
         .route("/plain", post(unannotated));
     let layer = Limiter::new().layer().default_limits("2/minute");
     let app = Router::new().fallback_service(layer.layer(inner));
@@ -395,6 +396,21 @@ async fn a_layer_around_a_whole_router_learns_routes_by_path() {
     assert_eq!(status(c.post(&plain)).await, 200);
     assert_eq!(status(c.post(&plain)).await, 200);
     assert_eq!(status(c.post(&plain)).await, 429);
+    // A templated route the layer sees only by its path: the defaults it charges are given
+    // back each time, and the attribute's 3 apply.
+    let item = format!("http://{addr}/items/7");
+    let codes = [
+        status(c.post(&item)).await,
+        status(c.post(&item)).await,
+        status(c.post(&item)).await,
+        status(c.post(&item)).await,
+    ];
+    assert_eq!(codes, [200, 200, 200, 429]);
+}
+
+#[rate_limit("3/minute", key = ip)]
+async fn three_a_minute() -> &'static str {
+    "ok"
 }
 
 #[tokio::test]

@@ -57,7 +57,6 @@ pub(crate) async fn enforce(
         };
     }
     let mut admitted: Option<(Decision, usize)> = None;
-    let mut firsts: ArrayVec<usize, MAX_ENTRIES> = ArrayVec::new();
     for first in 0..entries.len() {
         let key = entries[first].key.as_bytes();
         if entries[..first].iter().any(|e| e.key.as_bytes() == key) {
@@ -71,7 +70,6 @@ pub(crate) async fn enforce(
                 if admitted.is_none_or(|(best, _)| decision.binds_harder_than(&best)) {
                     admitted = Some((decision, entry));
                 }
-                firsts.push(first);
                 continue;
             }
             Ok(decision) => Ok((
@@ -80,17 +78,19 @@ pub(crate) async fn enforce(
             )),
             Err(error) => Err(error),
         };
-        // Refused (or the store failed): give back everything this request was charged.
-        for &earlier in &firsts {
-            let (charges, _) = group(config, entries, earlier);
-            let _ = check(
-                config,
-                entries[earlier].key.as_bytes(),
-                &charges,
-                Mode::Refund,
-            )
-            .await;
-        }
+        // Refused (or the store failed): give back everything this request was charged, the
+        // groups checked before this one (every entry under a key met earlier) and what an
+        // earlier stage charged.
+        let earlier: ArrayVec<Entry<'_>, MAX_ENTRIES> = entries
+            .iter()
+            .filter(|e| {
+                entries[..first]
+                    .iter()
+                    .any(|f| f.key.as_bytes() == e.key.as_bytes())
+            })
+            .copied()
+            .collect();
+        refund(config, &earlier).await;
         refund(config, charged).await;
         return Err(match refusal {
             Ok((decision, entry)) => refuse(config, route, &entries[entry], decision),
@@ -253,11 +253,13 @@ pub(crate) enum LayerState {
     /// that they pass or fail with the attribute's.
     LeftToAttribute,
     /// The route was not yet known to carry an attribute: the layer charged `key` for the
-    /// application limits (`application`) and the route's default limits (`default`).
+    /// application limits (`application`) and the route's default limits (`default`), under
+    /// the scope of the request's URI path when it saw no matched route (`by_uri`).
     Charged {
         key: Key,
         application: bool,
         default: bool,
+        by_uri: bool,
     },
 }
 

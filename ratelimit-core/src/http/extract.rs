@@ -316,11 +316,14 @@ impl LayerPart {
                 key,
                 application,
                 default,
+                by_uri,
             } => {
                 if let (true, Some(defaults)) = (default, &config.default_limits) {
+                    // The scope the layer charged: what it saw of the route.
+                    let scope = if by_uri { parts.uri.path() } else { route };
                     let entry = Entry {
                         key: &key,
-                        scope: route,
+                        scope,
                         limits: defaults,
                         cost: 1,
                         message: None,

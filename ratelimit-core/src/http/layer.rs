@@ -497,6 +497,7 @@ async fn layer_limits_of(
     let state = LayerState::Charged {
         application: config.application_limits.is_some(),
         default: config.default_limits.is_some(),
+        by_uri: route.is_none(),
         key,
     };
     Ok((state, admitted))
