@@ -7,6 +7,8 @@
 //! so that path allocates nothing; a networked store boxes its `async` block.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 mod state;
 
 use std::fmt;
@@ -15,6 +17,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 pub use memory::{DEFAULT_CAPACITY, MemoryStore, WhenFull};
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
 pub use state::LimitState;
 
 use crate::algorithm::Algorithm;

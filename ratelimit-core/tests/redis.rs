@@ -1,0 +1,298 @@
+//! The Redis store against real `redis-server` processes that the tests start on free ports:
+//! the same decisions as the in-memory store, one limit shared by several instances, state
+//! that outlives an instance, scripts reloaded after a flush, readable names with TTLs.
+#![cfg(feature = "redis")]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ratelimit_core::store::{Mode, RedisStore};
+use ratelimit_core::{Algorithm, Decision, FakeClock, Limiter, Limits, MemoryStore};
+
+/// A `redis-server` of the test's own, on a free port, killed when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start `redis-server` ({e}): install it (Debian: apt-get install redis-server; .ci/run does)")
+            });
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small deterministic generator for the request sequences.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+/// Redis counts in microseconds (its clock's resolution), memory in nanoseconds: a wait of
+/// 473 ms and 1 ns in memory is 473 ms and 1 µs in Redis. Compared to the microsecond, up.
+fn micros(d: Duration) -> u128 {
+    d.as_nanos().div_ceil(1_000)
+}
+
+fn same(redis: &Decision, memory: &Decision, what: &str) {
+    assert_eq!(
+        (
+            redis.is_allowed(),
+            redis.remaining(),
+            micros(redis.reset_after()),
+            redis.retry_after().map(micros),
+            redis.rate_index(),
+            redis.charge_index(),
+        ),
+        (
+            memory.is_allowed(),
+            memory.remaining(),
+            micros(memory.reset_after()),
+            memory.retry_after().map(micros),
+            memory.rate_index(),
+            memory.charge_index(),
+        ),
+        "{what}"
+    );
+}
+
+#[tokio::test]
+async fn every_algorithm_decides_as_the_memory_store_does() {
+    let server = RedisServer::start();
+    // Rates whose intervals are whole microseconds, so both stores count alike.
+    let sets = [
+        "4/second",
+        "5/second; 20/minute",
+        "10/minute",
+        "4/2 seconds; 8/minute",
+    ];
+    for algorithm in Algorithm::ALL {
+        for set in sets {
+            let clock = FakeClock::new();
+            clock.set(1_700_000_000_000_000_000); // a realistic epoch-like start
+            let memory = Limiter::builder()
+                .store(MemoryStore::with_clock(clock.clone()))
+                .algorithm(algorithm)
+                .build();
+            let redis = Limiter::builder()
+                .store(
+                    RedisStore::connect(&server.url())
+                        .await
+                        .unwrap()
+                        .with_clock(clock.clone()),
+                )
+                .algorithm(algorithm)
+                .key_prefix(format!("eq-{algorithm}-{set}"))
+                .build();
+            let limits = Limits::parse(set).unwrap();
+            let mut rng = Lcg(7);
+            for step in 0..400 {
+                clock.advance(Duration::from_millis(rng.next(400)));
+                let key = ["a", "b"][rng.next(2) as usize];
+                let cost = [1, 1, 1, 2, 0, 5][rng.next(6) as usize];
+                let mode =
+                    [Mode::Charge, Mode::Charge, Mode::Charge, Mode::Peek][rng.next(4) as usize];
+                let (m, r) = (
+                    memory.charge("s", &limits, cost),
+                    redis.charge("s", &limits, cost),
+                );
+                let expected = memory
+                    .check_charges(key.as_bytes(), std::slice::from_ref(&m), mode)
+                    .await
+                    .unwrap();
+                let got = redis
+                    .check_charges(key.as_bytes(), std::slice::from_ref(&r), mode)
+                    .await
+                    .unwrap();
+                same(
+                    &got,
+                    &expected,
+                    &format!("{algorithm} {set} step {step} {mode:?} cost {cost}"),
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn several_charges_under_one_key_pass_or_fail_as_one_call() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let limiter = Limiter::builder().store(store).build();
+    let tight = Limits::parse("1/minute").unwrap();
+    let loose = Limits::parse("5/minute")
+        .unwrap()
+        .with_algorithm(Algorithm::FixedWindow);
+    let charges = [
+        limiter.charge("loose", &loose, 1),
+        limiter.charge("tight", &tight, 1),
+    ];
+    let first = limiter
+        .check_charges(b"k", &charges, Mode::Charge)
+        .await
+        .unwrap();
+    assert!(first.is_allowed());
+    assert_eq!(first.charge_index(), 1, "the tight one has the fewest left");
+    let refused = limiter
+        .check_charges(b"k", &charges, Mode::Charge)
+        .await
+        .unwrap();
+    assert!(!refused.is_allowed());
+    assert_eq!(refused.charge_index(), 1);
+    let loose_left = limiter
+        .check_charges(b"k", &charges[..1], Mode::Peek)
+        .await
+        .unwrap();
+    assert_eq!(
+        loose_left.remaining(),
+        3,
+        "charged once, not twice (a peek at cost 1 says 3)"
+    );
+    // A refund gives the charge back.
+    limiter
+        .check_charges(b"k", &charges, Mode::Refund)
+        .await
+        .unwrap();
+    assert!(
+        limiter
+            .check_charges(b"k", &charges, Mode::Charge)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_one_limit_exactly_under_a_concurrent_burst() {
+    let server = RedisServer::start();
+    let limits = Arc::new(Limits::parse("100/hour").unwrap());
+    let a = Limiter::builder()
+        .store(RedisStore::connect(&server.url()).await.unwrap())
+        .build();
+    let b = Limiter::builder()
+        .store(RedisStore::connect(&server.url()).await.unwrap())
+        .build();
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let limiter = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let limits = limits.clone();
+            tokio::spawn(async move {
+                limiter
+                    .check(&limits, "shared", 1)
+                    .await
+                    .unwrap()
+                    .is_allowed()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += usize::from(task.await.unwrap());
+    }
+    assert_eq!(admitted, 100);
+    // A new instance (an app restart) finds the counts where they were.
+    let restarted = Limiter::builder()
+        .store(RedisStore::connect(&server.url()).await.unwrap())
+        .build();
+    assert!(
+        !restarted
+            .check(&limits, "shared", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+}
+
+#[tokio::test]
+async fn state_is_named_readably_expires_and_survives_a_script_flush() {
+    let server = RedisServer::start();
+    let limiter = Limiter::builder()
+        .store(RedisStore::connect(&server.url()).await.unwrap())
+        .key_prefix("api")
+        .build();
+    let limits = Limits::parse("10/minute; 100/hour").unwrap();
+    assert!(
+        limiter
+            .check_scoped("/predict", &limits, "203.0.113.7", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut names: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "api:{203.0.113.7}:/predict:gcra:3600000ms:1",
+            "api:{203.0.113.7}:/predict:gcra:60000ms:0",
+        ]
+    );
+    for name in &names {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(name)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert!(
+            (1..=60_001).contains(&ttl),
+            "{name} expires when its state stops mattering: {ttl} ms"
+        );
+    }
+    // The server forgets the script: the next check loads it again.
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let d = limiter
+        .check_scoped("/predict", &limits, "203.0.113.7", 1)
+        .await
+        .unwrap();
+    assert!(d.is_allowed());
+    assert_eq!(d.remaining(), 8);
+}
