@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ratelimit_core::store::{Mode, RedisStore};
+use ratelimit_core::store::{FailurePolicy, Mode, RedisStore};
 use ratelimit_core::{Algorithm, Decision, FakeClock, Limiter, Limits, MemoryStore};
 
 /// A `redis-server` of the test's own, on a free port, killed when dropped.
@@ -17,12 +17,19 @@ struct RedisServer {
     port: u16,
 }
 
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 impl RedisServer {
     fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        RedisServer::on(free_port())
+    }
+
+    fn on(port: u16) -> RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -295,4 +302,92 @@ async fn state_is_named_readably_expires_and_survives_a_script_flush() {
         .unwrap();
     assert!(d.is_allowed());
     assert_eq!(d.remaining(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_redis_mid_load_falls_back_to_memory_and_recovers() {
+    let server = RedisServer::start();
+    let port = server.port;
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let limiter = Limiter::builder().store(store.clone()).build();
+    let limits = Limits::parse("1000000/second").unwrap();
+    let mut slowest = Duration::ZERO;
+    let mut server = Some(server);
+    for i in 0..300 {
+        if i == 100 {
+            drop(server.take()); // Redis dies mid-load
+        }
+        let started = Instant::now();
+        let decision = limiter.check(&limits, "k", 1).await;
+        slowest = slowest.max(started.elapsed());
+        assert!(
+            decision.unwrap().is_allowed(),
+            "request {i}: no error, no refusal"
+        );
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest request {slowest:?}"
+    );
+    assert!(!store.is_available());
+    assert!(
+        store.fallbacks() >= 190,
+        "{} answered from memory",
+        store.fallbacks()
+    );
+    // Redis comes back: within seconds, checks reach it again (probed, not on every request).
+    let _server = RedisServer::on(port);
+    let started = Instant::now();
+    while !store.is_available() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not back after 5 s"
+        );
+        limiter.check(&limits, "k", 1).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = store.fallbacks();
+    for _ in 0..10 {
+        limiter.check(&limits, "k", 1).await.unwrap();
+    }
+    assert_eq!(store.fallbacks(), before, "back on Redis");
+}
+
+#[tokio::test]
+async fn without_redis_each_policy_answers_as_it_says() {
+    // Nothing listens here: Redis is down from the start, which is not an error.
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let limits = Limits::parse("2/minute").unwrap();
+    let memory = RedisStore::connect(&url).await.unwrap();
+    assert!(!memory.is_available());
+    let limiter = Limiter::builder().store(memory).build();
+    let answers: Vec<bool> = [(); 3]
+        .iter()
+        .map(|()| {
+            limiter
+                .check_now(&limits, "k", 1)
+                .is_some_and(|d| d.is_allowed())
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [true, true, false],
+        "the fallback still limits, at once"
+    );
+
+    let open = RedisStore::connect(&url)
+        .await
+        .unwrap()
+        .on_failure(FailurePolicy::FailOpen);
+    let limiter = Limiter::builder().store(open).build();
+    for _ in 0..5 {
+        assert!(limiter.check(&limits, "k", 1).await.unwrap().is_allowed());
+    }
+
+    let closed = RedisStore::connect(&url)
+        .await
+        .unwrap()
+        .on_failure(FailurePolicy::FailClosed);
+    let limiter = Limiter::builder().store(closed).build();
+    assert!(limiter.check(&limits, "k", 1).await.is_err());
 }

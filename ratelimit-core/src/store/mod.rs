@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 pub use memory::{DEFAULT_CAPACITY, MemoryStore, WhenFull};
 #[cfg(feature = "redis")]
-pub use redis::RedisStore;
+pub use redis::{DEFAULT_TIMEOUT, FailurePolicy, RedisStore};
 pub use state::LimitState;
 
 use crate::algorithm::Algorithm;

@@ -10,19 +10,115 @@
 //! `ratelimit:{203.0.113.7}:/predict:gcra:60000ms:0`. The key between braces is the Redis
 //! Cluster hash tag, so one client's state shares a slot; every entry expires when its state
 //! stops mattering.
+//!
+//! When Redis fails (down, or slower than the per-call timeout, 50 ms by default), the store
+//! follows its [`FailurePolicy`]: the in-memory store answers (the default), every request
+//! passes, or every request is refused (the HTTP layer answers 503). It says so once with a
+//! warning, probes Redis about once a second (not on every request) and says when it is back.
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
-use super::{Charge, CheckRequest, Mode, Store, StoreError, StoreFuture};
+use super::{Charge, CheckRequest, MemoryStore, Mode, Store, StoreError, StoreFuture};
 use crate::algorithm::Algorithm;
 use crate::clock::Clock;
 use crate::decision::Decision;
 
 static CHECK: &str = include_str!("check.lua");
+
+/// The default time a Redis call may take before the failure policy answers instead.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// How often, at most, a request tries Redis again while it is down.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// What a [`RedisStore`] answers while Redis is unreachable or too slow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Count in this process's memory until Redis is back (the default): limits still hold,
+    /// per instance instead of across the fleet.
+    #[default]
+    FallBackToMemory,
+    /// Let every request through (Stripe's and Envoy's default): availability over limits.
+    FailOpen,
+    /// Refuse every request: the HTTP layer answers 503 (Envoy's `failure_mode_deny`).
+    FailClosed,
+}
+
+/// Whether Redis answers, and what failed.
+#[derive(Debug)]
+struct Health {
+    started: Instant,
+    down: AtomicBool,
+    /// Milliseconds since `started` before which no request tries Redis while it is down.
+    next_probe: AtomicU64,
+    errors: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            started: Instant::now(),
+            down: AtomicBool::new(false),
+            next_probe: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+        }
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether Redis is down and no probe is due: the policy answers without trying it.
+    fn skip(&self) -> bool {
+        self.down.load(Ordering::Relaxed) && self.millis() < self.next_probe.load(Ordering::Relaxed)
+    }
+
+    /// Whether this request should go to Redis: always while it is up; while it is down, one
+    /// request per probe interval.
+    fn try_redis(&self) -> bool {
+        if !self.down.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = self.millis();
+        let due = self.next_probe.load(Ordering::Relaxed);
+        now >= due
+            && self
+                .next_probe
+                .compare_exchange(
+                    due,
+                    now + PROBE_EVERY.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    fn failed(&self, url: &str, error: &dyn fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::Relaxed) {
+            self.next_probe.store(
+                self.millis() + PROBE_EVERY.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            tracing::warn!(redis = url, %error, "rate limit store lost Redis; answering by the failure policy until it is back");
+        }
+    }
+
+    fn answered(&self, url: &str) {
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!(redis = url, "rate limit store reached Redis again");
+        }
+    }
+}
 
 /// Rate limit state in Redis (feature `redis`).
 ///
@@ -39,22 +135,96 @@ pub struct RedisStore {
     connection: ConnectionManager,
     script: Script,
     clock: Option<Arc<dyn Clock>>,
+    url: Arc<str>,
+    timeout: Duration,
+    policy: FailurePolicy,
+    fallback: Arc<MemoryStore>,
+    health: Arc<Health>,
 }
 
 impl RedisStore {
-    /// Connects to the Redis at `url` (`redis://host:port/db`, `redis+unix:///path`); the
-    /// connection reconnects by itself when it is lost.
+    /// A store on the Redis at `url` (`redis://host:port/db`, `redis+unix:///path`). The
+    /// connection is made on first use and remade when lost; a Redis that is down now is not
+    /// an error (the failure policy answers until it is up, and a warning says so). Only a
+    /// URL that is not one is.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
         let client = Client::open(url)
             .map_err(|e| StoreError::with_source(format!("invalid Redis URL {url:?}"), e))?;
-        let connection = ConnectionManager::new(client)
-            .await
-            .map_err(|e| StoreError::with_source(format!("cannot connect to Redis at {url}"), e))?;
-        Ok(RedisStore {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(DEFAULT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(100));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::with_source(format!("cannot use Redis at {url}"), e))?;
+        let store = RedisStore {
             connection,
             script: Script::new(CHECK),
             clock: None,
-        })
+            url: Arc::from(url),
+            timeout: DEFAULT_TIMEOUT,
+            policy: FailurePolicy::default(),
+            fallback: Arc::new(MemoryStore::new()),
+            health: Arc::new(Health::new()),
+        };
+        store.ping().await;
+        Ok(store)
+    }
+
+    /// What to answer while Redis is unreachable or too slow (default: count in memory).
+    pub fn on_failure(mut self, policy: FailurePolicy) -> RedisStore {
+        self.policy = policy;
+        self
+    }
+
+    /// How long one Redis call may take before the failure policy answers (default 50 ms).
+    pub fn timeout(mut self, timeout: Duration) -> RedisStore {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Whether Redis answered the last call that tried it.
+    pub fn is_available(&self) -> bool {
+        !self.health.down.load(Ordering::Relaxed)
+    }
+
+    /// Redis calls that failed or timed out.
+    pub fn errors(&self) -> u64 {
+        self.health.errors.load(Ordering::Relaxed)
+    }
+
+    /// Requests the in-memory fallback answered.
+    pub fn fallbacks(&self) -> u64 {
+        self.health.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Tries Redis once, so that a store made while Redis is down says so at start-up.
+    async fn ping(&self) {
+        let mut connection = self.connection.clone();
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<()>(&mut connection);
+        match tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), ping).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => self.health.failed(&self.url, &error),
+            Err(_) => self.health.failed(&self.url, &"no answer in time"),
+        }
+    }
+
+    /// The answer of the failure policy.
+    fn degraded(&self, request: &CheckRequest<'_>) -> Result<Decision, StoreError> {
+        match self.policy {
+            FailurePolicy::FallBackToMemory => {
+                self.health.fallbacks.fetch_add(1, Ordering::Relaxed);
+                Ok(self.fallback.check_now(request))
+            }
+            FailurePolicy::FailOpen => {
+                let rate = request.charges[0].limits.params()[0].rate();
+                Ok(Decision::allowed(rate, rate.amount(), Duration::ZERO))
+            }
+            FailurePolicy::FailClosed => Err(StoreError::new(format!(
+                "Redis at {} is unavailable and the failure policy is to refuse",
+                self.url
+            ))),
+        }
     }
 
     /// Judges on `clock` (to the microsecond) instead of the Redis server's: for tests that
@@ -104,6 +274,9 @@ fn algorithm_code(algorithm: Algorithm) -> u8 {
 
 impl Store for RedisStore {
     fn check<'a>(&'a self, request: CheckRequest<'a>) -> StoreFuture<'a> {
+        if !self.health.try_redis() {
+            return StoreFuture::ready(self.degraded(&request));
+        }
         let mut invocation = self.script.prepare_invoke();
         let now = self
             .clock
@@ -143,12 +316,31 @@ impl Store for RedisStore {
         }
         let mut connection = self.connection.clone();
         StoreFuture::new(async move {
-            let reply: Vec<i64> = invocation
-                .invoke_async(&mut connection)
-                .await
-                .map_err(|e| StoreError::with_source("Redis check failed", e))?;
-            decision(&request, &reply)
+            let call = invocation.invoke_async::<Vec<i64>>(&mut connection);
+            match tokio::time::timeout(self.timeout, call).await {
+                Ok(Ok(reply)) => {
+                    self.health.answered(&self.url);
+                    decision(&request, &reply)
+                }
+                Ok(Err(error)) => {
+                    self.health.failed(&self.url, &error);
+                    self.degraded(&request)
+                }
+                Err(_) => {
+                    self.health.failed(
+                        &self.url,
+                        &format_args!("no answer within {:?}", self.timeout),
+                    );
+                    self.degraded(&request)
+                }
+            }
         })
+    }
+
+    fn answer_now(&self, request: &CheckRequest<'_>) -> Option<Result<Decision, StoreError>> {
+        // While Redis is down, requests between probes are answered at once: no round trip,
+        // no future.
+        self.health.skip().then(|| self.degraded(request))
     }
 }
 
