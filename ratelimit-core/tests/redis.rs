@@ -125,7 +125,8 @@ async fn every_algorithm_decides_as_the_memory_store_does() {
                     RedisStore::connect(&server.url())
                         .await
                         .unwrap()
-                        .with_clock(clock.clone()),
+                        .with_clock(clock.clone())
+                        .cache_blocked_keys(false), // every answer from the script itself
                 )
                 .algorithm(algorithm)
                 .key_prefix(format!("eq-{algorithm}-{set}"))
@@ -390,4 +391,88 @@ async fn without_redis_each_policy_answers_as_it_says() {
         .on_failure(FailurePolicy::FailClosed);
     let limiter = Limiter::builder().store(closed).build();
     assert!(limiter.check(&limits, "k", 1).await.is_err());
+}
+
+/// How many scripts Redis has run (`INFO commandstats`).
+async fn script_calls(url: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_blocked_key_is_refused_locally_until_redis_would_admit_it() {
+    let server = RedisServer::start();
+    let clock = FakeClock::new();
+    clock.set(1_700_000_000_000_000_000);
+    let store = RedisStore::connect(&server.url())
+        .await
+        .unwrap()
+        .with_clock(clock.clone());
+    let limiter = Limiter::builder().store(store.clone()).build();
+    let limits = Limits::parse("2/minute").unwrap();
+    assert!(
+        limiter
+            .check(&limits, "abuser", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    assert!(
+        limiter
+            .check(&limits, "abuser", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    let refused = limiter.check(&limits, "abuser", 1).await.unwrap();
+    assert_eq!(refused.retry_after(), Some(Duration::from_secs(30)));
+    let calls = script_calls(&server.url()).await;
+    // Before the retry instant: refused with no round trip, the wait counting down.
+    for second in 1..=29 {
+        clock.advance(Duration::from_secs(1));
+        let d = limiter
+            .check_now(&limits, "abuser", 1)
+            .expect("answered at once");
+        assert!(!d.is_allowed());
+        assert_eq!(d.retry_after(), Some(Duration::from_secs(30 - second)));
+    }
+    assert_eq!(script_calls(&server.url()).await, calls, "zero round trips");
+    assert_eq!(store.cached_refusals(), 29);
+    // Another key, and another cost, still go to Redis.
+    assert!(
+        limiter
+            .check(&limits, "someone-else", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    // At the retry instant Redis is asked again, and admits.
+    clock.advance(Duration::from_secs(1));
+    assert!(
+        limiter.check_now(&limits, "abuser", 1).is_none(),
+        "not cached any more"
+    );
+    assert!(
+        limiter
+            .check(&limits, "abuser", 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
 }

@@ -11,6 +11,10 @@
 //! Cluster hash tag, so one client's state shares a slot; every entry expires when its state
 //! stops mattering.
 //!
+//! A key Redis refused until some instant is refused locally until then, with no round trip
+//! (a bounded cache of blocked keys, as Envoy's rate limit service keeps one): an abusive
+//! client costs Redis one call per refusal period, not one per request.
+//!
 //! When Redis fails (down, or slower than the per-call timeout, 50 ms by default), the store
 //! follows its [`FailurePolicy`]: the in-memory store answers (the default), every request
 //! passes, or every request is refused (the HTTP layer answers 503). It says so once with a
@@ -21,6 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::hash::{BuildHasher, Hasher};
+
+use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
@@ -33,6 +40,9 @@ static CHECK: &str = include_str!("check.lua");
 
 /// The default time a Redis call may take before the failure policy answers instead.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// How many refused requests the blocked-key cache remembers at most.
+const BLOCKED_CAPACITY: usize = 100_000;
 
 /// How often, at most, a request tries Redis again while it is down.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -140,6 +150,75 @@ pub struct RedisStore {
     policy: FailurePolicy,
     fallback: Arc<MemoryStore>,
     health: Arc<Health>,
+    blocked: Arc<Blocked>,
+    cache_blocked: bool,
+}
+
+/// Requests Redis refused, by a keyed hash of everything the answer depends on (prefix, key,
+/// and each charge's scope, algorithm, cost and rates), with the instant (microseconds on
+/// the store's time) before which the same request is refused again.
+#[derive(Debug, Default)]
+struct Blocked {
+    entries: DashMap<u64, (u64, Decision), foldhash::fast::RandomState>,
+    hasher: foldhash::quality::RandomState,
+    hits: AtomicU64,
+}
+
+impl Blocked {
+    fn identity(&self, request: &CheckRequest<'_>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write(request.prefix.as_bytes());
+        h.write_u8(0xff);
+        h.write(request.key);
+        h.write_u8(0xff);
+        for charge in request.charges {
+            h.write(charge.scope.as_bytes());
+            h.write_u8(0xff);
+            h.write_usize(charge.algorithm.index());
+            h.write_u64(charge.cost);
+            for rate in charge.limits.params() {
+                h.write_u64(rate.amount());
+                h.write_u64(rate.period_nanos());
+                h.write_u64(rate.burst());
+            }
+        }
+        h.finish()
+    }
+
+    /// The refusal to answer again, while it holds.
+    fn get(&self, identity: u64, now: u64) -> Option<Decision> {
+        let (until, decision) = *self.entries.get(&identity)?;
+        if now >= until {
+            self.entries.remove_if(&identity, |_, (u, _)| *u == until);
+            return None;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        let left = Duration::from_micros(until - now);
+        let elapsed = decision
+            .retry_after()
+            .unwrap_or_default()
+            .saturating_sub(left);
+        let reset = decision.reset_after().saturating_sub(elapsed);
+        Some(
+            Decision::refused(decision.rate(), decision.remaining(), reset, Some(left))
+                .at_rate(decision.rate_index())
+                .at_charge(decision.charge_index()),
+        )
+    }
+
+    fn remember(&self, identity: u64, now: u64, decision: Decision) {
+        let Some(retry) = decision.retry_after() else {
+            return; // a cost that can never pass: rare, and the answer does not depend on time
+        };
+        if self.entries.len() >= BLOCKED_CAPACITY {
+            self.entries.retain(|_, (until, _)| *until > now);
+            if self.entries.len() >= BLOCKED_CAPACITY {
+                return;
+            }
+        }
+        let until = now.saturating_add(u64::try_from(retry.as_micros()).unwrap_or(u64::MAX));
+        self.entries.insert(identity, (until, decision));
+    }
 }
 
 impl RedisStore {
@@ -165,6 +244,8 @@ impl RedisStore {
             policy: FailurePolicy::default(),
             fallback: Arc::new(MemoryStore::new()),
             health: Arc::new(Health::new()),
+            blocked: Arc::default(),
+            cache_blocked: true,
         };
         store.ping().await;
         Ok(store)
@@ -182,6 +263,15 @@ impl RedisStore {
         self
     }
 
+    /// Whether to refuse a request Redis refused until it said to retry without asking it again
+    /// (default: yes). The refusal is certain; the wait it reports is the one Redis gave, so
+    /// other requests of the key made since may have made the true wait longer. Turn it off
+    /// to have every answer from Redis itself.
+    pub fn cache_blocked_keys(mut self, on: bool) -> RedisStore {
+        self.cache_blocked = on;
+        self
+    }
+
     /// Whether Redis answered the last call that tried it.
     pub fn is_available(&self) -> bool {
         !self.health.down.load(Ordering::Relaxed)
@@ -195,6 +285,36 @@ impl RedisStore {
     /// Requests the in-memory fallback answered.
     pub fn fallbacks(&self) -> u64 {
         self.health.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused from the blocked-key cache, without a round trip.
+    pub fn cached_refusals(&self) -> u64 {
+        self.blocked.hits.load(Ordering::Relaxed)
+    }
+
+    /// Microseconds on the store's time: the clock given for tests, else since it was made.
+    fn micros(&self) -> u64 {
+        match &self.clock {
+            Some(clock) => clock.now() / 1_000,
+            None => u64::try_from(self.health.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The refusal the blocked-key cache holds for `request`, if it still holds.
+    fn cached(&self, request: &CheckRequest<'_>) -> Option<Decision> {
+        if !self.cache_blocked || self.blocked.entries.is_empty() {
+            return None;
+        }
+        let identity = self.blocked.identity(request);
+        match request.mode {
+            Mode::Charge => self.blocked.get(identity, self.micros()),
+            Mode::Peek => None,
+            Mode::Refund => {
+                // What is given back may let the same request through sooner.
+                self.blocked.entries.remove(&identity);
+                None
+            }
+        }
     }
 
     /// Tries Redis once, so that a store made while Redis is down says so at start-up.
@@ -274,6 +394,9 @@ fn algorithm_code(algorithm: Algorithm) -> u8 {
 
 impl Store for RedisStore {
     fn check<'a>(&'a self, request: CheckRequest<'a>) -> StoreFuture<'a> {
+        if let Some(refusal) = self.cached(&request) {
+            return StoreFuture::ready(Ok(refusal));
+        }
         if !self.health.try_redis() {
             return StoreFuture::ready(self.degraded(&request));
         }
@@ -320,7 +443,13 @@ impl Store for RedisStore {
             match tokio::time::timeout(self.timeout, call).await {
                 Ok(Ok(reply)) => {
                     self.health.answered(&self.url);
-                    decision(&request, &reply)
+                    let decision = decision(&request, &reply)?;
+                    if self.cache_blocked && request.mode == Mode::Charge && !decision.is_allowed()
+                    {
+                        let identity = self.blocked.identity(&request);
+                        self.blocked.remember(identity, self.micros(), decision);
+                    }
+                    Ok(decision)
                 }
                 Ok(Err(error)) => {
                     self.health.failed(&self.url, &error);
@@ -338,8 +467,11 @@ impl Store for RedisStore {
     }
 
     fn answer_now(&self, request: &CheckRequest<'_>) -> Option<Result<Decision, StoreError>> {
-        // While Redis is down, requests between probes are answered at once: no round trip,
-        // no future.
+        // A key known to be blocked, and while Redis is down the requests between probes, are
+        // answered at once: no round trip, no future.
+        if let Some(refusal) = self.cached(request) {
+            return Some(Ok(refusal));
+        }
         self.health.skip().then(|| self.degraded(request))
     }
 }
