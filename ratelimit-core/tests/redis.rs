@@ -3,63 +3,15 @@
 //! that outlives an instance, scripts reloaded after a flush, readable names with TTLs.
 #![cfg(feature = "redis")]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ratelimit_core::store::{FailurePolicy, Mode, RedisStore};
 use ratelimit_core::{Algorithm, Decision, FakeClock, Limiter, Limits, MemoryStore};
-
-/// A `redis-server` of the test's own, on a free port, killed when dropped.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        RedisServer::on(free_port())
-    }
-
-    fn on(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start `redis-server` ({e}): install it (Debian: apt-get install redis-server; .ci/run does)")
-            });
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        RedisServer { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use redis_server::{RedisServer, free_port};
 
 /// A small deterministic generator for the request sequences.
 struct Lcg(u64);

@@ -1,0 +1,144 @@
+//! The `redis` example and the Redis store under HTTP, against `redis-server` processes the
+//! tests start themselves: instances share one limit, and losing Redis costs no request.
+#![cfg(feature = "redis")]
+
+mod common;
+
+#[path = "../ratelimit-core/tests/support/redis_server.rs"]
+mod redis_server;
+
+#[path = "../examples/redis.rs"]
+#[allow(dead_code)]
+mod example;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::post;
+use common::{client_from, serve};
+use ratelimit::store::{FailurePolicy, RedisStore};
+use ratelimit::{Limiter, rate_limit};
+use redis_server::{RedisServer, free_port};
+use serde_json::{Value, json};
+
+fn input() -> Value {
+    json!({"features": [1.0, 2.0, 3.0], "model_version": "v2"})
+}
+
+#[tokio::test]
+async fn two_instances_share_one_limit() {
+    let server = RedisServer::start();
+    let a = serve(example::app(&server.url()).await.unwrap()).await;
+    let b = serve(example::app(&server.url()).await.unwrap()).await;
+    let client = client_from("127.0.6.1");
+    let mut admitted = 0;
+    for i in 0..30 {
+        let instance = if i % 2 == 0 { a } else { b };
+        let r = client
+            .post(format!("http://{instance}/predict"))
+            .json(&input())
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            admitted += 1;
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["model_version"], "v2");
+            assert!(body["prediction"].as_f64().unwrap() > 0.5);
+        } else {
+            assert_eq!(r.status(), 429);
+        }
+    }
+    assert_eq!(
+        admitted, 20,
+        "20/minute across both instances, not per instance"
+    );
+    // The batch endpoint: 5 per 5 minutes.
+    let url = format!("http://{a}/predict/batch");
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let r = client
+            .post(&url)
+            .json(&json!([input(), input()]))
+            .send()
+            .await
+            .unwrap();
+        codes.push(r.status().as_u16());
+    }
+    assert_eq!(codes, [200, 200, 200, 200, 200, 429]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_redis_mid_load_costs_no_request() {
+    let server = RedisServer::start();
+    let addr = serve(example::app(&server.url()).await.unwrap()).await;
+    let mut server = Some(server);
+    let mut slowest = Duration::ZERO;
+    for i in 0..60 {
+        if i == 20 {
+            drop(server.take());
+        }
+        // A client of its own each time: the limit is 20/minute per address.
+        let client = client_from(&format!("127.0.7.{}", i + 1));
+        let started = Instant::now();
+        let r = client
+            .post(format!("http://{addr}/predict"))
+            .json(&input())
+            .send()
+            .await
+            .unwrap();
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    assert!(slowest < Duration::from_secs(1), "slowest {slowest:?}");
+}
+
+#[tokio::test]
+async fn it_starts_and_limits_when_redis_is_down() {
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let addr = serve(example::app(&url).await.unwrap()).await;
+    let client = client_from("127.0.6.2");
+    let mut codes = Vec::new();
+    for _ in 0..21 {
+        let r = client
+            .post(format!("http://{addr}/predict"))
+            .json(&input())
+            .send()
+            .await
+            .unwrap();
+        codes.push(r.status().as_u16());
+    }
+    assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 20);
+    assert_eq!(codes[20], 429, "the in-memory fallback still limits");
+}
+
+#[rate_limit("5/minute", key = ip)]
+async fn guarded() -> &'static str {
+    "ok"
+}
+
+#[tokio::test]
+async fn failing_closed_answers_503_json() {
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let store = RedisStore::connect(&url)
+        .await
+        .unwrap()
+        .on_failure(FailurePolicy::FailClosed);
+    let limiter = Limiter::builder().store(store).build();
+    let app = Router::new()
+        .route("/g", post(guarded))
+        .layer(limiter.layer());
+    let addr = serve(app).await;
+    let r = client_from("127.0.6.3")
+        .post(format!("http://{addr}/g"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"detail": "Rate limiting is unavailable; try again shortly"})
+    );
+}
