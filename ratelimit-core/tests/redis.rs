@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ratelimit_core::store::{FailurePolicy, Mode, RedisStore};
 use ratelimit_core::{Algorithm, Decision, FakeClock, Limiter, Limits, MemoryStore};
-use redis_server::{RedisServer, free_port};
+use redis_server::{RedisCluster, RedisServer, free_port};
 
 /// A small deterministic generator for the request sequences.
 struct Lcg(u64);
@@ -427,4 +427,34 @@ async fn a_blocked_key_is_refused_locally_until_redis_would_admit_it() {
             .unwrap()
             .is_allowed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_serves_keys_on_every_node() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::cluster(cluster.urls()).await.unwrap();
+    assert!(store.is_available());
+    let limiter = Limiter::builder().store(store).build();
+    // Several rates and scopes per key: one call each, on the node that holds the key's slot.
+    let limits = Limits::parse("3/minute; 10/hour").unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("client-{i}")).collect();
+    for key in &keys {
+        for expected in [true, true, true, false] {
+            let d = limiter
+                .check_scoped("/predict", &limits, key, 1)
+                .await
+                .unwrap();
+            assert_eq!(d.is_allowed(), expected, "{key}");
+        }
+    }
+    // Every node holds some of the state: keys whose slot lives on each node all worked.
+    for port in &cluster.ports {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let size: u64 = redis::cmd("DBSIZE")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert!(size > 0, "node {port} holds no state");
+    }
 }

@@ -61,3 +61,106 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// A local three-node Redis Cluster (`redis-server --cluster-enabled yes`, joined by
+/// `redis-cli --cluster create`), its nodes killed when dropped.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    /// The nodes' ports.
+    pub ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts three nodes and waits until the cluster says it is ok.
+    pub fn start() -> RedisCluster {
+        // Each node also listens on its port + 10000 (the cluster bus): pick ports that leave
+        // room for it.
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let port = 20_000 + (free_port() % 20_000);
+            let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+            if free(port) && free(port + 10_000) && !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("ratelimit-cluster-{}", ports[0]));
+        std::fs::create_dir_all(&dir).expect("a directory for the cluster's files");
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                Command::new("redis-server")
+                    .current_dir(&dir)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("redis-server")
+            })
+            .collect();
+        let cluster = RedisCluster { nodes, ports, dir };
+        for port in &cluster.ports {
+            wait_for(*port);
+        }
+        let addresses: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let started = Instant::now();
+        while !cluster.ports.iter().all(|p| cluster_ok(*p)) {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the cluster did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// `redis://` URLs of the nodes.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+fn wait_for(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cluster_ok(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "cluster", "info"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -29,7 +29,9 @@ use std::hash::{BuildHasher, Hasher};
 
 use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, Script, ScriptInvocation};
 
 use super::{Charge, CheckRequest, MemoryStore, Mode, Store, StoreError, StoreFuture};
 use crate::algorithm::Algorithm;
@@ -142,7 +144,7 @@ impl Health {
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     script: Script,
     clock: Option<Arc<dyn Clock>>,
     url: Arc<str>,
@@ -152,6 +154,60 @@ pub struct RedisStore {
     health: Arc<Health>,
     blocked: Arc<Blocked>,
     cache_blocked: bool,
+}
+
+/// One Redis, or a Redis Cluster (whose connection is made on first use and remade when it
+/// fails).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(
+        ClusterClient,
+        Arc<tokio::sync::RwLock<Option<ClusterConnection>>>,
+    ),
+}
+
+impl Connection {
+    /// Runs the script (`EVALSHA`, loading it on `NOSCRIPT`: on every primary of a cluster).
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> redis::RedisResult<Vec<i64>> {
+        match self {
+            Connection::Single(manager) => invocation.invoke_async(&mut manager.clone()).await,
+            Connection::Cluster(client, slot) => {
+                invocation
+                    .invoke_async(&mut cluster(client, slot).await?)
+                    .await
+            }
+        }
+    }
+
+    async fn ping(&self) -> redis::RedisResult<()> {
+        let command = redis::cmd("PING");
+        match self {
+            Connection::Single(manager) => command.query_async(&mut manager.clone()).await,
+            Connection::Cluster(client, slot) => {
+                command.query_async(&mut cluster(client, slot).await?).await
+            }
+        }
+    }
+}
+
+/// The cluster connection, made now if there is none yet.
+async fn cluster(
+    client: &ClusterClient,
+    slot: &tokio::sync::RwLock<Option<ClusterConnection>>,
+) -> redis::RedisResult<ClusterConnection> {
+    {
+        if let Some(connection) = slot.read().await.as_ref() {
+            return Ok(connection.clone());
+        }
+    }
+    let mut slot = slot.write().await;
+    if let Some(connection) = slot.as_ref() {
+        return Ok(connection.clone());
+    }
+    let connection = client.get_async_connection().await?;
+    *slot = Some(connection.clone());
+    Ok(connection)
 }
 
 /// Requests Redis refused, by a keyed hash of everything the answer depends on (prefix, key,
@@ -235,6 +291,26 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(100));
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| StoreError::with_source(format!("cannot use Redis at {url}"), e))?;
+        RedisStore::on(Connection::Single(connection), url).await
+    }
+
+    /// A store on the Redis Cluster that `nodes` belong to (`["redis://10.0.0.1:7000", ..]`):
+    /// one client's state shares a slot (its key is the hash tag), so each request is still
+    /// one script call, on the node that holds the slot.
+    pub async fn cluster<I, T>(nodes: I) -> Result<RedisStore, StoreError>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        let nodes: Vec<String> = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
+        let client = ClusterClient::new(nodes.iter().map(String::as_str)).map_err(|e| {
+            StoreError::with_source(format!("invalid Redis Cluster nodes {nodes:?}"), e)
+        })?;
+        let connection = Connection::Cluster(client, Arc::default());
+        RedisStore::on(connection, &nodes.join(",")).await
+    }
+
+    async fn on(connection: Connection, url: &str) -> Result<RedisStore, StoreError> {
         let store = RedisStore {
             connection,
             script: Script::new(CHECK),
@@ -319,9 +395,7 @@ impl RedisStore {
 
     /// Tries Redis once, so that a store made while Redis is down says so at start-up.
     async fn ping(&self) {
-        let mut connection = self.connection.clone();
-        let command = redis::cmd("PING");
-        let ping = command.query_async::<()>(&mut connection);
+        let ping = self.connection.ping();
         match tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), ping).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => self.health.failed(&self.url, &error),
@@ -437,9 +511,8 @@ impl Store for RedisStore {
                     .arg(tolerance);
             }
         }
-        let mut connection = self.connection.clone();
         StoreFuture::new(async move {
-            let call = invocation.invoke_async::<Vec<i64>>(&mut connection);
+            let call = self.connection.invoke(&invocation);
             match tokio::time::timeout(self.timeout, call).await {
                 Ok(Ok(reply)) => {
                     self.health.answered(&self.url);
