@@ -161,10 +161,7 @@ pub struct RedisStore {
 #[derive(Clone)]
 enum Connection {
     Single(ConnectionManager),
-    Cluster(
-        ClusterClient,
-        Arc<tokio::sync::RwLock<Option<ClusterConnection>>>,
-    ),
+    Cluster(Arc<Cluster>),
 }
 
 impl Connection {
@@ -184,30 +181,33 @@ impl Connection {
         let command = redis::cmd("PING");
         match self {
             Connection::Single(manager) => command.query_async(&mut manager.clone()).await,
-            Connection::Cluster(client, slot) => {
-                command.query_async(&mut cluster(client, slot).await?).await
+            Connection::Cluster(cluster) => {
+                command.query_async(&mut cluster.connection().await?).await
             }
         }
     }
 }
 
-/// The cluster connection, made now if there is none yet.
-async fn cluster(
-    client: &ClusterClient,
-    slot: &tokio::sync::RwLock<Option<ClusterConnection>>,
-) -> redis::RedisResult<ClusterConnection> {
-    {
-        if let Some(connection) = slot.read().await.as_ref() {
+/// A Redis Cluster's client, and its connection once made.
+struct Cluster {
+    client: ClusterClient,
+    connection: tokio::sync::RwLock<Option<ClusterConnection>>,
+}
+
+impl Cluster {
+    /// The connection, made now if there is none yet.
+    async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
+        if let Some(connection) = self.connection.read().await.as_ref() {
             return Ok(connection.clone());
         }
+        let mut slot = self.connection.write().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = self.client.get_async_connection().await?;
+        *slot = Some(connection.clone());
+        Ok(connection)
     }
-    let mut slot = slot.write().await;
-    if let Some(connection) = slot.as_ref() {
-        return Ok(connection.clone());
-    }
-    let connection = client.get_async_connection().await?;
-    *slot = Some(connection.clone());
-    Ok(connection)
 }
 
 /// Requests Redis refused, by a keyed hash of everything the answer depends on (prefix, key,
@@ -306,7 +306,10 @@ impl RedisStore {
         let client = ClusterClient::new(nodes.iter().map(String::as_str)).map_err(|e| {
             StoreError::with_source(format!("invalid Redis Cluster nodes {nodes:?}"), e)
         })?;
-        let connection = Connection::Cluster(client, Arc::default());
+        let connection = Connection::Cluster(Arc::new(Cluster {
+            client,
+            connection: Default::default(),
+        }));
         RedisStore::on(connection, &nodes.join(",")).await
     }
 
