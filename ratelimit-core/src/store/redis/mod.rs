@@ -169,9 +169,9 @@ impl Connection {
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> redis::RedisResult<Vec<i64>> {
         match self {
             Connection::Single(manager) => invocation.invoke_async(&mut manager.clone()).await,
-            Connection::Cluster(client, slot) => {
+            Connection::Cluster(cluster) => {
                 invocation
-                    .invoke_async(&mut cluster(client, slot).await?)
+                    .invoke_async(&mut cluster.connection().await?)
                     .await
             }
         }
