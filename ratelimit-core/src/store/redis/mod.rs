@@ -135,11 +135,15 @@ impl Health {
 /// Rate limit state in Redis (feature `redis`).
 ///
 /// ```no_run
-/// use ratelimit_core::{Limiter, store::RedisStore};
-///
 /// # async fn run() -> Result<(), ratelimit_core::StoreError> {
-/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// use ratelimit_core::Limiter;
+/// use ratelimit_core::store::{FailurePolicy, RedisStore};
+///
+/// let store = RedisStore::connect("redis://127.0.0.1:6379")
+///     .await? // a Redis that is down now is not an error: the policy answers until it is up
+///     .on_failure(FailurePolicy::FallBackToMemory); // the default; or FailOpen, FailClosed (503)
 /// let limiter = Limiter::builder().store(store).key_prefix("my-api").build();
+/// // or RedisStore::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
