@@ -35,7 +35,7 @@ use redis::{Client, Script, ScriptInvocation};
 
 use super::{Charge, CheckRequest, MemoryStore, Mode, Store, StoreError, StoreFuture};
 use crate::algorithm::Algorithm;
-use crate::clock::Clock;
+use crate::clock::{Clock, MonotonicClock};
 use crate::decision::Decision;
 
 static CHECK: &str = include_str!("check.lua");
@@ -158,6 +158,7 @@ pub struct RedisStore {
     health: Arc<Health>,
     blocked: Arc<Blocked>,
     cache_blocked: bool,
+    monotonic: MonotonicClock,
 }
 
 /// One Redis, or a Redis Cluster (whose connection is made on first use and remade when it
@@ -220,7 +221,7 @@ impl Cluster {
 #[derive(Debug, Default)]
 struct Blocked {
     entries: DashMap<u64, (u64, Decision), foldhash::fast::RandomState>,
-    hasher: foldhash::quality::RandomState,
+    hasher: foldhash::fast::RandomState,
     hits: AtomicU64,
 }
 
@@ -329,6 +330,7 @@ impl RedisStore {
             health: Arc::new(Health::new()),
             blocked: Arc::default(),
             cache_blocked: true,
+            monotonic: MonotonicClock::new(),
         };
         store.ping().await;
         Ok(store)
@@ -375,11 +377,12 @@ impl RedisStore {
         self.blocked.hits.load(Ordering::Relaxed)
     }
 
-    /// Microseconds on the store's time: the clock given for tests, else since it was made.
+    /// Microseconds on the store's time: the clock given for tests, else its own monotonic
+    /// one.
     fn micros(&self) -> u64 {
         match &self.clock {
             Some(clock) => clock.now() / 1_000,
-            None => u64::try_from(self.health.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            None => self.monotonic.now() / 1_000,
         }
     }
 
