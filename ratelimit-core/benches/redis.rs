@@ -6,6 +6,8 @@
 //!
 //! `cargo bench -p ratelimit-core --features redis --bench redis`
 
+#![allow(clippy::print_stdout)] // the report is its output
+
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 
