@@ -85,28 +85,44 @@ async fn every_algorithm_decides_as_the_memory_store_does() {
                 .build();
             let limits = Limits::parse(set).unwrap();
             let mut rng = Lcg(7);
+            // A second charge under the same key, counted by another algorithm, joins one
+            // request in three: both must pass or neither is charged.
+            let other = Limits::parse("6/second")
+                .unwrap()
+                .with_algorithm(Algorithm::ALL[(algorithm.index() + 1) % 4]);
             for step in 0..400 {
                 clock.advance(Duration::from_millis(rng.next(400)));
                 let key = ["a", "b"][rng.next(2) as usize];
                 let cost = [1, 1, 1, 2, 0, 5][rng.next(6) as usize];
-                let mode =
-                    [Mode::Charge, Mode::Charge, Mode::Charge, Mode::Peek][rng.next(4) as usize];
-                let (m, r) = (
+                let mode = [
+                    Mode::Charge,
+                    Mode::Charge,
+                    Mode::Charge,
+                    Mode::Peek,
+                    Mode::Refund,
+                ][rng.next(5) as usize];
+                let two = rng.next(3) == 0;
+                let m = [
                     memory.charge("s", &limits, cost),
+                    memory.charge("t", &other, 1),
+                ];
+                let r = [
                     redis.charge("s", &limits, cost),
-                );
+                    redis.charge("t", &other, 1),
+                ];
+                let n = if two { 2 } else { 1 };
                 let expected = memory
-                    .check_charges(key.as_bytes(), std::slice::from_ref(&m), mode)
+                    .check_charges(key.as_bytes(), &m[..n], mode)
                     .await
                     .unwrap();
                 let got = redis
-                    .check_charges(key.as_bytes(), std::slice::from_ref(&r), mode)
+                    .check_charges(key.as_bytes(), &r[..n], mode)
                     .await
                     .unwrap();
                 same(
                     &got,
                     &expected,
-                    &format!("{algorithm} {set} step {step} {mode:?} cost {cost}"),
+                    &format!("{algorithm} {set} step {step} {mode:?} cost {cost}, {n} charges"),
                 );
             }
         }

@@ -385,9 +385,16 @@ impl<C: Clock> MemoryStore<C> {
         mode: Mode,
     ) -> Decision {
         let slot = V::new(charge, now);
-        if mode != Mode::Charge {
-            // A peek, or a refund of state that was since reclaimed: nothing to store.
-            return slot.check(charge, now, Mode::Peek);
+        match mode {
+            Mode::Charge => {}
+            // A peek: nothing to store.
+            Mode::Peek => return slot.check(charge, now, Mode::Peek),
+            // A refund of state that is not here (never charged, or reclaimed since): the
+            // state as it is, fresh.
+            Mode::Refund => {
+                let nothing = Charge { cost: 0, ..*charge };
+                return slot.check(&nothing, now, Mode::Peek);
+            }
         }
         let decision = slot.check(charge, now, Mode::Peek);
         if !decision.is_allowed() {

@@ -83,7 +83,8 @@ pub struct CheckRequest<'a> {
 /// - the answer is the binding decision: the refusing rate with the longest wait, or the
 ///   admitting rate with the fewest requests left, marked with
 ///   [`at_rate`](Decision::at_rate) and [`at_charge`](Decision::at_charge);
-/// - [`Mode::Refund`] gives back an earlier charge of the same request;
+/// - [`Mode::Refund`] gives back an earlier charge of the same request, and answers with the
+///   state as it is then (a judgement at cost 0);
 /// - a charge of cost 0 stores nothing.
 ///
 /// [`LimitState`] runs the algorithms on one key's state, for stores that keep state

@@ -46,11 +46,15 @@ impl LimitState {
         if self.states.len() != params.len() || !self.states.iter().all(|s| s.same_kind(&fresh)) {
             self.states = vec![fresh; params.len()];
         }
-        if mode == Mode::Refund {
+        // After a refund, the answer describes the state as it is (a judgement at cost 0).
+        let cost = if mode == Mode::Refund {
             refund_all(&mut self.states, params, now, charge.cost);
-        }
-        let consume = mode == Mode::Charge && charge.cost > 0;
-        let (index, verdict) = check_all(&mut self.states, params, now, charge.cost, consume);
+            0
+        } else {
+            charge.cost
+        };
+        let consume = mode == Mode::Charge && cost > 0;
+        let (index, verdict) = check_all(&mut self.states, params, now, cost, consume);
         Decision::from_verdict(&params[index], index, verdict)
     }
 
