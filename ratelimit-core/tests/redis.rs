@@ -474,3 +474,25 @@ async fn a_three_node_cluster_serves_keys_on_every_node() {
         assert!(size > 0, "node {port} holds no state");
     }
 }
+
+#[tokio::test]
+async fn rediss_connects_over_tls() {
+    let dir = std::env::temp_dir().join(format!("ratelimit-tls-{}", free_port()));
+    let (server, root) = RedisServer::start_tls(&dir);
+    let url = format!("rediss://127.0.0.1:{}", server.port);
+    let store = RedisStore::connect_tls(&url, &root).await.unwrap();
+    assert!(store.is_available(), "reached Redis over TLS");
+    let limiter = Limiter::builder().store(store.clone()).build();
+    let limits = Limits::parse("2/minute").unwrap();
+    let answers = [
+        limiter.check(&limits, "k", 1).await.unwrap().is_allowed(),
+        limiter.check(&limits, "k", 1).await.unwrap().is_allowed(),
+        limiter.check(&limits, "k", 1).await.unwrap().is_allowed(),
+    ];
+    assert_eq!(answers, [true, true, false]);
+    assert_eq!(store.fallbacks(), 0, "every answer came from Redis");
+    // Without trusting the certificate, the connection is refused: the policy answers.
+    let untrusted = RedisStore::connect(&url).await.unwrap();
+    assert!(!untrusted.is_available());
+    let _ = std::fs::remove_dir_all(dir);
+}

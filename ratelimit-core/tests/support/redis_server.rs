@@ -55,6 +55,49 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Starts one that speaks TLS only, with a certificate for 127.0.0.1 signed by itself;
+    /// returns it and the certificate (PEM), which clients trust as their root.
+    pub fn start_tls(dir: &std::path::Path) -> (RedisServer, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+        let cert = params.self_signed(&key).expect("a certificate");
+        std::fs::create_dir_all(dir).expect("a directory for the certificate");
+        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_file, cert.pem()).expect("write the certificate");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--tls-cert-file")
+            .arg(&cert_file)
+            .arg("--tls-key-file")
+            .arg(&key_file)
+            .arg("--tls-ca-cert-file")
+            .arg(&cert_file)
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        wait_for(port);
+        (RedisServer { child, port }, cert.pem().into_bytes())
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -15,6 +15,9 @@
 //! (a bounded cache of blocked keys, as Envoy's rate limit service keeps one): an abusive
 //! client costs Redis one call per refusal period, not one per request.
 //!
+//! `rediss://` connects over TLS (rustls, verified against the system's roots, or against a
+//! private authority with [`RedisStore::connect_tls`]).
+//!
 //! When Redis fails (down, or slower than the per-call timeout, 50 ms by default), the store
 //! follows its [`FailurePolicy`]: the in-memory store answers (the default), every request
 //! passes, or every request is refused (the HTTP layer answers 503). It says so once with a
@@ -161,6 +164,12 @@ pub struct RedisStore {
     monotonic: MonotonicClock,
 }
 
+/// Makes ring the process's TLS cryptography unless something chose one already, so that a
+/// `rediss://` connection works whichever other TLS crates the application links.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// One Redis, or a Redis Cluster (whose connection is made on first use and remade when it
 /// fails).
 #[derive(Clone)]
@@ -283,13 +292,33 @@ impl Blocked {
 }
 
 impl RedisStore {
-    /// A store on the Redis at `url` (`redis://host:port/db`, `redis+unix:///path`). The
-    /// connection is made on first use and remade when lost; a Redis that is down now is not
-    /// an error (the failure policy answers until it is up, and a warning says so). Only a
-    /// URL that is not one is.
+    /// A store on the Redis at `url`: `redis://host:port/db`, `rediss://host:port/db` (TLS,
+    /// verified against the system's trusted roots) or `redis+unix:///path`. The connection
+    /// is made on first use and remade when lost; a Redis that is down now is not an error
+    /// (the failure policy answers until it is up, and a warning says so). Only a URL that is
+    /// not one is.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
+        install_tls_provider();
         let client = Client::open(url)
             .map_err(|e| StoreError::with_source(format!("invalid Redis URL {url:?}"), e))?;
+        RedisStore::single(client, url).await
+    }
+
+    /// A store on the Redis at `rediss://` `url` whose certificate a private authority signed:
+    /// `root_cert` is that authority's certificate, PEM-encoded.
+    pub async fn connect_tls(url: &str, root_cert: &[u8]) -> Result<RedisStore, StoreError> {
+        install_tls_provider();
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert.to_vec()),
+        };
+        let client = Client::build_with_tls(url, certificates).map_err(|e| {
+            StoreError::with_source(format!("invalid Redis URL or certificate for {url:?}"), e)
+        })?;
+        RedisStore::single(client, url).await
+    }
+
+    async fn single(client: Client, url: &str) -> Result<RedisStore, StoreError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(DEFAULT_TIMEOUT))
             .set_number_of_retries(1)
