@@ -4,7 +4,10 @@
 //! decision (`INFO commandstats`); a refused key with and without the blocked-key cache.
 //! Cases are interleaved round by round; medians of the rounds.
 //!
-//! `cargo bench -p ratelimit-core --features redis --bench redis`
+//! `taskset -c 0 cargo bench -p ratelimit-core --features redis --bench redis`: the benchmark
+//! on core 0 and, moved there once started, `redis-server` on core 1, as client and server on
+//! two machines would be (unpinned, loopback latency swings threefold with where the
+//! scheduler puts the two).
 
 #![allow(clippy::print_stdout)] // the report is its output
 
@@ -108,6 +111,11 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let server = RedisServer::start();
+        // Its own core, when there is one (taskset is util-linux's).
+        let _ = std::process::Command::new("taskset")
+            .args(["-cp", "1", &server.pid().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status();
         let url = server.url();
         let client = redis::Client::open(url.as_str()).unwrap();
         let ping = redis::aio::ConnectionManager::new(client).await.unwrap();

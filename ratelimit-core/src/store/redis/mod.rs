@@ -417,7 +417,7 @@ impl RedisStore {
 
     /// The refusal the blocked-key cache holds for `request`, if it still holds.
     fn cached(&self, request: &CheckRequest<'_>) -> Option<Decision> {
-        if !self.cache_blocked || self.blocked.entries.is_empty() {
+        if !self.cache_blocked {
             return None;
         }
         let identity = self.blocked.identity(request);
