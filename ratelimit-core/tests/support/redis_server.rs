@@ -38,14 +38,7 @@ impl RedisServer {
             .unwrap_or_else(|e| {
                 panic!("cannot start `redis-server` ({e}): install it (Debian: apt-get install redis-server; .ci/run does)")
             });
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(port);
         RedisServer { child, port }
     }
 
