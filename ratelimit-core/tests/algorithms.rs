@@ -2,12 +2,14 @@
 //! simple reference models built from the log of admitted requests.
 
 mod common;
+#[path = "support/model.rs"]
+mod model;
 
 use std::time::Duration;
 
 use common::ready;
 use proptest::prelude::*;
-use ratelimit_core::{Algorithm, Decision, FakeClock, Limiter, Limits, MemoryStore};
+use ratelimit_core::{Algorithm, FakeClock, Limiter, Limits, MemoryStore};
 
 fn limiter(algorithm: Algorithm) -> (Limiter, FakeClock) {
     let clock = FakeClock::new();
@@ -18,171 +20,36 @@ fn limiter(algorithm: Algorithm) -> (Limiter, FakeClock) {
     (limiter, clock)
 }
 
-/// A reference model: the admitted requests, and what each algorithm says of a new one.
-struct Model {
-    algorithm: Algorithm,
-    amount: u64,
-    period: u64,
-    admitted: Vec<(u64, u64)>,
-}
-
-impl Model {
-    fn sum(&self, pred: impl Fn(u64) -> bool) -> u64 {
-        self.admitted
-            .iter()
-            .filter(|(t, _)| pred(*t))
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    fn admits(&self, t: u64, n: u64) -> bool {
-        let (a, w) = (self.amount, self.period);
-        match self.algorithm {
-            Algorithm::MovingWindow => self.sum(|ti| ti + w > t) + n <= a,
-            Algorithm::SlidingWindow => {
-                let idx = t / w;
-                let prev = self.sum(|ti| idx > 0 && ti / w == idx - 1);
-                let curr = self.sum(|ti| ti / w == idx);
-                let left = w - (t - idx * w);
-                (u128::from(prev) * u128::from(left) / u128::from(w)) as u64 + curr + n <= a
-            }
-            Algorithm::FixedWindow => {
-                let mut start: Option<u64> = None;
-                let mut count = 0;
-                for &(ti, ni) in &self.admitted {
-                    if start.is_none_or(|s| ti >= s + w) {
-                        start = Some(ti);
-                        count = 0;
-                    }
-                    count += ni;
-                }
-                if start.is_none_or(|s| t >= s + w) {
-                    count = 0;
-                }
-                count + n <= a
-            }
-            Algorithm::Gcra => {
-                // A leaky bucket of "time owed": each request pours n × interval in, and it
-                // drains one nanosecond per nanosecond; it may hold amount × interval.
-                let interval = w.div_ceil(a);
-                self.level(t) + n * interval <= a * interval
-            }
-        }
-    }
-
-    fn level(&self, t: u64) -> u64 {
-        let interval = self.period.div_ceil(self.amount);
-        let (mut level, mut last) = (0u64, 0u64);
-        for &(ti, ni) in &self.admitted {
-            level = level.saturating_sub(ti - last) + ni * interval;
-            last = ti;
-        }
-        level.saturating_sub(t - last)
-    }
-}
-
-fn check(limiter: &Limiter, limits: &Limits, clock: &FakeClock, t: u64, n: u64) -> Decision {
-    clock.set(t);
-    ready(limiter.check(limits, "k", n)).unwrap()
-}
-
 fn run(algorithm: Algorithm, rate: &str, steps: &[(u64, u64)]) -> Result<(), TestCaseError> {
-    let limits = Limits::parse(rate).unwrap();
-    let r = limits.rates().next().unwrap();
     let (limiter, clock) = limiter(algorithm);
-    let mut model = Model {
-        algorithm,
-        amount: r.amount(),
-        period: r.period().as_nanos() as u64,
-        admitted: vec![],
+    let limits = Limits::parse(rate).unwrap();
+    let check = |t: u64, n: u64| {
+        clock.set(t);
+        ready(limiter.check(&limits, "k", n)).unwrap()
     };
-    let mut t = 1_000; // away from zero, where nothing has happened yet
-    for &(dt, n) in steps {
-        t += dt;
-        let d = check(&limiter, &limits, &clock, t, n);
-        prop_assert_eq!(
-            d.is_allowed(),
-            model.admits(t, n),
-            "{} at {} cost {}",
-            algorithm,
-            t,
-            n
-        );
-        if d.is_allowed() {
-            if algorithm == Algorithm::Gcra {
-                let interval = model.period.div_ceil(model.amount);
-                let left = (model.amount * interval - model.level(t) - n * interval) / interval;
-                prop_assert_eq!(d.remaining(), left, "GCRA remaining at {}", t);
-            }
-            model.admitted.push((t, n));
-        } else if let Some(retry) = d.retry_after() {
-            let retry = retry.as_nanos() as u64;
-            prop_assert!(
-                model.admits(t + retry, n),
-                "{algorithm}: not admitted at retry_after {retry}"
-            );
-            prop_assert!(
-                !model.admits(t + retry - 1, n),
-                "{algorithm}: retry_after {retry} is late"
-            );
-        } else {
-            prop_assert!(
-                n > model.amount,
-                "never admitted only when the cost exceeds the amount"
-            );
-        }
-    }
-    // The property the windows exist for.
-    let (a, w) = (model.amount, model.period);
-    match algorithm {
-        Algorithm::MovingWindow => {
-            for &(ti, _) in &model.admitted {
-                prop_assert!(model.sum(|tj| tj <= ti && tj + w > ti) <= a);
-            }
-        }
-        Algorithm::FixedWindow => {
-            let mut start = None;
-            let mut count = 0;
-            for &(ti, ni) in &model.admitted {
-                if start.is_none_or(|s| ti >= s + w) {
-                    start = Some(ti);
-                    count = 0;
-                }
-                count += ni;
-                prop_assert!(count <= a);
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-fn steps() -> impl Strategy<Value = Vec<(u64, u64)>> {
-    // Gaps from nothing to a bit over a period of the rates below, and costs up to 6.
-    let gap = prop_oneof![Just(0u64), 1u64..2_000_000, 1_000_000u64..1_500_000_000];
-    prop::collection::vec((gap, 1u64..=6), 1..80)
+    model::run(algorithm, &limits, 1, steps, check)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn moving_window_matches_the_log(steps in steps(), rate in prop::sample::select(vec!["5/second", "3/250ms", "8/2 seconds"])) {
+    fn moving_window_matches_the_log(steps in model::steps(), rate in prop::sample::select(vec!["5/second", "3/250ms", "8/2 seconds"])) {
         run(Algorithm::MovingWindow, rate, &steps)?;
     }
 
     #[test]
-    fn fixed_window_matches_the_log(steps in steps(), rate in prop::sample::select(vec!["5/second", "3/250ms", "8/2 seconds"])) {
+    fn fixed_window_matches_the_log(steps in model::steps(), rate in prop::sample::select(vec!["5/second", "3/250ms", "8/2 seconds"])) {
         run(Algorithm::FixedWindow, rate, &steps)?;
     }
 
     #[test]
-    fn sliding_window_matches_the_log(steps in steps(), rate in prop::sample::select(vec!["5/second", "3/250ms", "8/2 seconds"])) {
+    fn sliding_window_matches_the_log(steps in model::steps(), rate in prop::sample::select(vec!["5/second", "3/250ms", "8/2 seconds"])) {
         run(Algorithm::SlidingWindow, rate, &steps)?;
     }
 
     #[test]
-    fn gcra_matches_the_leaky_bucket(steps in steps(), rate in prop::sample::select(vec!["5/second", "3/250ms", "7/second", "8/2 seconds"])) {
+    fn gcra_matches_the_leaky_bucket(steps in model::steps(), rate in prop::sample::select(vec!["5/second", "3/250ms", "7/second", "8/2 seconds"])) {
         run(Algorithm::Gcra, rate, &steps)?;
     }
 }

@@ -3,6 +3,8 @@
 //! that outlives an instance, scripts reloaded after a flush, readable names with TTLs.
 #![cfg(feature = "redis")]
 
+#[path = "support/model.rs"]
+mod model;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
@@ -495,4 +497,47 @@ async fn rediss_connects_over_tls() {
     let untrusted = RedisStore::connect(&url).await.unwrap();
     assert!(!untrusted.is_available());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The reference models the in-memory store is held to (`tests/algorithms.rs`), held against
+/// Redis: the same runs, at Redis's resolution (a microsecond), on rates whose intervals are
+/// whole microseconds.
+#[test]
+fn every_algorithm_matches_the_reference_model_on_redis() {
+    use proptest::test_runner::{Config, TestRunner};
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    for algorithm in Algorithm::ALL {
+        let clock = FakeClock::new();
+        let store = runtime
+            .block_on(RedisStore::connect(&server.url()))
+            .unwrap()
+            .with_clock(clock.clone())
+            .cache_blocked_keys(false);
+        let mut runner = TestRunner::new(Config {
+            cases: 40,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let rates = proptest::sample::select(vec!["5/second", "4/second", "8/2 seconds"]);
+        runner
+            .run(&(model::steps(), rates), |(steps, rate)| {
+                let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let limiter = Limiter::builder()
+                    .store(store.clone())
+                    .algorithm(algorithm)
+                    .key_prefix(format!("model-{n}"))
+                    .build();
+                let limits = Limits::parse(rate).unwrap();
+                model::run(algorithm, &limits, 1_000, &steps, |t, cost| {
+                    clock.set(t);
+                    runtime.block_on(limiter.check(&limits, "k", cost)).unwrap()
+                })
+            })
+            .unwrap_or_else(|e| panic!("{algorithm} on Redis: {e}"));
+    }
 }
