@@ -541,3 +541,17 @@ fn every_algorithm_matches_the_reference_model_on_redis() {
             .unwrap_or_else(|e| panic!("{algorithm} on Redis: {e}"));
     }
 }
+
+#[tokio::test]
+async fn redis_unix_connects_over_a_socket() {
+    let socket = std::env::temp_dir().join(format!("ratelimit-{}.sock", free_port()));
+    let _server = RedisServer::start_unix(&socket);
+    let url = format!("redis+unix://{}", socket.display());
+    let store = RedisStore::connect(&url).await.unwrap();
+    assert!(store.is_available(), "reached Redis over {url}");
+    let limiter = Limiter::builder().store(store.clone()).build();
+    let limits = Limits::parse("1/minute").unwrap();
+    assert!(limiter.check(&limits, "k", 1).await.unwrap().is_allowed());
+    assert!(!limiter.check(&limits, "k", 1).await.unwrap().is_allowed());
+    assert_eq!(store.fallbacks(), 0);
+}

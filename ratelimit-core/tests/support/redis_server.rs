@@ -96,6 +96,29 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Starts one that listens on a Unix socket only, at `socket`.
+    pub fn start_unix(socket: &std::path::Path) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--port", "0"])
+            .arg("--unixsocket")
+            .arg(socket)
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let started = Instant::now();
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { child, port: 0 }
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
