@@ -429,3 +429,47 @@ async fn a_route_learned_to_be_plain_still_gets_the_layer_s_limits_and_headers()
     }
     assert_eq!(status(c.post(&url)).await, 429);
 }
+
+#[rate_limit("1/minute", key = ip)]
+async fn behind_auth() -> &'static str {
+    "ok"
+}
+
+async fn require_auth(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request.headers().contains_key("authorization") {
+        next.run(request).await
+    } else {
+        axum::http::StatusCode::UNAUTHORIZED.into_response()
+    }
+}
+
+#[tokio::test]
+async fn a_layer_inside_that_answers_first_does_not_hide_the_attribute() {
+    use axum::response::IntoResponse;
+    let layer = Limiter::new().layer().on_rejected(|_| {
+        (
+            axum::http::StatusCode::IM_A_TEAPOT,
+            "the layer's own answer",
+        )
+            .into_response()
+    });
+    let app = Router::new()
+        .route("/x", post(behind_auth))
+        .layer(axum::middleware::from_fn(require_auth))
+        .layer(layer);
+    let addr = serve(app).await;
+    let c = client_from("127.0.5.2");
+    let url = format!("http://{addr}/x");
+    // The inner layer answers before the handler: nothing to learn from that.
+    for _ in 0..3 {
+        assert_eq!(status(c.post(&url)).await, 401);
+    }
+    let authorized = || c.post(&url).header("authorization", "Bearer t");
+    assert_eq!(status(authorized()).await, 200);
+    // Still the layer's limiter and configuration: its rejection handler answers.
+    assert_eq!(status(authorized()).await, 418);
+}

@@ -170,8 +170,10 @@ pub struct RateLimitService<S> {
 }
 
 /// What the service learned of the one route it wraps (with `Router::layer`, each route gets
-/// its own service): whether its handler carries an attribute. A route without one then costs
-/// the layer nothing but this lookup; a route with one skips the default limits.
+/// its own service): that its handler carries an attribute, once one ran in a request it
+/// served. Such a route skips the default limits, and its application limits are checked with
+/// the attribute's. (That a route carries none is never concluded: a layer inside this one may
+/// answer before the handler runs.)
 #[derive(Debug, Default)]
 struct RouteState {
     /// The matched path's address (the router keeps one per route): 0 before the first
@@ -182,8 +184,7 @@ struct RouteState {
 
 const MIXED: usize = usize::MAX;
 const UNKNOWN: u8 = 0;
-const PLAIN: u8 = 1;
-const LIMITED: u8 = 2;
+const LIMITED: u8 = 1;
 
 impl RouteState {
     /// What is known of `route`, and whether this service may learn it.
@@ -232,8 +233,10 @@ where
         let config = self.config;
         let (kind, learn) = self.route.kind(req.extensions().get::<MatchedPath>());
         let route = learn.then_some(self.route);
+        let layer_limits = config.application_limits.is_some() || config.default_limits.is_some();
         let limited = kind == LIMITED
-            || (kind == UNKNOWN && !config.limited_routes.is_empty() && {
+            || (kind == UNKNOWN && layer_limits && !learn && {
+                // A layer around several routes: what the attributes recorded, by path.
                 let path = req
                     .extensions()
                     .get::<MatchedPath>()
@@ -242,13 +245,6 @@ where
                     .limited_routes
                     .contains(path.unwrap_or_else(|| req.uri().path()))
             });
-        let layer_limits = config.application_limits.is_some() || config.default_limits.is_some();
-        if kind == PLAIN && !layer_limits {
-            // Nothing to do for a route without an attribute and a layer without limits.
-            return ResponseFuture::new(Inner::Pass {
-                future: self.inner.call(req),
-            });
-        }
         if layer_limits && !config.limiter.answers_now() {
             return self.call_waiting(req, limited, route);
         }
@@ -276,13 +272,6 @@ where
         } else {
             (LayerState::Done, None)
         };
-        if kind == PLAIN {
-            return ResponseFuture::new(Inner::Headers {
-                future: self.inner.call(req),
-                admitted,
-                style: config.headers,
-            });
-        }
         let context = RequestContext::new(config, state, admitted, route.is_none());
         ResponseFuture::new(Inner::Scoped {
             future: Scoped {
@@ -336,9 +325,9 @@ impl<S> RateLimitService<S> {
 type BoxedResponse<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
 
 pin_project! {
-    /// The response future of [`RateLimitService`]: the wrapped service's, passed through or
-    /// given the rate limit headers, or the layer's own 429. Nothing is allocated unless the
-    /// store waits.
+    /// The response future of [`RateLimitService`]: the wrapped service's, run in the request's
+    /// context and given the rate limit headers, or the layer's own 429. Nothing is allocated
+    /// unless the store waits.
     pub struct ResponseFuture<F, E> {
         #[pin]
         inner: Inner<F, E>,
@@ -354,11 +343,7 @@ impl<F, E> ResponseFuture<F, E> {
 pin_project! {
     #[project = InnerProjection]
     enum Inner<F, E> {
-        /// A route known to carry no attribute, and no layer limits.
-        Pass { #[pin] future: F },
-        /// A route known to carry no attribute, admitted by the layer's limits.
-        Headers { #[pin] future: F, admitted: Option<Decision>, style: HeaderStyle },
-        /// A route with an attribute, or not known yet: its extractors find the context.
+        /// The wrapped service's future, in the request's context, which its extractors find.
         Scoped { #[pin] future: Scoped<F> },
         /// Refused by the layer.
         Ready { response: Option<Response> },
@@ -369,7 +354,7 @@ pin_project! {
 
 pin_project! {
     /// A route's future inside its request context: on completion, the admission goes into
-    /// the headers and the route's kind is learned.
+    /// the headers, and an attribute that ran marks the route as carrying one.
     struct Scoped<F> {
         #[pin]
         future: TaskLocalFuture<RequestContext, F>,
@@ -391,10 +376,8 @@ where
             return Poll::Ready(result);
         };
         let (admitted, attributed) = context.finish();
-        if let Some(route) = this.route {
-            route
-                .kind
-                .store(if attributed { LIMITED } else { PLAIN }, Ordering::Relaxed);
+        if let (Some(route), true) = (this.route, attributed) {
+            route.kind.store(LIMITED, Ordering::Relaxed);
         }
         let style = *this.style;
         Poll::Ready(result.map(|mut response| {
@@ -414,20 +397,6 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().inner.project() {
-            InnerProjection::Pass { future } => future.poll(cx),
-            InnerProjection::Headers {
-                future,
-                admitted,
-                style,
-            } => {
-                let result = ready!(future.poll(cx));
-                Poll::Ready(result.map(|mut response| {
-                    if let Some(decision) = admitted.take() {
-                        insert_headers(response.headers_mut(), &decision, *style);
-                    }
-                    response
-                }))
-            }
             InnerProjection::Scoped { future } => future.poll(cx),
             InnerProjection::Ready { response } => Poll::Ready(Ok(response
                 .take()
