@@ -25,6 +25,16 @@ fn input() -> Value {
     json!({"features": [1.0, 2.0, 3.0], "model_version": "v2"})
 }
 
+/// POSTs one prediction input to `/predict` of the server at `addr`.
+async fn predict(client: &reqwest::Client, addr: std::net::SocketAddr) -> reqwest::Response {
+    client
+        .post(format!("http://{addr}/predict"))
+        .json(&input())
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn two_instances_share_one_limit() {
     let server = RedisServer::start();
@@ -34,12 +44,7 @@ async fn two_instances_share_one_limit() {
     let mut admitted = 0;
     for i in 0..30 {
         let instance = if i % 2 == 0 { a } else { b };
-        let r = client
-            .post(format!("http://{instance}/predict"))
-            .json(&input())
-            .send()
-            .await
-            .unwrap();
+        let r = predict(&client, instance).await;
         if r.status() == 200 {
             admitted += 1;
             let body: Value = r.json().await.unwrap();
@@ -81,12 +86,7 @@ async fn killing_redis_mid_load_costs_no_request() {
         // A client of its own each time: the limit is 20/minute per address.
         let client = client_from(&format!("127.0.7.{}", i + 1));
         let started = Instant::now();
-        let r = client
-            .post(format!("http://{addr}/predict"))
-            .json(&input())
-            .send()
-            .await
-            .unwrap();
+        let r = predict(&client, addr).await;
         slowest = slowest.max(started.elapsed());
         assert_eq!(r.status(), 200, "request {i}");
     }
@@ -100,12 +100,7 @@ async fn it_starts_and_limits_when_redis_is_down() {
     let client = client_from("127.0.6.2");
     let mut codes = Vec::new();
     for _ in 0..21 {
-        let r = client
-            .post(format!("http://{addr}/predict"))
-            .json(&input())
-            .send()
-            .await
-            .unwrap();
+        let r = predict(&client, addr).await;
         codes.push(r.status().as_u16());
     }
     assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 20);
