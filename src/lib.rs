@@ -57,7 +57,15 @@ pub use ratelimit_core::*;
 ///   limiter's, GCRA) and **`burst = N`** (GCRA only).
 /// - **`cost = EXPR`**: the units a request takes, an integer expression. It may use the
 ///   handler's arguments (`cost = batch.len()`); then the check runs once they are
-///   extracted, and otherwise before the body is read.
+///   extracted, and otherwise before the body is read. A cost larger than the whole limit is
+///   refused with a 429 that says so (and no `Retry-After`: waiting will not help).
+/// - **`concurrency = N`**: at most `N` requests of one key in flight at once (an inference
+///   slot). The slot is taken before any rate is charged and given back when the handler's
+///   future completes or is dropped (the client went away); a request that finds every slot
+///   taken gets `429` with `{"detail": "Too many concurrent requests: ..."}` and
+///   `Retry-After: 1` at once (it does not queue) and is charged no rate. With Redis, slots
+///   are leases that expire (`RedisStore::slot_lease`), so a
+///   crashed instance cannot hold them for ever.
 /// - **`exempt_when = path`**: a `fn(&Parts) -> bool`; requests for which it is true skip
 ///   the limit.
 /// - **`error_message = "..."`**: the `detail` of the 429 answer.
@@ -112,7 +120,7 @@ pub mod __private {
     };
     pub use ratelimit_core::{Algorithm, Limits};
     pub use std::borrow::Cow;
-    pub use std::num::NonZeroU64;
+    pub use std::num::{NonZeroU32, NonZeroU64};
     pub use std::sync::LazyLock;
 
     pub use http::HeaderName;

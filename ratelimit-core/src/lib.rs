@@ -44,15 +44,15 @@ pub mod store;
 #[cfg(feature = "axum")]
 pub mod http;
 
-#[cfg(feature = "runtime")]
-pub use algorithm::RateParams;
 pub use algorithm::{Algorithm, UnknownAlgorithm};
+#[cfg(feature = "runtime")]
+pub use algorithm::{InvalidScale, RateParams, Scale};
 #[cfg(feature = "runtime")]
 pub use clock::{Clock, FakeClock, MonotonicClock};
 #[cfg(feature = "runtime")]
 pub use decision::Decision;
 #[cfg(feature = "runtime")]
-pub use limiter::{Check, Limiter, LimiterBuilder};
+pub use limiter::{Check, Limiter, LimiterBuilder, SlotLease};
 #[cfg(feature = "runtime")]
 pub use limits::Limits;
 pub use rate::{ParseError, Rate, Unit};

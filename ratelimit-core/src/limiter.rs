@@ -6,13 +6,16 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use crate::algorithm::Algorithm;
+use crate::algorithm::{Algorithm, Scale};
 use crate::decision::Decision;
 use crate::limits::Limits;
-use crate::observe::{Observation, Observer};
-use crate::store::{Charge, CheckRequest, MemoryStore, Mode, Store, StoreError, StoreFuture};
+use crate::observe::{Observation, Observer, Outcome};
+use crate::store::{
+    Charge, CheckRequest, MemoryStore, Mode, SlotRequest, Store, StoreError, StoreFuture,
+};
 
 /// Checks keys against limits. Cloning it is cheap and every clone shares the same state.
 ///
@@ -35,6 +38,8 @@ pub struct Limiter {
 
 struct Inner {
     backend: Backend,
+    /// This process's scale ([`Scale::to_bits`]), for a store that shares none.
+    scale: AtomicU64,
     algorithm: Algorithm,
     prefix: String,
     observer: Option<Box<dyn Observer>>,
@@ -42,6 +47,8 @@ struct Inner {
 
 /// The default store is called directly, so its checks inline into the caller; any other
 /// store goes through the trait object.
+// Held once, in the limiter's `Arc`: the size of the memory store's variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Memory(MemoryStore),
     Other(Arc<dyn Store>),
@@ -83,7 +90,7 @@ impl Limiter {
         let decision = self
             .check_charges(key.as_bytes(), std::slice::from_ref(&charge), Mode::Charge)
             .await?;
-        self.observe(scope, key.as_bytes(), &decision);
+        self.observe_decision(scope, key.as_bytes(), limits, &decision);
         Ok(decision)
     }
 
@@ -117,7 +124,7 @@ impl Limiter {
         let decision = self
             .check_charges_now(key.as_bytes(), std::slice::from_ref(&charge), Mode::Charge)?
             .ok()?;
-        self.observe("", key.as_bytes(), &decision);
+        self.observe_decision("", key.as_bytes(), limits, &decision);
         Some(decision)
     }
 
@@ -130,6 +137,7 @@ impl Limiter {
             limits,
             algorithm: limits.algorithm().unwrap_or(self.inner.algorithm),
             cost,
+            scale: self.scale(),
         }
     }
 
@@ -174,16 +182,126 @@ impl Limiter {
         matches!(self.inner.backend, Backend::Memory(_))
     }
 
-    /// Shows `decision` to the observer, if any.
+    /// Shows what became of a request to the observer, if any.
     #[inline]
-    pub fn observe(&self, route: &str, key: &[u8], decision: &Decision) {
+    pub fn observe(&self, seen: &Observation<'_>) {
         if let Some(observer) = &self.inner.observer {
-            observer.observe(&Observation {
-                route,
-                key,
-                decision,
-            });
+            observer.observe(seen);
         }
+    }
+
+    /// Whether an observer is set (then the enforcement site times each check for it).
+    #[inline]
+    pub fn is_observed(&self) -> bool {
+        self.inner.observer.is_some()
+    }
+
+    /// Shows a decision on `limits` to the observer.
+    fn observe_decision(&self, route: &str, key: &[u8], limits: &Limits, decision: &Decision) {
+        if self.is_observed() {
+            let outcome = if decision.is_allowed() {
+                Outcome::Allowed
+            } else {
+                Outcome::Limited
+            };
+            self.observe(
+                &Observation::new(route, key, outcome)
+                    .with_decision(decision)
+                    .with_label(limits.label()),
+            );
+        }
+    }
+
+    /// The factor on every limit's amount right now: [`Scale::FULL`] unless
+    /// [`set_scale`](Limiter::set_scale) changed it. With a store shared by several
+    /// instances (Redis), the scale the instances share, as this one last read it (at most
+    /// about a second old).
+    #[inline]
+    pub fn scale(&self) -> Scale {
+        if let Backend::Other(store) = &self.inner.backend {
+            if let Some(shared) = store.shared_scale(&self.inner.prefix) {
+                return shared;
+            }
+        }
+        Scale::from_bits(self.inner.scale.load(Ordering::Relaxed))
+    }
+
+    /// Scales every limit checked through this limiter from now on, such as to 1/5 while a
+    /// model warms up, and back with [`Scale::FULL`]: no restart, no count lost (state is
+    /// named without the amounts). Requests already admitted stay admitted; a client past
+    /// the scaled amount is refused until its use falls below it.
+    ///
+    /// With a store shared by several instances (Redis) the scale is written to the store,
+    /// and every instance on the same key prefix follows it within about a second; the
+    /// error says the store could not be reached (this instance uses the new scale
+    /// anyway). The scale never touches a [`Limits`]: configuration is not mutated, and
+    /// nothing a request does changes it.
+    ///
+    /// ```
+    /// use ratelimit_core::{Limiter, Limits, Scale};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new();
+    /// let limits = Limits::parse("10/minute").unwrap();
+    /// limiter.set_scale(Scale::new(1, 5).unwrap()).await.unwrap(); // warming up
+    /// assert!(limiter.check(&limits, "k", 1).await.unwrap().is_allowed());
+    /// assert!(limiter.check(&limits, "k", 1).await.unwrap().is_allowed());
+    /// assert!(!limiter.check(&limits, "k", 1).await.unwrap().is_allowed()); // 2 per minute
+    /// limiter.set_scale(Scale::FULL).await.unwrap(); // ready
+    /// let decision = limiter.check(&limits, "k", 1).await.unwrap();
+    /// assert_eq!(decision.remaining(), 7); // the two counted requests still count
+    /// # }
+    /// ```
+    pub async fn set_scale(&self, scale: Scale) -> Result<(), StoreError> {
+        self.inner.scale.store(scale.to_bits(), Ordering::Relaxed);
+        match &self.inner.backend {
+            Backend::Memory(_) => Ok(()),
+            Backend::Other(store) => store.publish_scale(&self.inner.prefix, scale).await,
+        }
+    }
+
+    /// Takes one of `limit` concurrency slots of `key` under `scope` (an inference slot): a
+    /// [`SlotLease`] that gives the slot back when dropped, or `None` when `limit` requests
+    /// of the key already hold one. What `concurrency = N` on the attribute calls.
+    ///
+    /// ```
+    /// use ratelimit_core::Limiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new();
+    /// let first = limiter.acquire_slot("/heavy", "k", 1).await.unwrap();
+    /// assert!(first.is_some());
+    /// assert!(limiter.acquire_slot("/heavy", "k", 1).await.unwrap().is_none());
+    /// drop(first); // the request ended, or its client went away
+    /// assert!(limiter.acquire_slot("/heavy", "k", 1).await.unwrap().is_some());
+    /// # }
+    /// ```
+    pub async fn acquire_slot(
+        &self,
+        scope: &str,
+        key: impl AsRef<[u8]>,
+        limit: u32,
+    ) -> Result<Option<SlotLease>, StoreError> {
+        let key = key.as_ref();
+        let request = SlotRequest {
+            prefix: &self.inner.prefix,
+            scope,
+            key,
+            limit,
+        };
+        let lease = match &self.inner.backend {
+            Backend::Memory(store) => store.acquire_slot(request).await,
+            Backend::Other(store) => store.acquire_slot(request).await,
+        }?;
+        Ok(lease.map(|lease| SlotLease {
+            limiter: self.clone(),
+            scope: scope.into(),
+            key: key.into(),
+            limit,
+            lease,
+        }))
     }
 
     /// The algorithm used for limits that do not name one.
@@ -239,6 +357,42 @@ impl Future for Check<'_> {
 impl fmt::Debug for Check<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Check").finish_non_exhaustive()
+    }
+}
+
+/// A concurrency slot held ([`Limiter::acquire_slot`]): given back when dropped, however
+/// the request ends.
+#[must_use = "the slot is given back as soon as the lease is dropped"]
+pub struct SlotLease {
+    limiter: Limiter,
+    scope: Box<str>,
+    key: Box<[u8]>,
+    limit: u32,
+    lease: u64,
+}
+
+impl Drop for SlotLease {
+    fn drop(&mut self) {
+        let request = SlotRequest {
+            prefix: &self.limiter.inner.prefix,
+            scope: &self.scope,
+            key: &self.key,
+            limit: self.limit,
+        };
+        match &self.limiter.inner.backend {
+            Backend::Memory(store) => store.release_slot(request, self.lease),
+            Backend::Other(store) => store.release_slot(request, self.lease),
+        }
+    }
+}
+
+impl fmt::Debug for SlotLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlotLease")
+            .field("scope", &self.scope)
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
     }
 }
 
@@ -335,6 +489,7 @@ impl LimiterBuilder {
                 backend: self
                     .store
                     .unwrap_or_else(|| Backend::Memory(MemoryStore::new())),
+                scale: AtomicU64::new(Scale::FULL.to_bits()),
                 algorithm: self.algorithm,
                 prefix: self.prefix,
                 observer: self.observer,

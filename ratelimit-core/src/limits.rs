@@ -27,6 +27,7 @@ pub struct Limits {
     algorithm: Option<Algorithm>,
     burst: Option<NonZeroU64>,
     shape: u64,
+    label: Option<&'static str>,
 }
 
 impl Limits {
@@ -45,6 +46,7 @@ impl Limits {
             algorithm: None,
             burst: None,
             shape,
+            label: None,
         })
     }
 
@@ -69,6 +71,20 @@ impl Limits {
             *p = RateParams::new(p.rate, Some(burst.get()));
         }
         self
+    }
+
+    /// Names these limits in metrics and logs, such as the tier they belong to (`"free"`,
+    /// `"premium"`): [`Observation::label`](crate::observe::Observation::label) carries it,
+    /// and [`Metrics`](crate::observe::Metrics) counts requests per label. Not part of the
+    /// state's name: two labels on the same rates share one budget.
+    pub fn with_label(mut self, label: &'static str) -> Limits {
+        self.label = Some(label);
+        self
+    }
+
+    /// The label, when one was given.
+    pub fn label(&self) -> Option<&'static str> {
+        self.label
     }
 
     /// The rates, in the order they were given.

@@ -1,6 +1,45 @@
-//! The observer hook: what every decision is shown to, for logs and metrics.
+//! The observer hook: what every decision is shown to, for logs and metrics; and
+//! [`Metrics`], the observer that counts them per route and per label (tier) and serves them
+//! as JSON and as Prometheus text.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::registry::Registry;
 
 use crate::decision::Decision;
+
+/// What became of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Every limit admitted it (and charged it).
+    Allowed,
+    /// A rate refused it (429).
+    Limited,
+    /// Every concurrency slot of its key was taken (429); no rate was charged.
+    NoSlot,
+    /// The store failed and its policy refused (503).
+    StoreFailed,
+}
+
+impl Outcome {
+    /// `allowed`, `limited`, `no_slot` or `store_failed`: the label value in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Limited => "limited",
+            Outcome::NoSlot => "no_slot",
+            Outcome::StoreFailed => "store_failed",
+        }
+    }
+}
 
 /// One decision, as an [`Observer`] sees it.
 #[derive(Clone, Copy, Debug)]
@@ -10,25 +49,65 @@ pub struct Observation<'a> {
     pub route: &'a str,
     /// The key that bound the decision (for the client IP, its text).
     pub key: &'a [u8],
-    /// The decision, bound by the limit that refused the request or has the fewest left.
-    pub decision: &'a Decision,
+    /// What became of the request.
+    pub outcome: Outcome,
+    /// The rate decision, bound by the limit that refused the request or has the fewest
+    /// left; `None` when no rate was judged (no slot, store failure).
+    pub decision: Option<&'a Decision>,
+    /// The label of the binding limits ([`Limits::with_label`](crate::Limits::with_label)):
+    /// the tier, where limits are given per tier.
+    pub label: Option<&'a str>,
+    /// How long the check took (the store calls included).
+    pub elapsed: Duration,
+}
+
+impl<'a> Observation<'a> {
+    /// An observation of `outcome` on `route` for `key`, with no decision, label or time.
+    pub fn new(route: &'a str, key: &'a [u8], outcome: Outcome) -> Observation<'a> {
+        Observation {
+            route,
+            key,
+            outcome,
+            decision: None,
+            label: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// The same, with the rate decision.
+    pub fn with_decision(mut self, decision: &'a Decision) -> Observation<'a> {
+        self.decision = Some(decision);
+        self
+    }
+
+    /// The same, with the limits' label.
+    pub fn with_label(mut self, label: Option<&'a str>) -> Observation<'a> {
+        self.label = label;
+        self
+    }
+
+    /// The same, with the time the check took.
+    pub fn with_elapsed(mut self, elapsed: Duration) -> Observation<'a> {
+        self.elapsed = elapsed;
+        self
+    }
 }
 
 /// Shown every decision of a [`Limiter`](crate::Limiter), from the one place that enforces
 /// them; set with [`LimiterBuilder::observer`](crate::LimiterBuilder::observer).
 ///
-/// It runs on the request path: keep it to counters and sampling.
+/// It runs on the request path: keep it to counters and sampling. [`Metrics`] is one.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
-/// use ratelimit_core::observe::{Observation, Observer};
+/// use ratelimit_core::observe::{Observation, Observer, Outcome};
 ///
 /// #[derive(Default)]
 /// struct Refusals(AtomicU64);
 ///
 /// impl Observer for Refusals {
 ///     fn observe(&self, seen: &Observation<'_>) {
-///         if !seen.decision.is_allowed() {
+///         if seen.outcome != Outcome::Allowed {
 ///             self.0.fetch_add(1, Ordering::Relaxed);
 ///         }
 ///     }
@@ -39,6 +118,316 @@ pub struct Observation<'a> {
     note = "an observer implements `ratelimit_core::observe::Observer`: `fn observe(&self, seen: &Observation<'_>)`"
 )]
 pub trait Observer: Send + Sync + 'static {
-    /// Called once per request with the decision that applied to it.
+    /// Called once per request with what became of it.
     fn observe(&self, seen: &Observation<'_>);
+}
+
+impl<O: Observer> Observer for Arc<O> {
+    fn observe(&self, seen: &Observation<'_>) {
+        (**self).observe(seen);
+    }
+}
+
+/// Counts of one route or label.
+#[derive(Default)]
+struct Counts {
+    allowed: AtomicU64,
+    limited: AtomicU64,
+    no_slot: AtomicU64,
+    store_failed: AtomicU64,
+}
+
+impl Counts {
+    #[inline]
+    fn add(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Allowed => &self.allowed,
+            Outcome::Limited => &self.limited,
+            Outcome::NoSlot => &self.no_slot,
+            Outcome::StoreFailed => &self.store_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> Counted {
+        Counted {
+            allowed: self.allowed.load(Ordering::Relaxed),
+            limited: self.limited.load(Ordering::Relaxed),
+            no_slot: self.no_slot.load(Ordering::Relaxed),
+            store_failed: self.store_failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The requests of one route or label, by outcome, at the time of a [`Metrics::snapshot`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counted {
+    /// Admitted.
+    pub allowed: u64,
+    /// Refused by a rate.
+    pub limited: u64,
+    /// Refused for want of a concurrency slot.
+    pub no_slot: u64,
+    /// Refused because the store failed.
+    pub store_failed: u64,
+}
+
+impl Counted {
+    /// Every request.
+    pub fn total(&self) -> u64 {
+        self.allowed + self.refused()
+    }
+
+    /// Every request refused, whatever the reason.
+    pub fn refused(&self) -> u64 {
+        self.limited + self.no_slot + self.store_failed
+    }
+
+    fn of(&self, outcome: Outcome) -> u64 {
+        match outcome {
+            Outcome::Allowed => self.allowed,
+            Outcome::Limited => self.limited,
+            Outcome::NoSlot => self.no_slot,
+            Outcome::StoreFailed => self.store_failed,
+        }
+    }
+
+    fn plus(mut self, other: Counted) -> Counted {
+        self.allowed += other.allowed;
+        self.limited += other.limited;
+        self.no_slot += other.no_slot;
+        self.store_failed += other.store_failed;
+        self
+    }
+}
+
+/// Upper bounds of the check latency histogram, in seconds: an in-memory check falls in the
+/// first buckets, a Redis round trip in the middle ones.
+const LATENCY_BOUNDS: [f64; 12] = [
+    1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2,
+];
+
+/// A histogram of check latency: one atomic per bucket, no lock.
+#[derive(Debug, Default)]
+struct Latency {
+    /// Per bucket (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Latency {
+    #[inline]
+    fn record(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BOUNDS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Counters of every decision, per route and per label (tier), with a histogram of check
+/// latency: an [`Observer`], and what serves `GET /metrics` (the HTTP glue's
+/// `metrics_json` and `metrics_prometheus` handlers).
+///
+/// Cloning it is cheap and every clone counts into the same counters: give one to the
+/// limiter, keep one for the handlers. Counting takes a few atomic additions per request and
+/// no lock held across requests (the per-route table is sharded and only read once a route
+/// is known).
+///
+/// ```
+/// use ratelimit_core::observe::Metrics;
+/// use ratelimit_core::{Limiter, Limits};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let metrics = Metrics::new();
+/// let limiter = Limiter::builder().observer(metrics.clone()).build();
+/// let limits = Limits::parse("1/minute").unwrap().with_label("free");
+/// limiter.check_scoped("/predict", &limits, "k", 1).await.unwrap();
+/// limiter.check_scoped("/predict", &limits, "k", 1).await.unwrap();
+/// let seen = metrics.snapshot();
+/// assert_eq!((seen.total.total(), seen.total.limited), (2, 1));
+/// assert_eq!(seen.routes["/predict"].limited, 1);
+/// assert_eq!(seen.labels["free"].allowed, 1);
+/// assert!(metrics.prometheus().contains("ratelimit_requests_total{route=\"/predict\",outcome=\"limited\"} 1"));
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct Metrics {
+    inner: Arc<MetricsInner>,
+}
+
+#[derive(Debug, Default)]
+struct MetricsInner {
+    routes: DashMap<Box<str>, Counts, foldhash::fast::RandomState>,
+    labels: DashMap<Box<str>, Counts, foldhash::fast::RandomState>,
+    latency: Latency,
+}
+
+/// The most distinct routes and labels counted: beyond, they count under `other`, so that a
+/// client inventing paths (a layer over unmatched routes) cannot grow the table without end.
+const MAX_NAMES: usize = 10_000;
+
+impl MetricsInner {
+    #[inline]
+    fn count(
+        table: &DashMap<Box<str>, Counts, foldhash::fast::RandomState>,
+        name: &str,
+        outcome: Outcome,
+    ) {
+        if let Some(counts) = table.get(name) {
+            counts.add(outcome);
+            return;
+        }
+        let name = if table.len() >= MAX_NAMES {
+            "other"
+        } else {
+            name
+        };
+        table.entry(name.into()).or_default().add(outcome);
+    }
+}
+
+impl Observer for Metrics {
+    #[inline]
+    fn observe(&self, seen: &Observation<'_>) {
+        MetricsInner::count(&self.inner.routes, seen.route, seen.outcome);
+        if let Some(label) = seen.label {
+            MetricsInner::count(&self.inner.labels, label, seen.outcome);
+        }
+        if seen.elapsed > Duration::ZERO {
+            self.inner.latency.record(seen.elapsed);
+        }
+    }
+}
+
+/// What [`Metrics`] counted, at one instant.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Every request.
+    pub total: Counted,
+    /// Per route (the matched path, such as `/models/{name}/predict`).
+    pub routes: std::collections::BTreeMap<String, Counted>,
+    /// Per label of the binding limits (the tier).
+    pub labels: std::collections::BTreeMap<String, Counted>,
+}
+
+impl Metrics {
+    /// Empty counters.
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let read = |table: &DashMap<Box<str>, Counts, foldhash::fast::RandomState>| {
+            table
+                .iter()
+                .map(|entry| (entry.key().to_string(), entry.value().read()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let routes = read(&self.inner.routes);
+        let total = routes
+            .values()
+            .fold(Counted::default(), |sum, c| sum.plus(*c));
+        MetricsSnapshot {
+            total,
+            routes,
+            labels: read(&self.inner.labels),
+        }
+    }
+
+    /// Adds these counters to a `prometheus-client` registry (to serve them with the
+    /// application's own metrics): `ratelimit_requests_total{route, outcome}`,
+    /// `ratelimit_label_requests_total{label, outcome}` and the histogram
+    /// `ratelimit_check_duration_seconds`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(self.clone()));
+    }
+
+    /// These counters alone in the Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("routes", &self.inner.routes.len())
+            .field("labels", &self.inner.labels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const OUTCOMES: [Outcome; 4] = [
+    Outcome::Allowed,
+    Outcome::Limited,
+    Outcome::NoSlot,
+    Outcome::StoreFailed,
+];
+
+impl prometheus_client::collector::Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let snapshot = self.snapshot();
+        for (metric, label, help, table) in [
+            (
+                "ratelimit_requests",
+                "route",
+                "Requests seen by the rate limiter, by route and outcome",
+                &snapshot.routes,
+            ),
+            (
+                "ratelimit_label_requests",
+                "label",
+                "Requests seen by the rate limiter, by the label (tier) of their limits and outcome",
+                &snapshot.labels,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+            for (name, counted) in table {
+                for outcome in OUTCOMES {
+                    let labels = [(label, name.as_str()), ("outcome", outcome.name())];
+                    let counter = ConstCounter::new(counted.of(outcome));
+                    counter.encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let latency = &self.inner.latency;
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(LATENCY_BOUNDS.len() + 1);
+        for (i, count) in latency.buckets.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let bound = LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY);
+            buckets.push((bound, cumulative));
+        }
+        let sum = latency.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let metric = encoder.encode_descriptor(
+            "ratelimit_check_duration_seconds",
+            "Time the rate limit check of a request took, store calls included",
+            None,
+            MetricType::Histogram,
+        )?;
+        let mut metric = metric;
+        metric.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+    }
+}
+
+impl fmt::Debug for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.read(), f)
+    }
 }

@@ -146,6 +146,12 @@ impl Rate {
         }
     }
 
+    /// The same period with another amount.
+    #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
+    pub(crate) const fn with_amount(self, amount: NonZeroU64) -> Rate {
+        Rate { amount, ..self }
+    }
+
     /// `amount` requests per one `unit`: `Rate::per(nonzero(10), Unit::Minute)`.
     pub const fn per(amount: NonZeroU64, unit: Unit) -> Rate {
         Rate {

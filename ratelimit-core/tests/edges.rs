@@ -14,12 +14,7 @@ use ratelimit_core::store::{Charge, LimitState, Mode};
 use ratelimit_core::{Algorithm, FakeClock, Limiter, Limits, MemoryStore, Rate, Unit};
 
 fn charge(limits: &Limits, algorithm: Algorithm, cost: u64) -> Charge<'_> {
-    Charge {
-        scope: "",
-        limits,
-        algorithm,
-        cost,
-    }
+    Charge::new("", limits, algorithm, cost)
 }
 
 #[test]

@@ -10,13 +10,13 @@ pub(crate) mod kw {
     syn::custom_keyword!(algorithm);
     syn::custom_keyword!(burst);
     syn::custom_keyword!(cost);
+    syn::custom_keyword!(concurrency);
     syn::custom_keyword!(exempt_when);
     syn::custom_keyword!(error_message);
     syn::custom_keyword!(header);
 }
 
-const OPTIONS: &str =
-    "`key`, `scope`, `algorithm`, `burst`, `cost`, `exempt_when`, `error_message`, `crate`";
+const OPTIONS: &str = "`key`, `scope`, `algorithm`, `burst`, `cost`, `concurrency`, `exempt_when`, `error_message`, `crate`";
 
 /// What limits a request.
 pub(crate) enum LimitsArg {
@@ -42,6 +42,7 @@ pub(crate) struct Args {
     pub(crate) algorithm: Option<(kw::algorithm, Ident)>,
     pub(crate) burst: Option<(kw::burst, LitInt)>,
     pub(crate) cost: Option<(kw::cost, Expr)>,
+    pub(crate) concurrency: Option<(kw::concurrency, LitInt)>,
     pub(crate) exempt_when: Option<(kw::exempt_when, Path)>,
     pub(crate) error_message: Option<(kw::error_message, LitStr)>,
     pub(crate) krate: Option<(Token![crate], Path)>,
@@ -121,6 +122,7 @@ impl Parse for Args {
             algorithm: None,
             burst: None,
             cost: None,
+            concurrency: None,
             exempt_when: None,
             error_message: None,
             krate: None,
@@ -141,6 +143,8 @@ impl Parse for Args {
                 option(input, &mut args.burst, "burst", Parse::parse)?;
             } else if lookahead.peek(kw::cost) {
                 option(input, &mut args.cost, "cost", Parse::parse)?;
+            } else if lookahead.peek(kw::concurrency) {
+                option(input, &mut args.concurrency, "concurrency", Parse::parse)?;
             } else if lookahead.peek(kw::exempt_when) {
                 option(input, &mut args.exempt_when, "exempt_when", Parse::parse)?;
             } else if lookahead.peek(kw::error_message) {

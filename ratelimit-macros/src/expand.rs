@@ -180,6 +180,10 @@ fn gen_policy(options: &Options, handler: &Ident, private: &TokenStream) -> Toke
     if let Some(message) = &options.error_message {
         policy = quote!(#policy.error_message(#message));
     }
+    if let Some(slots) = options.concurrency {
+        let slots = slots.get();
+        policy = quote!(#policy.concurrency(#private::NonZeroU32::new(#slots).expect("checked by #[rate_limit]")));
+    }
     policy
 }
 
@@ -325,8 +329,11 @@ fn gen_deferred(
         #(#attrs)*
         #vis #sig {
             let __ratelimit_costs: [u64; #len] = [#(#costs),*];
-            __ratelimit_guard.check(&__ratelimit_costs).await?;
-            ::core::result::Result::Ok(#body.await)
+            // Holds the request's concurrency slots, if any, until the body completes.
+            let __ratelimit_slots = __ratelimit_guard.check(&__ratelimit_costs).await?;
+            let __ratelimit_output = #body.await;
+            ::core::mem::drop(__ratelimit_slots);
+            ::core::result::Result::Ok(__ratelimit_output)
         }
     }
 }

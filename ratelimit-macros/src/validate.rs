@@ -1,7 +1,7 @@
 //! Validation: each attribute's arguments checked once and turned into typed options, which
 //! the expansion never checks or parses again.
 
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::str::FromStr;
 
 use proc_macro2::Span;
@@ -42,6 +42,7 @@ pub(crate) struct Options {
     pub(crate) algorithm: Option<Spanned<Algorithm>>,
     pub(crate) burst: Option<NonZeroU64>,
     pub(crate) cost: Option<Expr>,
+    pub(crate) concurrency: Option<NonZeroU32>,
     pub(crate) exempt_when: Option<Path>,
     pub(crate) error_message: Option<LitStr>,
     pub(crate) krate: Option<Path>,
@@ -87,6 +88,25 @@ pub(crate) fn validate(args: Args, errors: &mut Errors) -> Options {
         algorithm,
         burst,
         cost: args.cost.map(|(_, cost)| cost),
+        concurrency: args.concurrency.and_then(|(_, slots)| {
+            match slots.base10_parse::<u32>().ok().map(NonZeroU32::new) {
+                Some(Some(value)) => Some(value),
+                Some(None) => {
+                    errors.spanned(
+                        &slots,
+                        "zero concurrency: expected at least 1 request in flight per key",
+                    );
+                    None
+                }
+                None => {
+                    errors.spanned(
+                        &slots,
+                        "invalid concurrency: expected a whole number of requests in flight, below 2^32",
+                    );
+                    None
+                }
+            }
+        }),
         exempt_when: args.exempt_when.map(|(_, path)| path),
         error_message: args.error_message.map(|(_, message)| {
             non_empty(

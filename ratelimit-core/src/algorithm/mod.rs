@@ -22,7 +22,7 @@ use std::fmt;
 use std::str::FromStr;
 
 #[cfg(feature = "runtime")]
-pub use params::RateParams;
+pub use params::{InvalidScale, RateParams, Scale};
 
 /// How requests are counted against a rate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

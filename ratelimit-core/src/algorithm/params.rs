@@ -1,5 +1,9 @@
 //! A rate with the numbers the algorithms need, worked out once.
 
+use std::fmt;
+use std::num::NonZeroU64;
+use std::str::FromStr;
+
 use crate::rate::Rate;
 
 /// A rate with the numbers the algorithms need, worked out once when the limits are built.
@@ -37,6 +41,20 @@ impl RateParams {
         }
     }
 
+    /// These numbers with the amount (and a burst other than the amount) scaled by `scale`,
+    /// at least 1: what a rate counts with while [`Limiter::set_scale`](crate::Limiter::set_scale)
+    /// has scaled it.
+    #[inline]
+    pub fn scaled(&self, scale: Scale) -> RateParams {
+        if scale.is_full() {
+            return *self;
+        }
+        let amount = NonZeroU64::new(scale.apply(self.amount)).unwrap_or(NonZeroU64::MIN);
+        let rate = self.rate.with_amount(amount);
+        let burst = (self.burst != self.amount).then(|| scale.apply(self.burst));
+        RateParams::new(rate, burst)
+    }
+
     /// The rate.
     pub fn rate(&self) -> Rate {
         self.rate
@@ -69,3 +87,121 @@ impl RateParams {
         self.tolerance
     }
 }
+
+/// A factor applied to every amount at run time, such as 1/5 while a model warms up: set with
+/// [`Limiter::set_scale`](crate::Limiter::set_scale).
+///
+/// A scaled amount is `amount × numerator / denominator`, rounded down and at least 1; an
+/// explicit GCRA burst scales the same way. State is named without the amounts (see
+/// [`Limits::shape`](crate::Limits::shape)), so scaling keeps every count: a client that made 15 of its 100
+/// requests before the scale went to 1/5 has 5 of 20 left.
+///
+/// ```
+/// use ratelimit_core::{Limits, Scale};
+///
+/// let limits = Limits::parse("100/minute;7/second").unwrap();
+/// let warming = Scale::new(1, 5).unwrap();
+/// let scaled: Vec<u64> = limits.params().iter().map(|p| p.scaled(warming).amount()).collect();
+/// assert_eq!(scaled, [20, 1]); // 7/5 rounds down to 1; never 0
+/// assert_eq!(warming.to_string(), "1/5");
+/// assert!(Scale::FULL.is_full());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Scale {
+    numerator: u32,
+    denominator: u32,
+}
+
+impl Scale {
+    /// Every limit as configured.
+    pub const FULL: Scale = Scale {
+        numerator: 1,
+        denominator: 1,
+    };
+
+    /// `numerator / denominator`; `None` when either is 0.
+    pub const fn new(numerator: u32, denominator: u32) -> Option<Scale> {
+        if numerator == 0 || denominator == 0 {
+            None
+        } else {
+            Some(Scale {
+                numerator,
+                denominator,
+            })
+        }
+    }
+
+    /// The numerator.
+    pub const fn numerator(self) -> u32 {
+        self.numerator
+    }
+
+    /// The denominator.
+    pub const fn denominator(self) -> u32 {
+        self.denominator
+    }
+
+    /// Whether this scale leaves amounts as they are.
+    pub const fn is_full(self) -> bool {
+        self.numerator == self.denominator
+    }
+
+    /// `amount` scaled: rounded down, at least 1, at most `u64::MAX`.
+    pub fn apply(self, amount: u64) -> u64 {
+        if self.is_full() {
+            return amount;
+        }
+        let scaled = u128::from(amount) * u128::from(self.numerator) / u128::from(self.denominator);
+        u64::try_from(scaled).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// Packed in one word, for an atomic.
+    pub(crate) const fn to_bits(self) -> u64 {
+        ((self.numerator as u64) << 32) | self.denominator as u64
+    }
+
+    /// Unpacked from [`to_bits`](Scale::to_bits); `FULL` for a word no scale packs to.
+    pub(crate) const fn from_bits(bits: u64) -> Scale {
+        match Scale::new((bits >> 32) as u32, bits as u32) {
+            Some(scale) => scale,
+            None => Scale::FULL,
+        }
+    }
+}
+
+impl Default for Scale {
+    fn default() -> Scale {
+        Scale::FULL
+    }
+}
+
+impl fmt::Display for Scale {
+    /// `1/5`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.numerator, self.denominator)
+    }
+}
+
+impl FromStr for Scale {
+    type Err = InvalidScale;
+
+    /// `1/5`, or one whole number (`2` for twice the limits).
+    fn from_str(s: &str) -> Result<Scale, InvalidScale> {
+        let (n, d) = s.split_once('/').unwrap_or((s, "1"));
+        let n = n.trim().parse().map_err(|_| InvalidScale)?;
+        let d = d.trim().parse().map_err(|_| InvalidScale)?;
+        Scale::new(n, d).ok_or(InvalidScale)
+    }
+}
+
+/// A scale that is not `N/D` with both whole numbers above 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidScale;
+
+impl fmt::Display for InvalidScale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid scale: expected N/D with N and D whole numbers above 0, such as 1/5")
+    }
+}
+
+impl std::error::Error for InvalidScale {}

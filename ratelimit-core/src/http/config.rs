@@ -5,6 +5,7 @@ use std::sync::{Arc, LazyLock};
 
 use dashmap::DashSet;
 
+use super::enforce::RejectionLog;
 use super::key::{KeySource, TrustedProxies};
 use super::response::{HeaderStyle, RateLimited};
 use crate::limiter::Limiter;
@@ -27,6 +28,8 @@ pub(crate) struct HttpConfig {
     pub(crate) on_rejected: Option<RejectionHandler>,
     /// Routes known to carry an attribute, which default limits skip.
     pub(crate) limited_routes: Arc<DashSet<String>>,
+    /// Who was refused lately: one warning per client and spell.
+    pub(crate) rejections: Arc<RejectionLog>,
 }
 
 impl HttpConfig {
@@ -41,6 +44,7 @@ impl HttpConfig {
             exempt: Arc::from([]),
             on_rejected: None,
             limited_routes: Arc::default(),
+            rejections: Arc::default(),
         }
     }
 

@@ -5,15 +5,21 @@
 //! admission for the response headers.
 
 use std::cell::{Cell, RefCell};
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
+use std::time::Duration;
 
 use arrayvec::ArrayVec;
+use dashmap::DashMap;
 
 use super::config::HttpConfig;
 use super::key::Key;
 use super::response::{RateLimited, Rejection};
+use crate::clock::{Clock, MonotonicClock};
 use crate::decision::Decision;
+use crate::limiter::SlotLease;
 use crate::limits::Limits;
+use crate::observe::{Observation, Outcome};
 use crate::store::{Charge, Mode, StoreError};
 
 /// The most limits one request can meet: eight stacked attributes, the route's default limits
@@ -44,16 +50,18 @@ pub(crate) async fn enforce(
     entries: &[Entry<'_>],
     charged: &[Entry<'_>],
 ) -> Result<Option<Decision>, Rejection> {
+    // Timed only for an observer (the latency histogram of `Metrics`).
+    let started = Started::now(config);
     if let ([entry], []) = (entries, charged) {
         // One limit and nothing charged before it: nothing to group or give back.
         let charge = config.limiter.charge(entry.scope, entry.limits, entry.cost);
         let key = entry.key.as_bytes();
         return match check(config, key, std::slice::from_ref(&charge), Mode::Charge).await {
             Ok(decision) if decision.is_allowed() => {
-                Ok(Some(admit(config, route, entry, decision)))
+                Ok(Some(admit(config, route, entry, decision, started)))
             }
-            Ok(decision) => Err(refuse(config, route, entry, decision)),
-            Err(error) => Err(store_failed(route, error)),
+            Ok(decision) => Err(refuse(config, route, entry, decision, started)),
+            Err(error) => Err(store_failed(config, route, entry, error, started)),
         };
     }
     let mut admitted: Option<(Decision, usize)> = None;
@@ -93,25 +101,66 @@ pub(crate) async fn enforce(
         refund(config, &earlier).await;
         refund(config, charged).await;
         return Err(match refusal {
-            Ok((decision, entry)) => refuse(config, route, &entries[entry], decision),
-            Err(error) => store_failed(route, error),
+            Ok((decision, entry)) => refuse(config, route, &entries[entry], decision, started),
+            Err(error) => store_failed(config, route, &entries[first], error, started),
         });
     }
-    Ok(admitted.map(|(decision, entry)| admit(config, route, &entries[entry], decision)))
+    Ok(admitted.map(|(decision, entry)| admit(config, route, &entries[entry], decision, started)))
+}
+
+/// When a check started, for an observer; nothing read without one.
+#[derive(Clone, Copy)]
+struct Started(Option<quanta::Instant>);
+
+impl Started {
+    #[inline]
+    fn now(config: &HttpConfig) -> Started {
+        Started(config.limiter.is_observed().then(quanta::Instant::now))
+    }
+
+    #[inline]
+    fn elapsed(self) -> Duration {
+        self.0.map_or(Duration::ZERO, |at| {
+            at.elapsed().max(Duration::from_nanos(1))
+        })
+    }
 }
 
 /// A request admitted, bound by `entry`: observed, and kept for the response headers.
-fn admit(config: &HttpConfig, route: &str, entry: &Entry<'_>, decision: Decision) -> Decision {
-    config
-        .limiter
-        .observe(route, entry.key.as_bytes(), &decision);
+#[inline]
+fn admit(
+    config: &HttpConfig,
+    route: &str,
+    entry: &Entry<'_>,
+    decision: Decision,
+    started: Started,
+) -> Decision {
+    if config.limiter.is_observed() {
+        config.limiter.observe(
+            &Observation::new(route, entry.key.as_bytes(), Outcome::Allowed)
+                .with_decision(&decision)
+                .with_label(entry.limits.label())
+                .with_elapsed(started.elapsed()),
+        );
+    }
     record(decision);
     decision
 }
 
 #[cold]
-fn store_failed(route: &str, error: StoreError) -> Rejection {
+fn store_failed(
+    config: &HttpConfig,
+    route: &str,
+    entry: &Entry<'_>,
+    error: StoreError,
+    started: Started,
+) -> Rejection {
     tracing::error!(%error, route, "rate limit store failed");
+    config.limiter.observe(
+        &Observation::new(route, entry.key.as_bytes(), Outcome::StoreFailed)
+            .with_label(entry.limits.label())
+            .with_elapsed(started.elapsed()),
+    );
     Rejection::store_failed()
 }
 
@@ -189,28 +238,155 @@ async fn check(
     }
 }
 
-/// The answer to a refusal, logged and observed.
+/// The answer to a refusal, logged (once per spell, see [`RejectionLog`]) and observed.
 #[cold]
-fn refuse(config: &HttpConfig, route: &str, entry: &Entry<'_>, decision: Decision) -> Rejection {
+fn refuse(
+    config: &HttpConfig,
+    route: &str,
+    entry: &Entry<'_>,
+    decision: Decision,
+    started: Started,
+) -> Rejection {
     let key = entry.key.as_bytes();
-    config.limiter.observe(route, key, &decision);
+    config.limiter.observe(
+        &Observation::new(route, key, Outcome::Limited)
+            .with_decision(&decision)
+            .with_label(entry.limits.label())
+            .with_elapsed(started.elapsed()),
+    );
     let client = entry.key.client();
-    match client {
-        Some(ip) => {
-            tracing::warn!(client = %ip, route, limit = %decision.rate(), "rate limit exceeded")
+    let spell = decision
+        .reset_after()
+        .max(decision.retry_after().unwrap_or_default());
+    if let Some(unlogged) = config.rejections.first_of_spell(route, key, spell) {
+        let limit = decision.rate();
+        match client {
+            Some(ip) => tracing::warn!(
+                client = %ip, route, %limit, unlogged_before = unlogged,
+                "client rate limited: further rejections are counted, not logged, until its limit resets"
+            ),
+            None => tracing::warn!(
+                key = %String::from_utf8_lossy(key), route, %limit, unlogged_before = unlogged,
+                "client rate limited: further rejections are counted, not logged, until its limit resets"
+            ),
         }
-        None => tracing::warn!(
-            key = %String::from_utf8_lossy(key),
-            route,
-            limit = %decision.rate(),
-            "rate limit exceeded"
-        ),
     }
     match &config.on_rejected {
         Some(handler) => Rejection::custom(handler(&details(route, entry, decision, client))),
         None => Rejection::limited(&decision, entry.message, config.headers),
     }
 }
+
+/// One concurrency slot a request needs: at most `limit` requests of `key` in flight under
+/// `scope`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotNeed<'r> {
+    pub(crate) key: &'r Key,
+    pub(crate) scope: &'r str,
+    pub(crate) limit: u32,
+    pub(crate) message: Option<&'static str>,
+}
+
+/// The slots a request holds while its handler runs: each given back when dropped.
+pub type Leases = Vec<SlotLease>;
+
+/// Takes every slot in `needs`, before any rate is charged: all of them, or none and the
+/// 429 (so that a request refused for want of a slot consumes no rate).
+pub(crate) async fn take_slots(
+    config: &HttpConfig,
+    route: &str,
+    needs: &[SlotNeed<'_>],
+) -> Result<Leases, Rejection> {
+    let mut leases = Vec::with_capacity(needs.len());
+    for need in needs {
+        let started = Started::now(config);
+        match config
+            .limiter
+            .acquire_slot(need.scope, need.key.as_bytes(), need.limit)
+            .await
+        {
+            Ok(Some(lease)) => leases.push(lease),
+            Ok(None) => return Err(no_slot(config, route, need, started)),
+            Err(error) => {
+                tracing::error!(%error, route, "rate limit store failed to give a slot");
+                config.limiter.observe(
+                    &Observation::new(route, need.key.as_bytes(), Outcome::StoreFailed)
+                        .with_elapsed(started.elapsed()),
+                );
+                return Err(Rejection::store_failed());
+            }
+        }
+    }
+    Ok(leases)
+}
+
+#[cold]
+fn no_slot(config: &HttpConfig, route: &str, need: &SlotNeed<'_>, started: Started) -> Rejection {
+    let key = need.key.as_bytes();
+    config
+        .limiter
+        .observe(&Observation::new(route, key, Outcome::NoSlot).with_elapsed(started.elapsed()));
+    if let Some(unlogged) = config
+        .rejections
+        .first_of_spell(route, key, Duration::from_secs(1))
+    {
+        let client = need.key.client();
+        let key = String::from_utf8_lossy(key);
+        tracing::warn!(
+            client = ?client, %key, route, slots = need.limit, unlogged_before = unlogged,
+            "client has every concurrency slot in use: further rejections are counted, not logged, for a second"
+        );
+    }
+    Rejection::no_slot(need.limit, need.message)
+}
+
+/// Who was refused lately, so that a client that keeps knocking is logged once per spell:
+/// its first rejection writes a warning; the next ones, until its limit resets, are counted
+/// (and reported with the next warning). A flood of 429s is one log line per client and
+/// limit window, not one per request.
+#[derive(Debug, Default)]
+pub(crate) struct RejectionLog {
+    clock: MonotonicClock,
+    /// By a hash of route and key: when the spell ends (clock nanoseconds), and the
+    /// rejections not logged since it began.
+    spells: DashMap<u64, (u64, u64), foldhash::fast::RandomState>,
+}
+
+/// The most clients remembered; beyond, the table starts over (some get a second line).
+const REMEMBERED: usize = 100_000;
+
+impl RejectionLog {
+    /// `Some(rejections not logged in the spell before)` when this rejection starts a spell
+    /// (log it); `None` when it falls within one (counted only). A spell lasts `length`, at
+    /// least a second.
+    pub(crate) fn first_of_spell(&self, route: &str, key: &[u8], length: Duration) -> Option<u64> {
+        let now = self.clock.now();
+        let until = now.saturating_add(
+            u64::try_from(length.max(Duration::from_secs(1)).as_nanos()).unwrap_or(u64::MAX),
+        );
+        let mut hasher = SPELL.build_hasher();
+        hasher.write(route.as_bytes());
+        hasher.write_u8(0xff);
+        hasher.write(key);
+        let name = hasher.finish();
+        if let Some(mut spell) = self.spells.get_mut(&name) {
+            let (ends, unlogged) = *spell;
+            if now < ends {
+                spell.1 += 1;
+                return None;
+            }
+            *spell = (until, 0);
+            return Some(unlogged);
+        }
+        if self.spells.len() >= REMEMBERED {
+            self.spells.clear();
+        }
+        self.spells.insert(name, (until, 0));
+        Some(0)
+    }
+}
+
+static SPELL: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5be1_1ed0);
 
 fn details(
     route: &str,

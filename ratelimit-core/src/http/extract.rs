@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::num::NonZeroU32;
 use std::sync::{Arc, LazyLock};
 
 use arrayvec::ArrayVec;
@@ -12,7 +13,9 @@ use axum::extract::{FromRequestParts, MatchedPath};
 use http::request::Parts;
 
 use super::config::HttpConfig;
-use super::enforce::{self, Entry, LayerState, MAX_ENTRIES, enforce, settle};
+use super::enforce::{
+    self, Entry, LayerState, Leases, MAX_ENTRIES, SlotNeed, enforce, settle, take_slots,
+};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::Rejection;
 use crate::limits::Limits;
@@ -25,6 +28,7 @@ pub struct Policy {
     key: Option<KeySource>,
     scope: Option<&'static str>,
     error_message: Option<&'static str>,
+    concurrency: Option<NonZeroU32>,
 }
 
 impl Policy {
@@ -37,6 +41,7 @@ impl Policy {
             key: None,
             scope: None,
             error_message: None,
+            concurrency: None,
         }
     }
 
@@ -55,6 +60,14 @@ impl Policy {
     /// One budget shared by every handler naming the same scope.
     pub fn scope(mut self, scope: &'static str) -> Policy {
         self.scope = Some(scope);
+        self
+    }
+
+    /// At most `slots` requests of one key in flight at once (`concurrency = N`): a slot is
+    /// taken before any rate is charged and given back when the handler's future completes
+    /// or is dropped.
+    pub fn concurrency(mut self, slots: NonZeroU32) -> Policy {
+        self.concurrency = Some(slots);
         self
     }
 
@@ -348,7 +361,26 @@ async fn check(
     resolved: &[One],
     costs: Option<&[u64]>,
     layer: &LayerPart,
-) -> Result<(), Rejection> {
+) -> Result<Leases, Rejection> {
+    let handler = resolved.first().map_or("", |one| one.policy.handler);
+    let mut needs: ArrayVec<SlotNeed<'_>, 8> = ArrayVec::new();
+    for one in resolved {
+        if let (Some(key), Some(limit)) = (&one.key, one.policy.concurrency) {
+            needs.push(SlotNeed {
+                key,
+                scope: one.policy.scope.or(route).unwrap_or(one.policy.handler),
+                limit: limit.get(),
+                message: one.policy.error_message,
+            });
+        }
+    }
+    // Slots before rates: a request refused for want of a slot is charged nothing. A
+    // refused rate drops the leases, which gives the slots back.
+    let leases = if needs.is_empty() {
+        Leases::new()
+    } else {
+        take_slots(config, route.unwrap_or(handler), &needs).await?
+    };
     let mut entries: ArrayVec<Entry<'_>, MAX_ENTRIES> = ArrayVec::new();
     let mut charged: ArrayVec<Entry<'_>, 1> = ArrayVec::new();
     for (i, one) in resolved.iter().enumerate() {
@@ -367,9 +399,8 @@ async fn check(
         (LayerPart::Charged(key), Some(limits)) => charged.push(application_entry(key, limits)),
         _ => {}
     }
-    let handler = resolved.first().map_or("", |one| one.policy.handler);
     enforce(config, route.unwrap_or(handler), &entries, &charged).await?;
-    Ok(())
+    Ok(leases)
 }
 
 fn application_entry<'r>(key: &'r Key, limits: &'r Limits) -> Entry<'r> {
@@ -395,7 +426,11 @@ fn note_limited_route(config: &HttpConfig, route: Option<&str>) {
 
 /// The extractor the attribute injects: by the time the handler runs, the request has passed
 /// every limit of its attributes (or is exempt), and otherwise the client got the 429 answer.
+///
+/// With `concurrency = N` it holds the request's slots: they are given back when the
+/// handler's future, which owns the guard, completes or is dropped.
 pub struct Guard<S: Specs> {
+    _slots: Leases,
     _spec: PhantomData<fn() -> S>,
 }
 
@@ -414,11 +449,14 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
         let resolved = S::resolve(parts).await?;
         let path = route.unwrap_or("");
         let layer = settle(config, || LayerPart::take(config, parts, path)).await?;
-        settle(config, || {
+        let slots = settle(config, || {
             check(config, route, resolved.as_ref(), None, &layer)
         })
         .await?;
-        Ok(Guard { _spec: PhantomData })
+        Ok(Guard {
+            _slots: slots,
+            _spec: PhantomData,
+        })
     }
 }
 
@@ -457,8 +495,9 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
 
 impl<S: Specs> Deferred<S> {
     /// Checks the request now that the arguments are known: `costs` holds each attribute's
-    /// cost, in order.
-    pub async fn check(&self, costs: &[u64]) -> Result<(), Rejection> {
+    /// cost, in order. The slots of `concurrency = N` come back in the result: hold it
+    /// while the handler runs.
+    pub async fn check(&self, costs: &[u64]) -> Result<Leases, Rejection> {
         let route = self.route.as_ref().map(MatchedPath::as_str);
         let resolved = self.resolved.as_ref();
         settle(self.config, || {

@@ -7,6 +7,7 @@
 //! - `enforce`: the one place that checks a request and refuses it;
 //! - `extract`: the extractors and the spec the attribute generates;
 //! - `layer`: `Limiter::layer()`;
+//! - `metrics`: the handlers that serve [`Metrics`](crate::observe::Metrics) (JSON, Prometheus);
 //! - `response`: the 429 answer and the rate limit headers.
 
 mod config;
@@ -14,12 +15,15 @@ mod enforce;
 mod extract;
 mod key;
 mod layer;
+mod metrics;
 mod response;
 
 pub use config::AsLimits;
+pub use enforce::Leases;
 pub use extract::{
     Deferred, Guard, IntoKey, LimitsRef, One, Policy, Resolved, Spec, Specs, resolve_one, support,
 };
 pub use key::{KeySource, TrustedProxies};
 pub use layer::{RateLimitLayer, RateLimitService};
+pub use metrics::{metrics_json, metrics_prometheus};
 pub use response::{HeaderStyle, RateLimited, Rejection};

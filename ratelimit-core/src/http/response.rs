@@ -97,6 +97,22 @@ impl Rejection {
         )))
     }
 
+    /// The 429 of a request that found every concurrency slot of its key taken: it was
+    /// charged nothing, and a slot is likely free within a second.
+    pub(crate) fn no_slot(limit: u32, message: Option<&str>) -> Rejection {
+        let detail = match message {
+            Some(message) => message.to_owned(),
+            None => format!(
+                "Too many concurrent requests: at most {limit} in flight per client; retry when one completes"
+            ),
+        };
+        let mut response = json(StatusCode::TOO_MANY_REQUESTS, &detail);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        Rejection(Box::new(response))
+    }
+
     pub(crate) fn store_failed() -> Rejection {
         Rejection(Box::new(json(
             StatusCode::SERVICE_UNAVAILABLE,

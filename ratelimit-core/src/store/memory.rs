@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use super::{Charge, CheckRequest, LimitState, Mode, Store, StoreError, StoreFuture};
+use super::slots::Slots;
+use super::{Charge, CheckRequest, LimitState, Mode, SlotRequest, Store, StoreError, StoreFuture};
 use crate::algorithm::{Algorithm, gcra};
 use crate::clock::{Clock, MonotonicClock};
 use crate::decision::Decision;
@@ -79,6 +80,7 @@ pub struct MemoryStore<C: Clock = MonotonicClock> {
     refused: AtomicU64,
     evicted: AtomicU64,
     long_keys: (LongKeySeed, LongKeySeed),
+    slots: Slots,
 }
 
 #[derive(Default)]
@@ -137,7 +139,7 @@ impl Slot for GcraSlot {
 
     #[inline(always)]
     fn check(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
-        let rate = &charge.limits.params()[0];
+        let rate = &charge.param(0);
         if self.touched.load(Ordering::Relaxed) != tick(now) {
             self.touched.store(tick(now), Ordering::Relaxed);
         }
@@ -238,7 +240,14 @@ impl<C: Clock> MemoryStore<C> {
             refused: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             long_keys: Default::default(),
+            slots: Slots::default(),
         }
+    }
+
+    /// The concurrency slots this store counts.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn slots(&self) -> &Slots {
+        &self.slots
     }
 
     /// Caps the number of tracked keys at `capacity` (at least 1).
@@ -516,7 +525,7 @@ impl<C: Clock> MemoryStore<C> {
     #[cold]
     fn refusal(&self, charge: &Charge<'_>, now: u64) -> Decision {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        let rate = &charge.limits.params()[0];
+        let rate = &charge.param(0);
         let retry = self
             .next_sweep
             .load(Ordering::Relaxed)
@@ -567,6 +576,16 @@ impl<C: Clock> Store for MemoryStore<C> {
 
     fn answer_now(&self, request: &CheckRequest<'_>) -> Option<Result<Decision, StoreError>> {
         Some(Ok(self.check_now(request)))
+    }
+
+    /// Slots are counted in process memory and come back when their request ends; the
+    /// lease is always 0.
+    fn acquire_slot<'a>(&'a self, request: SlotRequest<'a>) -> StoreFuture<'a, Option<u64>> {
+        StoreFuture::ready(Ok(self.slots.acquire(&request).then_some(0)))
+    }
+
+    fn release_slot(&self, request: SlotRequest<'_>, _lease: u64) {
+        self.slots.release(&request);
     }
 }
 

@@ -9,6 +9,7 @@
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+mod slots;
 mod state;
 
 use std::fmt;
@@ -18,10 +19,10 @@ use std::task::{Context, Poll};
 
 pub use memory::{DEFAULT_CAPACITY, MemoryStore, WhenFull};
 #[cfg(feature = "redis")]
-pub use redis::{DEFAULT_TIMEOUT, FailurePolicy, RedisStore};
+pub use redis::{DEFAULT_SLOT_LEASE, DEFAULT_TIMEOUT, FailurePolicy, RedisStore};
 pub use state::LimitState;
 
-use crate::algorithm::Algorithm;
+use crate::algorithm::{Algorithm, RateParams, Scale};
 use crate::decision::Decision;
 use crate::limits::Limits;
 
@@ -52,6 +53,74 @@ pub struct Charge<'a> {
     pub algorithm: Algorithm,
     /// How many units the request takes (0 judges without storing anything).
     pub cost: u64,
+    /// The factor on every amount, [`Scale::FULL`] unless the limiter was scaled
+    /// ([`Limiter::set_scale`](crate::Limiter::set_scale)). Stores count with
+    /// [`params`](Charge::params), which applies it.
+    pub scale: Scale,
+}
+
+impl<'a> Charge<'a> {
+    /// A charge of `cost` units under `limits`, counted by `algorithm`, unscaled.
+    pub fn new(scope: &'a str, limits: &'a Limits, algorithm: Algorithm, cost: u64) -> Charge<'a> {
+        Charge {
+            scope,
+            limits,
+            algorithm,
+            cost,
+            scale: Scale::FULL,
+        }
+    }
+
+    /// The numbers of each rate as the algorithms count them: the limits' own, scaled.
+    /// Borrowed when the scale is full; built on the stack for up to four scaled rates.
+    #[inline]
+    pub fn params(&self) -> Params<'a> {
+        let params = self.limits.params();
+        if self.scale.is_full() {
+            return Params::Borrowed(params);
+        }
+        if params.len() <= INLINE_PARAMS {
+            let mut inline = [params[0]; INLINE_PARAMS];
+            for (slot, p) in inline.iter_mut().zip(params) {
+                *slot = p.scaled(self.scale);
+            }
+            return Params::Inline(inline, params.len());
+        }
+        Params::Heap(params.iter().map(|p| p.scaled(self.scale)).collect())
+    }
+
+    /// The numbers of the rate at `index`, scaled.
+    #[inline(always)]
+    pub fn param(&self, index: usize) -> RateParams {
+        self.limits.params()[index].scaled(self.scale)
+    }
+}
+
+const INLINE_PARAMS: usize = 4;
+
+/// The scaled numbers of a charge's rates ([`Charge::params`]); derefs to a slice.
+// A temporary on the stack, whose point is not to allocate: the inline variant stays.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Params<'a> {
+    /// The limits' own numbers (scale 1).
+    Borrowed(&'a [RateParams]),
+    /// Up to four scaled rates: the first `len` of the array.
+    Inline([RateParams; INLINE_PARAMS], usize),
+    /// More scaled rates.
+    Heap(Vec<RateParams>),
+}
+
+impl std::ops::Deref for Params<'_> {
+    type Target = [RateParams];
+
+    fn deref(&self) -> &[RateParams] {
+        match self {
+            Params::Borrowed(params) => params,
+            Params::Inline(params, len) => &params[..*len],
+            Params::Heap(params) => params,
+        }
+    }
 }
 
 /// One request of one key, against everything that applies to it under that key.
@@ -106,6 +175,40 @@ pub trait Store: Send + Sync + 'static {
         let _ = request;
         None
     }
+
+    /// Takes one of `request.limit` slots: `Some(lease)` when one was free (give it back
+    /// with [`release_slot`](Store::release_slot)), `None` when all are taken. A slot must
+    /// come back even when its holder never returns it (a crashed instance): a shared store
+    /// gives its slots as leases that expire. The default keeps no slots and says so.
+    fn acquire_slot<'a>(&'a self, request: SlotRequest<'a>) -> StoreFuture<'a, Option<u64>> {
+        let _ = request;
+        StoreFuture::ready(Err(StoreError::new(
+            "this store keeps no concurrency slots",
+        )))
+    }
+
+    /// Gives back the slot `lease` (from [`acquire_slot`](Store::acquire_slot)) when the
+    /// request ends or is dropped. Returns at once; a networked store sends it in the
+    /// background (and, should that fail, the lease expires).
+    fn release_slot(&self, request: SlotRequest<'_>, lease: u64) {
+        let _ = (request, lease);
+    }
+
+    /// For a store shared by several instances: the [`Scale`] they share under `prefix`,
+    /// as this process last read it (it reads it again in the background, at most about a
+    /// second apart). `None`, the default, for a store private to this process: then the
+    /// limiter's own scale applies.
+    fn shared_scale(&self, prefix: &str) -> Option<Scale> {
+        let _ = prefix;
+        None
+    }
+
+    /// Makes `scale` the one every instance sharing this store uses under `prefix`
+    /// ([`Limiter::set_scale`](crate::Limiter::set_scale)). The default has nobody to tell.
+    fn publish_scale<'a>(&'a self, prefix: &'a str, scale: Scale) -> StoreFuture<'a, ()> {
+        let _ = (prefix, scale);
+        StoreFuture::ready(Ok(()))
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -116,38 +219,53 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn answer_now(&self, request: &CheckRequest<'_>) -> Option<Result<Decision, StoreError>> {
         (**self).answer_now(request)
     }
+
+    fn acquire_slot<'a>(&'a self, request: SlotRequest<'a>) -> StoreFuture<'a, Option<u64>> {
+        (**self).acquire_slot(request)
+    }
+
+    fn release_slot(&self, request: SlotRequest<'_>, lease: u64) {
+        (**self).release_slot(request, lease);
+    }
+
+    fn shared_scale(&self, prefix: &str) -> Option<Scale> {
+        (**self).shared_scale(prefix)
+    }
+
+    fn publish_scale<'a>(&'a self, prefix: &'a str, scale: Scale) -> StoreFuture<'a, ()> {
+        (**self).publish_scale(prefix, scale)
+    }
 }
 
-type BoxedCheck<'a> = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send + 'a>>;
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-/// The future a [`Store`] answers with: ready at once, or a boxed `async` block.
-#[must_use = "a store check does nothing until it is awaited"]
-pub struct StoreFuture<'a>(Inner<'a>);
+/// The future a [`Store`] answers with: ready at once, or a boxed `async` block. A check
+/// answers a [`Decision`]; the other calls answer what they say.
+#[must_use = "a store call does nothing until it is awaited"]
+pub struct StoreFuture<'a, T = Decision>(Inner<'a, T>);
 
-enum Inner<'a> {
-    Ready(Option<Result<Decision, StoreError>>),
-    Pending(BoxedCheck<'a>),
+enum Inner<'a, T> {
+    Ready(Option<Result<T, StoreError>>),
+    Pending(Boxed<'a, T>),
 }
 
-impl<'a> StoreFuture<'a> {
+impl<'a, T> StoreFuture<'a, T> {
     /// An answer that is already known.
     #[inline]
-    pub fn ready(result: Result<Decision, StoreError>) -> StoreFuture<'a> {
+    pub fn ready(result: Result<T, StoreError>) -> StoreFuture<'a, T> {
         StoreFuture(Inner::Ready(Some(result)))
     }
 
     /// An answer that takes I/O: `StoreFuture::new(async move { ... })`.
     pub fn new(
-        future: impl Future<Output = Result<Decision, StoreError>> + Send + 'a,
-    ) -> StoreFuture<'a> {
+        future: impl Future<Output = Result<T, StoreError>> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
         StoreFuture(Inner::Pending(Box::pin(future)))
     }
-}
 
-impl<'a> StoreFuture<'a> {
     /// The answer, when it was known at once; the future back otherwise (not yet polled, so
     /// it has done nothing).
-    pub fn into_ready(self) -> Result<Result<Decision, StoreError>, StoreFuture<'a>> {
+    pub fn into_ready(self) -> Result<Result<T, StoreError>, StoreFuture<'a, T>> {
         match self.0 {
             Inner::Ready(Some(result)) => Ok(result),
             inner => Err(StoreFuture(inner)),
@@ -155,12 +273,15 @@ impl<'a> StoreFuture<'a> {
     }
 }
 
-impl Future for StoreFuture<'_> {
-    type Output = Result<Decision, StoreError>;
+// Nothing in it is pinned in place: the pending future is boxed.
+impl<T> Unpin for StoreFuture<'_, T> {}
+
+impl<T> Future for StoreFuture<'_, T> {
+    type Output = Result<T, StoreError>;
 
     #[inline]
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.0 {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
             Inner::Ready(result) => {
                 Poll::Ready(result.take().expect("StoreFuture polled after completion"))
             }
@@ -169,7 +290,7 @@ impl Future for StoreFuture<'_> {
     }
 }
 
-impl fmt::Debug for StoreFuture<'_> {
+impl<T> fmt::Debug for StoreFuture<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.0 {
             Inner::Ready(_) => "ready",
@@ -177,6 +298,20 @@ impl fmt::Debug for StoreFuture<'_> {
         };
         f.debug_tuple("StoreFuture").field(&state).finish()
     }
+}
+
+/// One request asking for a concurrency slot (`concurrency = N` on the attribute): at most
+/// `limit` requests of `key` under `scope` in flight at once.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotRequest<'a> {
+    /// The limiter's key prefix.
+    pub prefix: &'a str,
+    /// The route, or the name several routes share.
+    pub scope: &'a str,
+    /// Who is counted.
+    pub key: &'a [u8],
+    /// How many requests of the key may be in flight at once.
+    pub limit: u32,
 }
 
 /// A store could not answer: its server is down, timed out, or said something unexpected.

@@ -13,7 +13,7 @@ use crate::decision::Decision;
 /// use ratelimit_core::{Algorithm, Limits};
 ///
 /// let limits = Limits::parse("2/second").unwrap();
-/// let charge = Charge { scope: "", limits: &limits, algorithm: Algorithm::Gcra, cost: 1 };
+/// let charge = Charge::new("", &limits, Algorithm::Gcra, 1);
 /// let mut state = LimitState::new(&charge);
 /// assert!(state.check(&charge, 0, Mode::Charge).is_allowed());
 /// assert!(state.check(&charge, 0, Mode::Charge).is_allowed());
@@ -41,7 +41,8 @@ impl LimitState {
     /// A state made for other limits (another number of rates, another algorithm) starts
     /// over.
     pub fn check(&mut self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
-        let params = charge.limits.params();
+        let params = charge.params();
+        let params = &*params;
         let fresh = State::new(charge.algorithm);
         if self.states.len() != params.len() || !self.states.iter().all(|s| s.same_kind(&fresh)) {
             self.states = vec![fresh; params.len()];
@@ -63,7 +64,7 @@ impl LimitState {
     pub fn expires_at(&self, charge: &Charge<'_>) -> u64 {
         self.states
             .iter()
-            .zip(charge.limits.params())
+            .zip(charge.params().iter())
             .map(|(state, rate)| state.expires_at(rate))
             .max()
             .unwrap_or(0)

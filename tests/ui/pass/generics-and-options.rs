@@ -50,9 +50,16 @@ async fn options() -> &'static str {
     "ok"
 }
 
+#[rate_limit("10/minute", concurrency = 2)]
+#[rate_limit("50/minute", key = global, concurrency = 8, cost = batch.len())]
+async fn slots(axum::Json(batch): axum::Json<Vec<u32>>) -> String {
+    batch.len().to_string()
+}
+
 fn main() {
     let _: Router = Router::new()
         .route("/m", get(generic::<Tiny>))
         .route("/o", get(options))
+        .route("/s", axum::routing::post(slots))
         .with_state(Arc::new(Tiny));
 }

@@ -36,10 +36,15 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, Script, ScriptInvocation};
 
-use super::{Charge, CheckRequest, MemoryStore, Mode, Store, StoreError, StoreFuture};
+use super::{Charge, CheckRequest, MemoryStore, Mode, SlotRequest, Store, StoreError, StoreFuture};
 use crate::algorithm::Algorithm;
+use crate::algorithm::Scale;
 use crate::clock::{Clock, MonotonicClock};
 use crate::decision::Decision;
+
+mod shared;
+
+pub use shared::DEFAULT_SLOT_LEASE;
 
 static CHECK: &str = include_str!("check.lua");
 
@@ -162,6 +167,9 @@ pub struct RedisStore {
     blocked: Arc<Blocked>,
     cache_blocked: bool,
     monotonic: MonotonicClock,
+    slots: Arc<shared::Slots>,
+    slot_lease: Duration,
+    scales: Arc<shared::Scales>,
 }
 
 /// Makes ring the process's TLS cryptography unless something chose one already, so that a
@@ -180,7 +188,10 @@ enum Connection {
 
 impl Connection {
     /// Runs the script (`EVALSHA`, loading it on `NOSCRIPT`: on every primary of a cluster).
-    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> redis::RedisResult<Vec<i64>> {
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
         match self {
             Connection::Single(manager) => invocation.invoke_async(&mut manager.clone()).await,
             Connection::Cluster(cluster) => {
@@ -192,7 +203,11 @@ impl Connection {
     }
 
     async fn ping(&self) -> redis::RedisResult<()> {
-        let command = redis::cmd("PING");
+        self.query(redis::cmd("PING")).await
+    }
+
+    /// One command, on the node that holds its key.
+    async fn query<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> redis::RedisResult<T> {
         match self {
             Connection::Single(manager) => command.query_async(&mut manager.clone()).await,
             Connection::Cluster(cluster) => {
@@ -246,7 +261,7 @@ impl Blocked {
             h.write_u8(0xff);
             h.write_usize(charge.algorithm.index());
             h.write_u64(charge.cost);
-            for rate in charge.limits.params() {
+            for rate in charge.params().iter() {
                 h.write_u64(rate.amount());
                 h.write_u64(rate.period_nanos());
                 h.write_u64(rate.burst());
@@ -360,6 +375,9 @@ impl RedisStore {
             blocked: Arc::default(),
             cache_blocked: true,
             monotonic: MonotonicClock::new(),
+            slots: Arc::default(),
+            slot_lease: DEFAULT_SLOT_LEASE,
+            scales: Arc::default(),
         };
         store.ping().await;
         Ok(store)
@@ -450,7 +468,7 @@ impl RedisStore {
                 Ok(self.fallback.check_now(request))
             }
             FailurePolicy::FailOpen => {
-                let rate = request.charges[0].limits.params()[0].rate();
+                let rate = request.charges[0].param(0).rate();
                 Ok(Decision::allowed(rate, rate.amount(), Duration::ZERO))
             }
             FailurePolicy::FailClosed => Err(StoreError::new(format!(
@@ -525,7 +543,7 @@ impl Store for RedisStore {
         };
         invocation.arg(now).arg(mode).arg(request.charges.len());
         for charge in request.charges {
-            let params = charge.limits.params();
+            let params = charge.params();
             invocation
                 .arg(algorithm_code(charge.algorithm))
                 .arg(charge.cost)
@@ -551,7 +569,7 @@ impl Store for RedisStore {
             }
         }
         StoreFuture::new(async move {
-            let call = self.connection.invoke(&invocation);
+            let call = self.connection.invoke::<Vec<i64>>(&invocation);
             match tokio::time::timeout(self.timeout, call).await {
                 Ok(Ok(reply)) => {
                     self.health.answered(&self.url);
@@ -586,6 +604,24 @@ impl Store for RedisStore {
         }
         self.health.skip().then(|| self.degraded(request))
     }
+
+    /// A lease in a sorted set that expires ([`RedisStore::slot_lease`]); while Redis is
+    /// down, as the failure policy says (the in-memory fallback counts slots too).
+    fn acquire_slot<'a>(&'a self, request: SlotRequest<'a>) -> StoreFuture<'a, Option<u64>> {
+        self.acquire_slot_in_redis(request)
+    }
+
+    fn release_slot(&self, request: SlotRequest<'_>, lease: u64) {
+        self.release_slot_in_redis(&request, lease);
+    }
+
+    fn shared_scale(&self, prefix: &str) -> Option<Scale> {
+        self.shared_scale_of(prefix)
+    }
+
+    fn publish_scale<'a>(&'a self, prefix: &'a str, scale: Scale) -> StoreFuture<'a, ()> {
+        self.publish_scale_to_redis(prefix, scale)
+    }
 }
 
 /// The script's answer as a decision.
@@ -602,8 +638,9 @@ fn decision(request: &CheckRequest<'_>, reply: &[i64]) -> Result<Decision, Store
     let binding = request
         .charges
         .get(charge_index)
-        .and_then(|c| c.limits.params().get(rate_index))
+        .filter(|c| rate_index < c.limits.params().len())
         .ok_or_else(|| StoreError::new("the Redis script named a rate the request does not have"))?
+        .param(rate_index)
         .rate();
     let decision = if *allowed == 1 {
         Decision::allowed(binding, as_u64(remaining), micros(reset))

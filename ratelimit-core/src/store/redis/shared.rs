@@ -1,0 +1,261 @@
+//! What instances share in Redis besides the counts: concurrency slots, as leases that
+//! expire, and the scale of every limit.
+//!
+//! Slots of one key under one scope are a sorted set, `<prefix>:{<key>}:<scope>:slots`, of
+//! lease ids scored by the instant (Redis's clock, milliseconds) they expire: taking one
+//! drops the expired leases and adds one when fewer than the limit are left, in one script;
+//! giving one back removes it. An instance that dies holding slots holds them only until
+//! their leases run out ([`RedisStore::slot_lease`]).
+//!
+//! The scale of a prefix is the string `N/D` at `<prefix>:scale`, written by
+//! [`Limiter::set_scale`](crate::Limiter::set_scale) and read again by every instance in the
+//! background, at most about once a second.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use redis::Script;
+
+use super::RedisStore;
+use crate::algorithm::Scale;
+use crate::store::{SlotRequest, StoreError, StoreFuture};
+
+/// How long a slot lease lasts unless given back first, by default.
+pub const DEFAULT_SLOT_LEASE: Duration = Duration::from_secs(60);
+
+/// How often, at most, an instance reads the shared scale again.
+const SCALE_REFRESH: Duration = Duration::from_secs(1);
+
+/// A lease given by the in-memory fallback while Redis was down: the top bit of its id.
+const LOCAL_LEASE: u64 = 1 << 63;
+
+static ACQUIRE: &str = r"
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// The slot script and the ids of this instance's leases.
+#[derive(Debug)]
+pub(super) struct Slots {
+    script: Script,
+    /// Unique per instance (time and process id at start), so two instances' ids differ.
+    base: u64,
+    next: AtomicU64,
+}
+
+impl Default for Slots {
+    fn default() -> Slots {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Slots {
+            script: Script::new(ACQUIRE),
+            base: (nanos ^ (u64::from(std::process::id()) << 40)) & !LOCAL_LEASE,
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The scale of each prefix as this instance last read it.
+#[derive(Debug, Default)]
+pub(super) struct Scales {
+    known: DashMap<Box<str>, Arc<KnownScale>, foldhash::fast::RandomState>,
+}
+
+#[derive(Debug, Default)]
+struct KnownScale {
+    /// `Scale::to_bits`, or 0 while none was read.
+    bits: AtomicU64,
+    /// Milliseconds on the store's clock of the last read started.
+    read_at: AtomicU64,
+    reading: AtomicBool,
+}
+
+/// The name of a key's slots.
+fn slots_name(request: &SlotRequest<'_>) -> Vec<u8> {
+    let mut name = Vec::with_capacity(request.prefix.len() + request.key.len() + 16);
+    name.extend_from_slice(request.prefix.as_bytes());
+    name.extend_from_slice(b":{");
+    name.extend_from_slice(request.key);
+    name.extend_from_slice(b"}:");
+    name.extend_from_slice(request.scope.as_bytes());
+    name.extend_from_slice(b":slots");
+    name
+}
+
+fn scale_name(prefix: &str) -> String {
+    format!("{prefix}:scale")
+}
+
+impl RedisStore {
+    /// How long a concurrency slot is held at most when its request never gives it back (an
+    /// instance that crashed): 60 seconds by default. Make it longer than your slowest
+    /// request: a lease that runs out while its request still runs frees the slot early.
+    pub fn slot_lease(mut self, lease: Duration) -> RedisStore {
+        self.slot_lease = lease.max(Duration::from_millis(1));
+        self
+    }
+
+    pub(super) fn acquire_slot_in_redis<'a>(
+        &'a self,
+        request: SlotRequest<'a>,
+    ) -> StoreFuture<'a, Option<u64>> {
+        if !self.health.try_redis() {
+            return StoreFuture::ready(self.degraded_slot(&request));
+        }
+        let lease = self
+            .slots
+            .base
+            .wrapping_add(self.slots.next.fetch_add(1, Ordering::Relaxed))
+            & !LOCAL_LEASE;
+        let name = slots_name(&request);
+        let lease_ms = u64::try_from(self.slot_lease.as_millis()).unwrap_or(u64::MAX);
+        StoreFuture::new(async move {
+            let mut invocation = self.slots.script.prepare_invoke();
+            invocation
+                .key(name)
+                .arg(request.limit)
+                .arg(lease)
+                .arg(lease_ms);
+            match tokio::time::timeout(self.timeout, self.connection.invoke::<i64>(&invocation))
+                .await
+            {
+                Ok(Ok(taken)) => {
+                    self.health.answered(&self.url);
+                    Ok((taken == 1).then_some(lease))
+                }
+                Ok(Err(error)) => {
+                    self.health.failed(&self.url, &error);
+                    self.degraded_slot(&request)
+                }
+                Err(_) => {
+                    self.health.failed(
+                        &self.url,
+                        &format_args!("no answer within {:?}", self.timeout),
+                    );
+                    self.degraded_slot(&request)
+                }
+            }
+        })
+    }
+
+    /// A slot while Redis is down, as the failure policy says.
+    fn degraded_slot(&self, request: &SlotRequest<'_>) -> Result<Option<u64>, StoreError> {
+        use super::FailurePolicy;
+        match self.policy {
+            FailurePolicy::FallBackToMemory => {
+                self.health.fallbacks.fetch_add(1, Ordering::Relaxed);
+                Ok(self
+                    .fallback
+                    .slots()
+                    .acquire(request)
+                    .then_some(LOCAL_LEASE))
+            }
+            // A lease no one holds: giving it back is a no-op.
+            FailurePolicy::FailOpen => Ok(Some(LOCAL_LEASE | 1)),
+            FailurePolicy::FailClosed => Err(StoreError::new(format!(
+                "Redis at {} is unavailable and the failure policy is to refuse",
+                self.url
+            ))),
+        }
+    }
+
+    pub(super) fn release_slot_in_redis(&self, request: &SlotRequest<'_>, lease: u64) {
+        if lease == LOCAL_LEASE {
+            self.fallback.slots().release(request);
+            return;
+        }
+        if lease & LOCAL_LEASE != 0 {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime to send it from: the lease expires
+        };
+        let mut command = redis::cmd("ZREM");
+        command.arg(slots_name(request)).arg(lease);
+        let connection = self.connection.clone();
+        let timeout = self.timeout.max(Duration::from_millis(500));
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(timeout, connection.query::<i64>(command)).await;
+        });
+    }
+
+    pub(super) fn shared_scale_of(&self, prefix: &str) -> Option<Scale> {
+        let known = match self.scales.known.get(prefix) {
+            Some(known) => Arc::clone(&known),
+            None => Arc::clone(&self.scales.known.entry(prefix.into()).or_default()),
+        };
+        let now = self.micros() / 1_000;
+        let read_at = known.read_at.load(Ordering::Relaxed);
+        let due = read_at == 0 || now.saturating_sub(read_at) >= SCALE_REFRESH.as_millis() as u64;
+        if due && !known.reading.swap(true, Ordering::AcqRel) {
+            known.read_at.store(now.max(1), Ordering::Relaxed);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let connection = self.connection.clone();
+                let name = scale_name(prefix);
+                let timeout = self.timeout.max(Duration::from_millis(500));
+                let known = Arc::clone(&known);
+                runtime.spawn(async move {
+                    let mut command = redis::cmd("GET");
+                    command.arg(name);
+                    let read =
+                        tokio::time::timeout(timeout, connection.query::<Option<String>>(command));
+                    if let Ok(Ok(value)) = read.await {
+                        let bits = value
+                            .and_then(|v| v.parse::<Scale>().ok())
+                            .map_or(0, Scale::to_bits);
+                        known.bits.store(bits, Ordering::Relaxed);
+                    }
+                    known.reading.store(false, Ordering::Release);
+                });
+            } else {
+                known.reading.store(false, Ordering::Release);
+            }
+        }
+        match known.bits.load(Ordering::Relaxed) {
+            0 => None,
+            bits => Some(Scale::from_bits(bits)),
+        }
+    }
+
+    pub(super) fn publish_scale_to_redis<'a>(
+        &'a self,
+        prefix: &'a str,
+        scale: Scale,
+    ) -> StoreFuture<'a, ()> {
+        self.scales
+            .known
+            .entry(prefix.into())
+            .or_default()
+            .bits
+            .store(scale.to_bits(), Ordering::Relaxed);
+        StoreFuture::new(async move {
+            let mut command = redis::cmd("SET");
+            command.arg(scale_name(prefix)).arg(scale.to_string());
+            let timeout = self.timeout.max(Duration::from_millis(500));
+            match tokio::time::timeout(timeout, self.connection.query::<()>(command)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(StoreError::with_source(
+                    format!(
+                        "could not publish the scale {scale} to Redis at {}",
+                        self.url
+                    ),
+                    error,
+                )),
+                Err(_) => Err(StoreError::new(format!(
+                    "could not publish the scale {scale} to Redis at {}: no answer within {timeout:?}",
+                    self.url
+                ))),
+            }
+        })
+    }
+}
