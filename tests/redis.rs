@@ -137,3 +137,82 @@ async fn failing_closed_answers_503_json() {
         json!({"detail": "Rate limiting is unavailable; try again shortly"})
     );
 }
+
+#[path = "../examples/ml_api.rs"]
+#[allow(dead_code)]
+mod ml_api;
+
+fn features() -> Value {
+    json!({"features": [6.0, 2.7, 4.1, 1.3]})
+}
+
+async fn ml_api_on(url: &str, heavy_ms: u64, warmup: Duration) -> std::net::SocketAddr {
+    let config = ml_api::Config {
+        redis_url: Some(url.to_owned()),
+        heavy: Duration::from_millis(heavy_ms),
+        warmup,
+    };
+    serve(ml_api::app(&config).await.unwrap()).await
+}
+
+/// Two `ml_api` instances on one Redis: one tier budget, one set of inference slots, and the
+/// warm-up scale of a newly started instance applies to both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ml_api_instances_share_tiers_slots_and_the_warm_up_scale() {
+    let server = RedisServer::start();
+    let a = ml_api_on(&server.url(), 1500, Duration::ZERO).await;
+    let b = ml_api_on(&server.url(), 1500, Duration::ZERO).await;
+    let client = client_from("127.0.6.20");
+    // The free tier's 20 per minute, across both instances.
+    let mut admitted = 0;
+    for i in 0..30 {
+        let r = client
+            .post(format!("http://{}/predict", if i % 2 == 0 { a } else { b }))
+            .header("x-api-key", "shared-free-key")
+            .json(&features())
+            .send()
+            .await
+            .unwrap();
+        admitted += usize::from(r.status() == 200);
+    }
+    assert_eq!(admitted, 20);
+    // Two heavy slots per client in all: one taken on each instance, the third is refused.
+    let heavy = |addr: std::net::SocketAddr| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .post(format!("http://{addr}/models/heavy/predict"))
+                .json(&features())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let (first, second) = (heavy(a), heavy(b));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(heavy(a).await.unwrap(), 429);
+    assert_eq!(heavy(b).await.unwrap(), 429);
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(second.await.unwrap(), 200);
+    // A third instance starts and warms up: every instance runs at 1/5 until it is ready.
+    let _c = ml_api_on(&server.url(), 10, Duration::from_secs(30)).await;
+    let other = client_from("127.0.6.21");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = other
+            .post(format!("http://{a}/models/lightweight/predict"))
+            .json(&features())
+            .send()
+            .await
+            .unwrap();
+        if r.headers()["x-ratelimit-limit"] == "20" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance a never followed the warm-up scale"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -407,12 +407,14 @@ impl prometheus_client::collector::Collector for Metrics {
             }
         }
         let latency = &self.inner.latency;
-        let mut cumulative = 0;
+        // Per bucket: the encoder sums them into Prometheus's cumulative buckets.
+        let mut count = 0;
         let mut buckets = Vec::with_capacity(LATENCY_BOUNDS.len() + 1);
-        for (i, count) in latency.buckets.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
+        for (i, bucket) in latency.buckets.iter().enumerate() {
+            let n = bucket.load(Ordering::Relaxed);
+            count += n;
             let bound = LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY);
-            buckets.push((bound, cumulative));
+            buckets.push((bound, n));
         }
         let sum = latency.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let metric = encoder.encode_descriptor(
@@ -422,7 +424,7 @@ impl prometheus_client::collector::Collector for Metrics {
             MetricType::Histogram,
         )?;
         let mut metric = metric;
-        metric.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+        metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 }
 

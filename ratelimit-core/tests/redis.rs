@@ -555,3 +555,179 @@ async fn redis_unix_connects_over_a_socket() {
     assert!(!limiter.check(&limits, "k", 1).await.unwrap().is_allowed());
     assert_eq!(store.fallbacks(), 0);
 }
+
+async fn on_redis(url: &str, store: impl FnOnce(RedisStore) -> RedisStore) -> Limiter {
+    Limiter::builder()
+        .store(store(RedisStore::connect(url).await.unwrap()))
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_slots_are_shared_by_instances_and_come_back() {
+    let server = RedisServer::start();
+    let a = on_redis(&server.url(), |s| s).await;
+    let b = on_redis(&server.url(), |s| s).await;
+    let first = a.acquire_slot("/heavy", "client", 2).await.unwrap();
+    let second = b.acquire_slot("/heavy", "client", 2).await.unwrap();
+    assert!(first.is_some() && second.is_some());
+    // Both slots are taken, whichever instance asks.
+    assert!(
+        a.acquire_slot("/heavy", "client", 2)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        b.acquire_slot("/heavy", "client", 2)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Another key, another scope: slots of their own.
+    assert!(
+        a.acquire_slot("/heavy", "other", 2)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        a.acquire_slot("/light", "client", 2)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Giving one back (on another instance than the one that took the other) frees it.
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(again) = a.acquire_slot("/heavy", "client", 2).await.unwrap() {
+            drop(again);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_instances_slots_expire_with_their_leases() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(400);
+    let crashed = on_redis(&server.url(), |s| s.slot_lease(lease)).await;
+    let survivor = on_redis(&server.url(), |s| s.slot_lease(lease)).await;
+    // An instance that dies holding its slot never gives it back.
+    let held = crashed
+        .acquire_slot("/heavy", "client", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    std::mem::forget(held);
+    let taken_at = Instant::now();
+    assert!(
+        survivor
+            .acquire_slot("/heavy", "client", 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Until its lease runs out.
+    let lease_back = loop {
+        if let Some(slot) = survivor.acquire_slot("/heavy", "client", 1).await.unwrap() {
+            break (taken_at.elapsed(), slot);
+        }
+        assert!(
+            taken_at.elapsed() < Duration::from_secs(5),
+            "the lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        lease_back.0 >= Duration::from_millis(300),
+        "{:?}",
+        lease_back.0
+    );
+    // The slot set itself expires with the last lease.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("ratelimit:{client}:/heavy:slots")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!((1..=400).contains(&ttl), "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn without_redis_slots_follow_the_failure_policy() {
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let memory = on_redis(&url, |s| s.on_failure(FailurePolicy::FallBackToMemory)).await;
+    let held = memory.acquire_slot("/heavy", "k", 1).await.unwrap();
+    assert!(held.is_some(), "the fallback counts slots in memory");
+    assert!(
+        memory
+            .acquire_slot("/heavy", "k", 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    drop(held);
+    assert!(
+        memory
+            .acquire_slot("/heavy", "k", 1)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let open = on_redis(&url, |s| s.on_failure(FailurePolicy::FailOpen)).await;
+    let a = open.acquire_slot("/heavy", "k", 1).await.unwrap();
+    assert!(a.is_some() && open.acquire_slot("/heavy", "k", 1).await.unwrap().is_some());
+    let closed = on_redis(&url, |s| s.on_failure(FailurePolicy::FailClosed)).await;
+    assert!(closed.acquire_slot("/heavy", "k", 1).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_set_on_one_instance_reaches_every_instance() {
+    let server = RedisServer::start();
+    let a = on_redis(&server.url(), |s| s).await;
+    let b = on_redis(&server.url(), |s| s).await;
+    let limits = Limits::parse("100/minute")
+        .unwrap()
+        .with_algorithm(Algorithm::SlidingWindow);
+    assert_eq!(b.check(&limits, "k", 1).await.unwrap().limit(), 100);
+    a.set_scale(ratelimit_core::Scale::new(1, 5).unwrap())
+        .await
+        .unwrap();
+    // `a` at once; `b` within about a second, in the background.
+    assert_eq!(a.check(&limits, "k", 1).await.unwrap().limit(), 20);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.scale() != ratelimit_core::Scale::new(1, 5).unwrap() {
+        assert!(Instant::now() < deadline, "b never saw the scale");
+        b.check(&limits, "probe", 1).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let decision = b.check(&limits, "k", 1).await.unwrap();
+    assert_eq!(decision.limit(), 20);
+    assert_eq!(
+        decision.remaining(),
+        17,
+        "three counted, whoever counted them"
+    );
+    // A new instance starts on the shared scale; back to whole, and every count is kept.
+    let c = on_redis(&server.url(), |s| s).await;
+    c.scale(); // starts reading the shared scale
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.scale() != ratelimit_core::Scale::new(1, 5).unwrap() {
+        assert!(Instant::now() < deadline, "c never saw the scale");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.set_scale(ratelimit_core::Scale::FULL).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.scale() != ratelimit_core::Scale::FULL {
+        assert!(Instant::now() < deadline, "a never saw the scale back");
+        a.check(&limits, "probe", 1).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let decision = a.check(&limits, "k", 1).await.unwrap();
+    assert_eq!((decision.limit(), decision.remaining()), (100, 96));
+}

@@ -1,0 +1,400 @@
+//! The main job: an ML API with everything the article asks of its rate limits, on one
+//! server, in front of a real model (a logistic regression trained at start-up on the iris
+//! data set with `linfa-logistic`).
+//!
+//! | route | limit |
+//! |---|---|
+//! | `POST /models/lightweight/predict` | 100/minute per client IP |
+//! | `POST /models/heavy/predict` | 10/minute and 2 inference slots per client IP; inference takes `HEAVY_MS` more |
+//! | `POST /models/batch-process` | 2 per 5 minutes per client IP (a JSON list of inputs) |
+//! | `POST /predict` | by `X-API-Key` (else the client IP): free 20/minute, premium (`premium-user-key`) 100/minute |
+//! | `POST /predict/batch` | 50 items per minute per client IP: a batch of N costs N |
+//! | `GET /model-info` | never limited |
+//! | `GET /metrics`, `GET /metrics/prometheus` | never limited: what the limiter saw |
+//!
+//! For `WARMUP_SECS` seconds after start (default 10) every limit runs at 1/5 (at least 1) while
+//! the model warms up, then at full strength: the limiter is scaled at run time, with no
+//! restart, no count lost and no configuration mutated. With `REDIS_URL` set, limits, slots
+//! and the warm-up scale are shared by every instance on that Redis.
+//!
+//! A prediction takes `{"features": [sepal length, sepal width, petal length, petal width]}`
+//! (centimetres) and answers the iris species with its probability.
+//!
+//! `cargo run --release --example ml_api` (`PORT`, default 8000; `RUST_LOG`, default
+//! `info`), then the README's walkthrough.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use linfa::prelude::*;
+use linfa_logistic::{MultiFittedLogisticRegression, MultiLogisticRegression};
+use ndarray::{Array2, ArrayView1};
+use ratelimit::http::{LimitsRef, metrics_json, metrics_prometheus};
+use ratelimit::observe::Metrics;
+use ratelimit::store::RedisStore;
+use ratelimit::{Algorithm, Limiter, Limits, Scale, StoreError, rate_limit};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The iris species, in the order of the data set's targets.
+const SPECIES: [&str; 3] = ["setosa", "versicolor", "virginica"];
+
+/// What the features are, in order.
+const FEATURES: [&str; 4] = [
+    "sepal length (cm)",
+    "sepal width (cm)",
+    "petal length (cm)",
+    "petal width (cm)",
+];
+
+/// The scale of every limit while the model warms up.
+const WARMING_UP: Scale = match Scale::new(1, 5) {
+    Some(scale) => scale,
+    None => Scale::FULL,
+};
+
+/// How the server is configured: from the environment in `main`, by hand in tests.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Redis shared by every instance; `None`: limits in this process's memory.
+    pub redis_url: Option<String>,
+    /// How much longer the heavy model takes than the light one.
+    pub heavy: Duration,
+    /// How long the model warms up after start, with limits at 1/5.
+    pub warmup: Duration,
+}
+
+impl Config {
+    /// `REDIS_URL`, `HEAVY_MS` (default 200) and `WARMUP_SECS` (default 10).
+    pub fn from_env() -> Config {
+        let number = |name: &str, default: u64| match std::env::var(name) {
+            Ok(value) => value
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}={value:?} is not a whole number")),
+            Err(_) => default,
+        };
+        Config {
+            redis_url: std::env::var("REDIS_URL")
+                .ok()
+                .filter(|url| !url.is_empty()),
+            heavy: Duration::from_millis(number("HEAVY_MS", 200)),
+            warmup: Duration::from_secs(number("WARMUP_SECS", 10)),
+        }
+    }
+}
+
+/// The model and what the server knows about itself.
+pub struct Model {
+    classifier: MultiFittedLogisticRegression<f64, usize>,
+    trained_on: usize,
+    training_accuracy: f32,
+    heavy: Duration,
+    ready: AtomicBool,
+    started: Instant,
+    limiter: Limiter,
+}
+
+impl Model {
+    /// Trains the classifier on the iris data set that `linfa-datasets` ships.
+    fn train(heavy: Duration, limiter: Limiter) -> Model {
+        let dataset = linfa_datasets::iris();
+        let classifier = MultiLogisticRegression::default()
+            .max_iterations(100)
+            .fit(&dataset)
+            .expect("the iris data set trains a logistic regression");
+        let training_accuracy = classifier
+            .predict(dataset.records())
+            .confusion_matrix(&dataset)
+            .map_or(0.0, |matrix| matrix.accuracy());
+        Model {
+            classifier,
+            trained_on: dataset.nsamples(),
+            training_accuracy,
+            heavy,
+            ready: AtomicBool::new(false),
+            started: Instant::now(),
+            limiter,
+        }
+    }
+
+    /// The species of each row, with the probability of each species.
+    fn predict(&self, rows: &[[f64; 4]]) -> Vec<Value> {
+        let records = Array2::from_shape_fn((rows.len(), 4), |(i, j)| rows[i][j]);
+        let probabilities = self.classifier.predict_probabilities(&records);
+        probabilities.outer_iter().map(answer).collect()
+    }
+}
+
+/// One prediction: the most probable species and every probability.
+fn answer(probabilities: ArrayView1<'_, f64>) -> Value {
+    let (class, probability) =
+        probabilities
+            .iter()
+            .copied()
+            .enumerate()
+            .fold(
+                (0, f64::MIN),
+                |best, (i, p)| if p > best.1 { (i, p) } else { best },
+            );
+    let by_species: serde_json::Map<String, Value> = SPECIES
+        .iter()
+        .zip(probabilities.iter())
+        .map(|(name, p)| ((*name).to_owned(), json!(p)))
+        .collect();
+    json!({
+        "prediction": SPECIES[class],
+        "class": class,
+        "probability": probability,
+        "probabilities": by_species,
+    })
+}
+
+/// A prediction request: `{"features": [f64; 4]}`.
+#[derive(Deserialize)]
+pub struct Input {
+    /// Sepal length, sepal width, petal length and petal width, in centimetres.
+    pub features: Vec<f64>,
+}
+
+/// A request the model cannot answer: 422 with what was expected.
+pub struct BadInput(String);
+
+impl IntoResponse for BadInput {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"detail": self.0})),
+        )
+            .into_response()
+    }
+}
+
+/// The four features of each input, or which input is wrong and why.
+fn rows(inputs: &[Input]) -> Result<Vec<[f64; 4]>, BadInput> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let row: [f64; 4] = input.features.as_slice().try_into().map_err(|_| {
+                let at = if inputs.len() > 1 {
+                    format!("input {i}: ")
+                } else {
+                    String::new()
+                };
+                BadInput(format!(
+                    "{at}expected 4 features ({}), got {}",
+                    FEATURES.join(", "),
+                    input.features.len()
+                ))
+            })?;
+            if let Some(bad) = row.iter().find(|x| !x.is_finite()) {
+                return Err(BadInput(format!(
+                    "features must be finite numbers, got {bad}"
+                )));
+            }
+            Ok(row)
+        })
+        .collect()
+}
+
+type Shared = State<Arc<Model>>;
+
+#[rate_limit("100/minute", key = ip)]
+async fn lightweight(
+    State(model): Shared,
+    Json(input): Json<Input>,
+) -> Result<Json<Value>, BadInput> {
+    let rows = rows(std::slice::from_ref(&input))?;
+    let mut answer = model.predict(&rows).remove(0);
+    answer["model"] = json!("lightweight");
+    Ok(Json(answer))
+}
+
+/// At most two inferences of one client at once: the slot is held while the model runs and
+/// given back when the answer is sent, or when the client hangs up.
+#[rate_limit("10/minute", key = ip, concurrency = 2)]
+async fn heavy(State(model): Shared, Json(input): Json<Input>) -> Result<Json<Value>, BadInput> {
+    let rows = rows(std::slice::from_ref(&input))?;
+    tokio::time::sleep(model.heavy).await; // a large model's forward pass
+    let mut answer = model.predict(&rows).remove(0);
+    answer["model"] = json!("heavy");
+    Ok(Json(answer))
+}
+
+#[rate_limit("2/5 minutes", key = ip)]
+async fn batch_process(
+    State(model): Shared,
+    Json(batch): Json<Vec<Input>>,
+) -> Result<Json<Value>, BadInput> {
+    let rows = rows(&batch)?;
+    Ok(Json(
+        json!({ "results": model.predict(&rows), "count": rows.len() }),
+    ))
+}
+
+/// Who calls: the API key when one is given, else the client address. The two never mix
+/// (an API key spelled like an address is still a key).
+async fn caller(parts: &Parts) -> String {
+    match parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        Some(key) if !key.is_empty() => format!("key:{key}"),
+        _ => match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
+            None => "ip:unknown".to_owned(),
+        },
+    }
+}
+
+static FREE: LazyLock<Limits> = LazyLock::new(|| {
+    Limits::parse("20/minute")
+        .expect("valid")
+        .with_label("free")
+});
+static PREMIUM: LazyLock<Limits> = LazyLock::new(|| {
+    Limits::parse("100/minute")
+        .expect("valid")
+        .with_label("premium")
+});
+
+/// The caller's tier: premium for `premium-user-key` (a database lookup, in a real service).
+fn tier(headers: &HeaderMap) -> &'static LazyLock<Limits> {
+    match headers.get("x-api-key").map(|v| v.as_bytes()) {
+        Some(b"premium-user-key") => &PREMIUM,
+        _ => &FREE,
+    }
+}
+
+/// The limits of this request's tier, computed per request: nothing shared is changed, so a
+/// premium call never lifts anyone else's limit.
+fn tier_limits(parts: &Parts) -> LimitsRef {
+    LimitsRef::from(tier(&parts.headers))
+}
+
+#[rate_limit(tier_limits, key = caller)]
+async fn predict(
+    State(model): Shared,
+    headers: HeaderMap,
+    Json(input): Json<Input>,
+) -> Result<Json<Value>, BadInput> {
+    let rows = rows(std::slice::from_ref(&input))?;
+    let mut answer = model.predict(&rows).remove(0);
+    answer["tier"] = json!(tier(&headers).label().unwrap_or("free"));
+    Ok(Json(answer))
+}
+
+/// A batch of N inputs costs N of the 50 per minute; a batch larger than 50 is refused with
+/// a 429 that says it can never pass.
+#[rate_limit("50/minute", key = ip, cost = batch.len())]
+async fn predict_batch(
+    State(model): Shared,
+    Json(batch): Json<Vec<Input>>,
+) -> Result<Json<Value>, BadInput> {
+    let rows = rows(&batch)?;
+    Ok(Json(
+        json!({ "results": model.predict(&rows), "count": rows.len() }),
+    ))
+}
+
+async fn model_info(State(model): Shared) -> Json<Value> {
+    let scale = model.limiter.scale();
+    Json(json!({
+        "model": "logistic regression (linfa-logistic), multinomial",
+        "data_set": "iris",
+        "trained_on": model.trained_on,
+        "training_accuracy": (f64::from(model.training_accuracy) * 1000.0).round() / 1000.0,
+        "features": FEATURES,
+        "classes": SPECIES,
+        "status": if model.ready.load(Ordering::Relaxed) { "ready" } else { "warming_up" },
+        "limit_scale": scale.to_string(),
+        "uptime_seconds": model.started.elapsed().as_secs(),
+    }))
+}
+
+/// The application: the model, the limiter on memory or Redis, the warm-up, the routes.
+pub async fn app(config: &Config) -> Result<Router, StoreError> {
+    let metrics = Metrics::new();
+    // The sliding window counter (as `limits` counts): when the warm-up ends, a client that
+    // used its 20 of the scaled 100/minute has 80 left at once (GCRA would keep the share it
+    // used, the whole budget, and hand it back over the minute).
+    let builder = Limiter::builder()
+        .algorithm(Algorithm::SlidingWindow)
+        .observer(metrics.clone());
+    let limiter = match &config.redis_url {
+        Some(url) => builder.store(RedisStore::connect(url).await?).build(),
+        None => builder.build(),
+    };
+    let model = Arc::new(Model::train(config.heavy, limiter.clone()));
+    warm_up(&model, config.warmup).await;
+    Ok(Router::new()
+        .route("/models/lightweight/predict", post(lightweight))
+        .route("/models/heavy/predict", post(heavy))
+        .route("/models/batch-process", post(batch_process))
+        .route("/predict", post(predict))
+        .route("/predict/batch", post(predict_batch))
+        .route("/model-info", get(model_info))
+        .route("/metrics", metrics_json(metrics.clone()))
+        .route("/metrics/prometheus", metrics_prometheus(metrics))
+        .layer(limiter.layer())
+        .with_state(model))
+}
+
+/// Limits at 1/5 for `length`, then whole again, on a timer: the pattern for "scale while
+/// the model is not ready". With Redis, every instance follows the scale.
+async fn warm_up(model: &Arc<Model>, length: Duration) {
+    if length.is_zero() {
+        model.ready.store(true, Ordering::Relaxed);
+        return;
+    }
+    if let Err(error) = model.limiter.set_scale(WARMING_UP).await {
+        tracing::warn!(%error, "warm-up scale not shared with other instances");
+    }
+    tracing::info!(scale = %WARMING_UP, seconds = length.as_secs_f64(), "model warming up: limits scaled down");
+    let model = Arc::clone(model);
+    tokio::spawn(async move {
+        tokio::time::sleep(length).await;
+        if let Err(error) = model.limiter.set_scale(Scale::FULL).await {
+            tracing::warn!(%error, "full scale not shared with other instances");
+        }
+        model.ready.store(true, Ordering::Relaxed);
+        tracing::info!("model ready: limits at full strength");
+    });
+}
+
+#[allow(dead_code)] // tests include this file for `app` alone
+#[tokio::main]
+async fn main() {
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
+    let config = Config::from_env();
+    let app = app(&config).await.unwrap_or_else(|error| panic!("{error}"));
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8000".into());
+    let listener = tokio::net::TcpListener::bind(format!("0.0.0.0:{port}"))
+        .await
+        .unwrap_or_else(|error| panic!("cannot listen on port {port}: {error}"));
+    tracing::info!(
+        store = config.redis_url.as_deref().unwrap_or("memory"),
+        heavy_ms = config.heavy.as_millis() as u64,
+        "listening on {}",
+        listener.local_addr().expect("address")
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .expect("serve");
+}

@@ -1,0 +1,563 @@
+//! The `ml_api` example over real HTTP: a real model behind per-model limits, tiers by API
+//! key, cost by batch size, inference slots, warm-up scaling, metrics and quiet logs.
+
+mod common;
+
+#[path = "../examples/ml_api.rs"]
+#[allow(dead_code)]
+mod ml_api;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{client_from, serve};
+use ml_api::{Config, app};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const SETOSA: [f64; 4] = [5.1, 3.5, 1.4, 0.2];
+const VERSICOLOR: [f64; 4] = [6.0, 2.7, 4.1, 1.3];
+const VIRGINICA: [f64; 4] = [7.7, 3.0, 6.1, 2.3];
+
+fn config() -> Config {
+    Config {
+        redis_url: None,
+        heavy: Duration::from_millis(10),
+        warmup: Duration::ZERO,
+    }
+}
+
+async fn start(config: Config) -> SocketAddr {
+    serve(app(&config).await.unwrap()).await
+}
+
+async fn post(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    body: &Value,
+) -> reqwest::Response {
+    client
+        .post(format!("http://{addr}{path}"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn input(features: [f64; 4]) -> Value {
+    json!({ "features": features })
+}
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response.headers()[name].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_model_answers_from_the_features() {
+    let addr = start(config()).await;
+    let client = client_from("127.0.8.1");
+    let mut species = Vec::new();
+    for features in [SETOSA, VERSICOLOR, VIRGINICA] {
+        let r = post(
+            &client,
+            addr,
+            "/models/lightweight/predict",
+            &input(features),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let answer: Value = r.json().await.unwrap();
+        let p = answer["probability"].as_f64().unwrap();
+        assert!(p > 0.5 && p < 1.0, "{answer}");
+        let total: f64 = answer["probabilities"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-9, "{answer}");
+        species.push(answer["prediction"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(species, ["setosa", "versicolor", "virginica"]);
+}
+
+#[tokio::test]
+async fn a_wrong_number_of_features_is_a_clear_422() {
+    let addr = start(config()).await;
+    let client = client_from("127.0.8.2");
+    for path in [
+        "/models/lightweight/predict",
+        "/models/heavy/predict",
+        "/predict",
+    ] {
+        let r = post(&client, addr, path, &json!({"features": [1.0, 2.0, 3.0]})).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["detail"],
+            "expected 4 features (sepal length (cm), sepal width (cm), petal length (cm), petal width (cm)), got 3"
+        );
+    }
+    let batch = json!([input(SETOSA), {"features": [1.0]}]);
+    let r = post(&client, addr, "/predict/batch", &batch).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("input 1: expected 4 features")
+    );
+}
+
+#[tokio::test]
+async fn each_model_has_its_own_limit() {
+    let addr = start(config()).await;
+    let client = client_from("127.0.8.3");
+    for i in 1..=100 {
+        let r = post(&client, addr, "/models/lightweight/predict", &input(SETOSA)).await;
+        assert_eq!(r.status(), StatusCode::OK, "lightweight {i}");
+    }
+    let r = post(&client, addr, "/models/lightweight/predict", &input(SETOSA)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["detail"], "Rate limit exceeded: 100 per 1 minute");
+    // The heavy model's budget is its own: 10.
+    for i in 1..=10 {
+        let r = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
+        assert_eq!(r.status(), StatusCode::OK, "heavy {i}");
+        assert_eq!(header(&r, "x-ratelimit-limit"), "10");
+    }
+    let r = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Batch processing: 2 per 5 minutes.
+    let batch = json!([input(SETOSA), input(VIRGINICA)]);
+    for _ in 0..2 {
+        let r = post(&client, addr, "/models/batch-process", &batch).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["results"][1]["prediction"], "virginica");
+    }
+    let r = post(&client, addr, "/models/batch-process", &batch).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = header(&r, "retry-after").parse().unwrap();
+    assert!((1..=300).contains(&retry), "retry-after {retry}");
+    // Model info is never limited.
+    for _ in 0..150 {
+        let r = client
+            .get(format!("http://{addr}/model-info"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
+
+async fn predict_as(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    api_key: Option<&str>,
+) -> reqwest::Response {
+    let mut request = client
+        .post(format!("http://{addr}/predict"))
+        .json(&input(VERSICOLOR));
+    if let Some(key) = api_key {
+        request = request.header("x-api-key", key);
+    }
+    request.send().await.unwrap()
+}
+
+/// The Python this is modelled on multiplied a shared limiter's limit by 5 on every premium
+/// call: one premium user lifted everyone's limit, for ever. Here a premium call changes
+/// nothing shared.
+#[tokio::test]
+async fn a_premium_call_leaves_a_free_callers_limit_at_20() {
+    let addr = start(config()).await;
+    let client = client_from("127.0.8.4");
+    let r = predict_as(&client, addr, Some("free-user-a")).await;
+    assert_eq!(header(&r, "x-ratelimit-limit"), "20");
+    for _ in 0..30 {
+        let r = predict_as(&client, addr, Some("premium-user-key")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(header(&r, "x-ratelimit-limit"), "100");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["tier"], "premium");
+    }
+    let mut admitted = 1;
+    loop {
+        let r = predict_as(&client, addr, Some("free-user-a")).await;
+        assert_eq!(header(&r, "x-ratelimit-limit"), "20");
+        if r.status() != StatusCode::OK {
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            break;
+        }
+        admitted += 1;
+    }
+    assert_eq!(admitted, 20, "the free caller keeps 20 per minute");
+    // Premium: 100 per minute, 30 used.
+    let mut premium = 30;
+    while predict_as(&client, addr, Some("premium-user-key"))
+        .await
+        .status()
+        == StatusCode::OK
+    {
+        premium += 1;
+    }
+    assert_eq!(premium, 100);
+    // Another free caller, and a caller without a key (counted by address), have their own 20.
+    for key in [Some("free-user-b"), None] {
+        let mut admitted = 0;
+        while predict_as(&client, addr, key).await.status() == StatusCode::OK {
+            admitted += 1;
+        }
+        assert_eq!(admitted, 20, "{key:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_costs_its_size() {
+    let addr = start(config()).await;
+    let client = client_from("127.0.8.5");
+    let batch = |n: usize| Value::Array(vec![input(SETOSA); n]);
+    let r = post(&client, addr, "/predict/batch", &batch(30)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "20");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["count"], 30);
+    // 21 more do not fit in the 20 left: refused, and charged nothing.
+    let r = post(&client, addr, "/predict/batch", &batch(21)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let r = post(&client, addr, "/predict/batch", &batch(20)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "0");
+    // More than the whole limit can never pass: a 429 that says so, with no Retry-After.
+    let other = client_from("127.0.8.6");
+    let r = post(&other, addr, "/predict/batch", &batch(51)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().get("retry-after").is_none());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["detail"],
+        "Rate limit exceeded: this request costs more than 50 per 1 minute allows"
+    );
+    // It charged nothing either.
+    let r = post(&other, addr, "/predict/batch", &batch(50)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn two_inference_slots_per_client_and_a_refusal_costs_no_rate() {
+    let addr = start(Config {
+        heavy: Duration::from_millis(1500),
+        ..config()
+    })
+    .await;
+    let client = client_from("127.0.8.7");
+    let send = || {
+        let client = client.clone();
+        tokio::spawn(
+            async move { post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await },
+        )
+    };
+    let first = send();
+    let second = send();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&third, "retry-after"), "1");
+    let body: Value = third.json().await.unwrap();
+    assert_eq!(
+        body["detail"],
+        "Too many concurrent requests: at most 2 in flight per client; retry when one completes"
+    );
+    // Another client has slots of its own.
+    let other = post(
+        &client_from("127.0.8.8"),
+        addr,
+        "/models/heavy/predict",
+        &input(SETOSA),
+    )
+    .await;
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(first.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(second.await.unwrap().status(), StatusCode::OK);
+    // The slots are back, and the refused request charged nothing: 3 of 10 used.
+    let r = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "7");
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_gives_its_slot_back() {
+    let addr = start(Config {
+        heavy: Duration::from_millis(3000),
+        ..config()
+    })
+    .await;
+    let client = client_from("127.0.8.9");
+    let impatient = reqwest::Client::builder()
+        .local_address("127.0.8.9".parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let gone = impatient
+            .post(format!("http://{addr}/models/heavy/predict"))
+            .json(&input(SETOSA))
+            .send()
+            .await;
+        assert!(gone.unwrap_err().is_timeout());
+    }
+    // Both hung up well before the model answered: their slots come back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let body = input(SETOSA);
+    let both = tokio::join!(
+        post(&client, addr, "/models/heavy/predict", &body),
+        post(&client, addr, "/models/heavy/predict", &body),
+    );
+    assert_eq!(both.0.status(), StatusCode::OK);
+    assert_eq!(both.1.status(), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_millis(5000));
+}
+
+#[tokio::test]
+async fn limits_run_at_a_fifth_while_the_model_warms_up_then_whole_with_counts_kept() {
+    let addr = start(Config {
+        warmup: Duration::from_millis(1500),
+        ..config()
+    })
+    .await;
+    let client = client_from("127.0.8.10");
+    let info = || {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://{addr}/model-info"))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(info().await["status"], "warming_up");
+    assert_eq!(info().await["limit_scale"], "1/5");
+    // 100/minute runs as 20/minute, 10/minute as 2, 2 per 5 minutes as 1 (never 0).
+    for i in 1..=20 {
+        let r = post(&client, addr, "/models/lightweight/predict", &input(SETOSA)).await;
+        assert_eq!(r.status(), StatusCode::OK, "request {i}");
+        assert_eq!(header(&r, "x-ratelimit-limit"), "20");
+    }
+    let r = post(&client, addr, "/models/lightweight/predict", &input(SETOSA)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["detail"], "Rate limit exceeded: 20 per 1 minute");
+    let batch = json!([input(SETOSA)]);
+    assert_eq!(
+        post(&client, addr, "/models/batch-process", &batch)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(&client, addr, "/models/batch-process", &batch)
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Ready: whole limits, nothing restarted, the 20 requests still counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while info().await["status"] != "ready" {
+        assert!(Instant::now() < deadline, "the warm-up never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(info().await["limit_scale"], "1/1");
+    let r = post(&client, addr, "/models/lightweight/predict", &input(SETOSA)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "x-ratelimit-limit"), "100");
+    let remaining: u64 = header(&r, "x-ratelimit-remaining").parse().unwrap();
+    assert!((78..=79).contains(&remaining), "remaining {remaining}");
+    assert_eq!(
+        post(&client, addr, "/models/batch-process", &batch)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_per_route_and_tier_as_json_and_prometheus() {
+    let addr = start(config()).await;
+    let client = client_from("127.0.8.11");
+    for _ in 0..3 {
+        post(
+            &client,
+            addr,
+            "/models/batch-process",
+            &json!([input(SETOSA)]),
+        )
+        .await;
+    }
+    for _ in 0..2 {
+        predict_as(&client, addr, Some("premium-user-key")).await;
+    }
+    predict_as(&client, addr, None).await;
+    client
+        .get(format!("http://{addr}/model-info"))
+        .send()
+        .await
+        .unwrap();
+    let metrics: Value = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metrics["total_requests"], 6, "{metrics}");
+    assert_eq!(metrics["limited_requests"], 1);
+    assert_eq!(metrics["endpoints"]["/models/batch-process"]["total"], 3);
+    assert_eq!(metrics["endpoints"]["/models/batch-process"]["limited"], 1);
+    assert_eq!(
+        metrics["endpoints"]["/models/batch-process"]["rejected"]["rate"],
+        1
+    );
+    assert_eq!(metrics["endpoints"]["/predict"]["total"], 3);
+    assert_eq!(metrics["tiers"]["premium"]["total"], 2);
+    assert_eq!(metrics["tiers"]["free"]["total"], 1);
+    assert!(metrics["endpoints"].get("/model-info").is_none());
+    let r = client
+        .get(format!("http://{addr}/metrics/prometheus"))
+        .send()
+        .await
+        .unwrap();
+    assert!(header(&r, "content-type").starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    for line in [
+        "ratelimit_requests_total{route=\"/models/batch-process\",outcome=\"limited\"} 1",
+        "ratelimit_requests_total{route=\"/predict\",outcome=\"allowed\"} 3",
+        "ratelimit_label_requests_total{label=\"premium\",outcome=\"allowed\"} 2",
+        "ratelimit_check_duration_seconds_count 6",
+        "ratelimit_check_duration_seconds_bucket{le=\"+Inf\"} 6",
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn slot_refusals_are_counted_by_reason() {
+    let addr = start(Config {
+        heavy: Duration::from_millis(1000),
+        ..config()
+    })
+    .await;
+    let client = client_from("127.0.8.12");
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    for b in busy {
+        b.await.unwrap();
+    }
+    let metrics: Value = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let heavy = &metrics["endpoints"]["/models/heavy/predict"];
+    assert_eq!(heavy["total"], 3, "{metrics}");
+    assert_eq!(heavy["rejected"]["slots"], 1);
+    assert_eq!(heavy["rejected"]["rate"], 0);
+    assert_eq!(heavy["limited"], 1);
+}
+
+/// Log lines, as a subscriber writes them.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A flood of 429s is one warning per client and window, not one line per request.
+#[tokio::test(flavor = "current_thread")]
+async fn a_flood_of_429s_is_one_warning() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    // One thread: the server's tasks log through this subscriber too.
+    let addr = start(config()).await;
+    let client = client_from("127.0.8.13");
+    let mut refused = 0;
+    for _ in 0..60 {
+        if post(
+            &client,
+            addr,
+            "/models/batch-process",
+            &json!([input(SETOSA)]),
+        )
+        .await
+        .status()
+            == StatusCode::TOO_MANY_REQUESTS
+        {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 58);
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    let warning = warnings[0];
+    for part in [
+        "client rate limited",
+        "client=127.0.8.13",
+        "route=\"/models/batch-process\"",
+        "limit=2 per 5 minutes",
+    ] {
+        assert!(warning.contains(part), "{part} not in {warning}");
+    }
+    // Another client limited is another warning.
+    let other = client_from("127.0.8.14");
+    for _ in 0..5 {
+        post(
+            &other,
+            addr,
+            "/models/batch-process",
+            &json!([input(SETOSA)]),
+        )
+        .await;
+    }
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.contains("WARN")).count(),
+        2,
+        "{text}"
+    );
+}
