@@ -3,6 +3,7 @@
 //! as JSON and as Prometheus text.
 
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
 
+use crate::clock::{Clock, MonotonicClock};
 use crate::decision::Decision;
 
 /// What became of a request.
@@ -433,3 +435,51 @@ impl fmt::Debug for Counts {
         fmt::Debug::fmt(&self.read(), f)
     }
 }
+
+/// Who was refused lately, so that a client that keeps knocking is logged once per spell:
+/// its first rejection writes a warning; the next ones, until its limit resets, are counted
+/// (and reported with the next warning). A flood of 429s is one log line per client and
+/// limit window, not one per request.
+#[derive(Debug, Default)]
+pub(crate) struct RejectionLog {
+    clock: MonotonicClock,
+    /// By a hash of route and key: when the spell ends (clock nanoseconds), and the
+    /// rejections not logged since it began.
+    spells: DashMap<u64, (u64, u64), foldhash::fast::RandomState>,
+}
+
+/// The most clients remembered; beyond, the table starts over (some get a second line).
+const REMEMBERED: usize = 100_000;
+
+impl RejectionLog {
+    /// `Some(rejections not logged in the spell before)` when this rejection starts a spell
+    /// (log it); `None` when it falls within one (counted only). A spell lasts `length`, at
+    /// least a second.
+    pub(crate) fn first_of_spell(&self, route: &str, key: &[u8], length: Duration) -> Option<u64> {
+        let now = self.clock.now();
+        let until = now.saturating_add(
+            u64::try_from(length.max(Duration::from_secs(1)).as_nanos()).unwrap_or(u64::MAX),
+        );
+        let mut hasher = SPELL.build_hasher();
+        hasher.write(route.as_bytes());
+        hasher.write_u8(0xff);
+        hasher.write(key);
+        let name = hasher.finish();
+        if let Some(mut spell) = self.spells.get_mut(&name) {
+            let (ends, unlogged) = *spell;
+            if now < ends {
+                spell.1 += 1;
+                return None;
+            }
+            *spell = (until, 0);
+            return Some(unlogged);
+        }
+        if self.spells.len() >= REMEMBERED {
+            self.spells.clear();
+        }
+        self.spells.insert(name, (until, 0));
+        Some(0)
+    }
+}
+
+static SPELL: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5be1_1ed0);

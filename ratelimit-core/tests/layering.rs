@@ -86,7 +86,9 @@ fn modules_depend_downward_only_and_nothing_below_http_names_http() {
 
 /// Within `http`, lowest first: the answer, keys, the configuration, the one enforcement
 /// site, then the two things built on it.
-const HTTP_ORDER: [&str; 6] = ["response", "key", "config", "enforce", "extract", "layer"];
+const HTTP_ORDER: [&str; 7] = [
+    "response", "key", "config", "enforce", "extract", "layer", "metrics",
+];
 
 #[test]
 fn the_http_modules_depend_downward_only() {

@@ -5,11 +5,11 @@ use std::sync::{Arc, LazyLock};
 
 use dashmap::DashSet;
 
-use super::enforce::RejectionLog;
 use super::key::{KeySource, TrustedProxies};
 use super::response::{HeaderStyle, RateLimited};
 use crate::limiter::Limiter;
 use crate::limits::Limits;
+use crate::observe::RejectionLog;
 
 pub(crate) type RejectionHandler =
     Arc<dyn Fn(&RateLimited) -> axum::response::Response + Send + Sync>;
