@@ -5,8 +5,9 @@
 //!
 //! `MODE` chooses the router: `bare` is `/plain` alone with no layer at all (the baseline a
 //! user compares with), `layer` (the default) every route behind `Limiter::layer()` with both
-//! header sets, and `no-headers`, `draft`, `legacy` the same with `HeaderStyle::None`,
-//! `Draft`, `Legacy`.
+//! header sets, `no-headers`, `draft`, `legacy` the same with `HeaderStyle::None`,
+//! `Draft`, `Legacy`, and `metrics` the `layer` router with [`Metrics`] observing every
+//! decision (the price of counting).
 //!
 //! `PORT=8000 MODE=layer cargo run --release --example bench_server`
 
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
+use ratelimit::observe::Metrics;
 use ratelimit::{Limiter, rate_limit};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -74,6 +76,7 @@ pub fn app() -> Router {
         Ok("legacy") => Limiter::new()
             .layer()
             .headers(ratelimit::http::HeaderStyle::Legacy),
+        Ok("metrics") => Limiter::builder().observer(Metrics::new()).build().layer(),
         _ => Limiter::new().layer(),
     };
     Router::new()

@@ -6,7 +6,7 @@
 # (`callgrind_control -d`), and the total is divided by N. ROUNDS rounds, the cases in turn
 # in each, and the median per case: how the kernel splits reads moves a single figure by up
 # to 3%.
-#   scripts/callgrind-http.sh                 (N=2000 WARMUP=200 ROUNDS=3 by default)
+#   scripts/callgrind-http.sh                 (N=2000 WARMUP=200 ROUNDS=3 by default; CASES)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-2000}
@@ -59,8 +59,13 @@ measure() {
   echo "$mode $path $(( total / N ))"
 }
 
-cases=(bare:/plain layer:/plain no-headers:/limited draft:/limited legacy:/limited layer:/limited
-  no-headers:/blocked layer:/blocked layer:/plain-headers)
+# CASES="bare:/plain layer:/limited metrics:/limited" measures those alone.
+if [ -n "${CASES:-}" ]; then
+  read -r -a cases <<<"$CASES"
+else
+  cases=(bare:/plain layer:/plain no-headers:/limited draft:/limited legacy:/limited layer:/limited
+    no-headers:/blocked layer:/blocked layer:/plain-headers metrics:/limited metrics:/blocked)
+fi
 declare -A results
 for round in $(seq "$ROUNDS"); do
   for case in "${cases[@]}"; do

@@ -137,7 +137,9 @@ impl RateLimitLayer {
     }
 
     /// Answers refused requests with `handler` instead of the default 429 JSON (slowapi's
-    /// `_rate_limit_exceeded_handler`).
+    /// `_rate_limit_exceeded_handler`). Requests refused for want of a concurrency slot
+    /// (`concurrency = N`) have no rate decision to describe and keep the default answer
+    /// (429, `Retry-After: 1`, the attribute's `error_message` if any).
     pub fn on_rejected(
         self,
         handler: impl Fn(&RateLimited) -> Response + Send + Sync + 'static,
