@@ -126,6 +126,12 @@ impl Model {
         }
     }
 
+    /// The answer to one input, or what is wrong with it.
+    fn predict_one(&self, input: &Input) -> Result<Value, BadInput> {
+        let rows = rows(std::slice::from_ref(input))?;
+        Ok(self.predict(&rows).remove(0))
+    }
+
     /// The species of each row, with the probability of each species.
     fn predict(&self, rows: &[[f64; 4]]) -> Vec<Value> {
         let records = Array2::from_shape_fn((rows.len(), 4), |(i, j)| rows[i][j]);
@@ -213,8 +219,7 @@ async fn lightweight(
     State(model): Shared,
     Json(input): Json<Input>,
 ) -> Result<Json<Value>, BadInput> {
-    let rows = rows(std::slice::from_ref(&input))?;
-    let mut answer = model.predict(&rows).remove(0);
+    let mut answer = model.predict_one(&input)?;
     answer["model"] = json!("lightweight");
     Ok(Json(answer))
 }
@@ -235,7 +240,12 @@ async fn batch_process(
     State(model): Shared,
     Json(batch): Json<Vec<Input>>,
 ) -> Result<Json<Value>, BadInput> {
-    let rows = rows(&batch)?;
+    predict_all(&model, &batch)
+}
+
+/// The answers to a batch, or what is wrong with one of its inputs.
+fn predict_all(model: &Model, batch: &[Input]) -> Result<Json<Value>, BadInput> {
+    let rows = rows(batch)?;
     Ok(Json(
         json!({ "results": model.predict(&rows), "count": rows.len() }),
     ))
@@ -284,8 +294,7 @@ async fn predict(
     headers: HeaderMap,
     Json(input): Json<Input>,
 ) -> Result<Json<Value>, BadInput> {
-    let rows = rows(std::slice::from_ref(&input))?;
-    let mut answer = model.predict(&rows).remove(0);
+    let mut answer = model.predict_one(&input)?;
     answer["tier"] = json!(tier(&headers).label().unwrap_or("free"));
     Ok(Json(answer))
 }
@@ -297,10 +306,7 @@ async fn predict_batch(
     State(model): Shared,
     Json(batch): Json<Vec<Input>>,
 ) -> Result<Json<Value>, BadInput> {
-    let rows = rows(&batch)?;
-    Ok(Json(
-        json!({ "results": model.predict(&rows), "count": rows.len() }),
-    ))
+    predict_all(&model, &batch)
 }
 
 async fn model_info(State(model): Shared) -> Json<Value> {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Requests per second of bench_server under wrk, each case a ratio to a bare axum router with
-# no layer at all (MODE=bare), measured in the same run. Three servers (bare, layer,
-# no-headers) run on core 0 (one tokio worker each, one loaded at a time), wrk on core 1; the
+# no layer at all (MODE=bare), measured in the same run. Four servers (bare, layer,
+# no-headers, metrics) run on core 0 (one tokio worker each, one loaded at a time), wrk on core 1; the
 # cases are interleaved round by round and the medians quoted.
 #   scripts/bench-http.sh            (ROUNDS=7 DURATION=5s CONNECTIONS=32 by default)
 set -euo pipefail
@@ -14,17 +14,22 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 cargo build -q --release --example bench_server
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null' EXIT
-declare -A ports=([bare]=$PORT [layer]=$((PORT + 1)) [no-headers]=$((PORT + 2)))
-for mode in bare layer no-headers; do
+declare -A ports=([bare]=$PORT [layer]=$((PORT + 1)) [no-headers]=$((PORT + 2)) [metrics]=$((PORT + 3)))
+for mode in bare layer no-headers metrics; do
   MODE=$mode PORT=${ports[$mode]} taskset -c 0 ./target/release/examples/bench_server &
   pids+=($!)
 done
-for mode in bare layer no-headers; do
+for mode in bare layer no-headers metrics; do
   for _ in $(seq 50); do curl -s -o /dev/null "localhost:${ports[$mode]}" && break; sleep 0.1; done
 done
 
-# case = mode:path
-cases=(bare:/plain layer:/plain no-headers:/limited layer:/limited no-headers:/blocked layer:/blocked layer:/plain-headers)
+# case = mode:path; CASES="bare:/plain layer:/limited metrics:/limited" measures those alone.
+if [ -n "${CASES:-}" ]; then
+  read -r -a cases <<<"$CASES"
+else
+  cases=(bare:/plain layer:/plain no-headers:/limited layer:/limited no-headers:/blocked layer:/blocked
+    layer:/plain-headers metrics:/limited)
+fi
 declare -A results
 for round in $(seq "$ROUNDS"); do
   for case in "${cases[@]}"; do

@@ -50,6 +50,27 @@ fn input(features: [f64; 4]) -> Value {
     json!({ "features": features })
 }
 
+/// The JSON `GET path` answers.
+async fn get_json(client: &reqwest::Client, addr: SocketAddr, path: &str) -> Value {
+    client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A heavy prediction, sent in the background: it holds a slot while it runs.
+fn heavy_in_background(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let client = client.clone();
+    tokio::spawn(async move { post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await })
+}
+
 fn header(response: &reqwest::Response, name: &str) -> String {
     response.headers()[name].to_str().unwrap().to_owned()
 }
@@ -255,14 +276,8 @@ async fn two_inference_slots_per_client_and_a_refusal_costs_no_rate() {
     })
     .await;
     let client = client_from("127.0.8.7");
-    let send = || {
-        let client = client.clone();
-        tokio::spawn(
-            async move { post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await },
-        )
-    };
-    let first = send();
-    let second = send();
+    let first = heavy_in_background(&client, addr);
+    let second = heavy_in_background(&client, addr);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let third = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -331,19 +346,7 @@ async fn limits_run_at_a_fifth_while_the_model_warms_up_then_whole_with_counts_k
     })
     .await;
     let client = client_from("127.0.8.10");
-    let info = || {
-        let client = client.clone();
-        async move {
-            client
-                .get(format!("http://{addr}/model-info"))
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
+    let info = || get_json(&client, addr, "/model-info");
     assert_eq!(info().await["status"], "warming_up");
     assert_eq!(info().await["limit_scale"], "1/5");
     // 100/minute runs as 20/minute, 10/minute as 2, 2 per 5 minutes as 1 (never 0).
@@ -411,14 +414,7 @@ async fn metrics_count_per_route_and_tier_as_json_and_prometheus() {
         .send()
         .await
         .unwrap();
-    let metrics: Value = client
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let metrics = get_json(&client, addr, "/metrics").await;
     assert_eq!(metrics["total_requests"], 6, "{metrics}");
     assert_eq!(metrics["limited_requests"], 1);
     assert_eq!(metrics["endpoints"]["/models/batch-process"]["total"], 3);
@@ -457,28 +453,14 @@ async fn slot_refusals_are_counted_by_reason() {
     })
     .await;
     let client = client_from("127.0.8.12");
-    let busy: Vec<_> = (0..2)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await
-            })
-        })
-        .collect();
+    let busy: Vec<_> = (0..2).map(|_| heavy_in_background(&client, addr)).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     for b in busy {
         b.await.unwrap();
     }
-    let metrics: Value = client
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let metrics = get_json(&client, addr, "/metrics").await;
     let heavy = &metrics["endpoints"]["/models/heavy/predict"];
     assert_eq!(heavy["total"], 3, "{metrics}");
     assert_eq!(heavy["rejected"]["slots"], 1);

@@ -189,42 +189,50 @@ impl RedisStore {
         });
     }
 
+    /// The scale known for `prefix`: a read of a sharded table and two atomics per request
+    /// (nothing cloned); at most about once a second, a `GET` in the background.
     pub(super) fn shared_scale_of(&self, prefix: &str) -> Option<Scale> {
-        let known = match self.scales.known.get(prefix) {
-            Some(known) => Arc::clone(&known),
-            None => Arc::clone(&self.scales.known.entry(prefix.into()).or_default()),
+        let bits = match self.scales.known.get(prefix) {
+            Some(known) => self.keep_fresh(prefix, &known),
+            None => {
+                let known = Arc::clone(&self.scales.known.entry(prefix.into()).or_default());
+                self.keep_fresh(prefix, &known)
+            }
         };
+        (bits != 0).then(|| Scale::from_bits(bits))
+    }
+
+    /// Reads the shared scale again in the background when the last read is a second old;
+    /// the bits known now.
+    fn keep_fresh(&self, prefix: &str, known: &Arc<KnownScale>) -> u64 {
         let now = self.micros() / 1_000;
         let read_at = known.read_at.load(Ordering::Relaxed);
         let due = read_at == 0 || now.saturating_sub(read_at) >= SCALE_REFRESH.as_millis() as u64;
         if due && !known.reading.swap(true, Ordering::AcqRel) {
             known.read_at.store(now.max(1), Ordering::Relaxed);
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let connection = self.connection.clone();
-                let name = scale_name(prefix);
-                let timeout = self.timeout.max(Duration::from_millis(500));
-                let known = Arc::clone(&known);
-                runtime.spawn(async move {
-                    let mut command = redis::cmd("GET");
-                    command.arg(name);
-                    let read =
-                        tokio::time::timeout(timeout, connection.query::<Option<String>>(command));
-                    if let Ok(Ok(value)) = read.await {
-                        let bits = value
-                            .and_then(|v| v.parse::<Scale>().ok())
-                            .map_or(0, Scale::to_bits);
-                        known.bits.store(bits, Ordering::Relaxed);
-                    }
-                    known.reading.store(false, Ordering::Release);
-                });
-            } else {
-                known.reading.store(false, Ordering::Release);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let connection = self.connection.clone();
+                    let name = scale_name(prefix);
+                    let timeout = self.timeout.max(Duration::from_millis(500));
+                    let known = Arc::clone(known);
+                    runtime.spawn(async move {
+                        let mut command = redis::cmd("GET");
+                        command.arg(name);
+                        let read = connection.query::<Option<String>>(command);
+                        if let Ok(Ok(value)) = tokio::time::timeout(timeout, read).await {
+                            let bits = value
+                                .and_then(|v| v.parse::<Scale>().ok())
+                                .map_or(0, Scale::to_bits);
+                            known.bits.store(bits, Ordering::Relaxed);
+                        }
+                        known.reading.store(false, Ordering::Release);
+                    });
+                }
+                Err(_) => known.reading.store(false, Ordering::Release),
             }
         }
-        match known.bits.load(Ordering::Relaxed) {
-            0 => None,
-            bits => Some(Scale::from_bits(bits)),
-        }
+        known.bits.load(Ordering::Relaxed)
     }
 
     pub(super) fn publish_scale_to_redis<'a>(
