@@ -473,3 +473,39 @@ async fn a_layer_inside_that_answers_first_does_not_hide_the_attribute() {
     // Still the layer's limiter and configuration: its rejection handler answers.
     assert_eq!(status(authorized()).await, 418);
 }
+
+#[rate_limit("100/minute", key = ip, scope = "gpu", concurrency = 1)]
+async fn gpu_slow() -> &'static str {
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    "slow"
+}
+
+#[rate_limit("100/minute", key = ip, scope = "gpu", concurrency = 1)]
+async fn gpu_fast() -> &'static str {
+    "fast"
+}
+
+/// A request refused for want of a slot is charged nothing: not its route's rate, and not
+/// the application limits the layer charged before it knew the route carries an attribute.
+#[tokio::test]
+async fn a_request_without_a_slot_is_charged_nothing_anywhere() {
+    let layer = Limiter::new().layer().application_limits("3/minute");
+    let app = Router::new()
+        .route("/slow", post(gpu_slow))
+        .route("/fast", post(gpu_fast))
+        .route("/other", post(unannotated))
+        .layer(layer);
+    let addr = serve(app).await;
+    let c = client_from("127.0.3.30");
+    let slow = tokio::spawn(status(c.post(format!("http://{addr}/slow"))));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The one "gpu" slot of this client is taken: refused, the first request /fast gets.
+    let r = c.post(format!("http://{addr}/fast")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(slow.await.unwrap(), 200);
+    // One of the application's 3 was used by /slow; the refusal gave its charge back.
+    assert_eq!(status(c.post(format!("http://{addr}/other"))).await, 200);
+    assert_eq!(status(c.post(format!("http://{addr}/other"))).await, 200);
+    assert_eq!(status(c.post(format!("http://{addr}/other"))).await, 429);
+}

@@ -374,13 +374,6 @@ async fn check(
             });
         }
     }
-    // Slots before rates: a request refused for want of a slot is charged nothing. A
-    // refused rate drops the leases, which gives the slots back.
-    let leases = if needs.is_empty() {
-        Leases::new()
-    } else {
-        take_slots(config, route.unwrap_or(handler), &needs).await?
-    };
     let mut entries: ArrayVec<Entry<'_>, MAX_ENTRIES> = ArrayVec::new();
     let mut charged: ArrayVec<Entry<'_>, 1> = ArrayVec::new();
     for (i, one) in resolved.iter().enumerate() {
@@ -399,6 +392,20 @@ async fn check(
         (LayerPart::Charged(key), Some(limits)) => charged.push(application_entry(key, limits)),
         _ => {}
     }
+    // Slots before rates: a request refused for want of a slot is charged nothing (what the
+    // layer charged for it is given back). A refused rate drops the leases, which gives the
+    // slots back.
+    let leases = if needs.is_empty() {
+        Leases::new()
+    } else {
+        match take_slots(config, route.unwrap_or(handler), &needs).await {
+            Ok(leases) => leases,
+            Err(rejection) => {
+                enforce::refund(config, &charged).await;
+                return Err(rejection);
+            }
+        }
+    };
     enforce(config, route.unwrap_or(handler), &entries, &charged).await?;
     Ok(leases)
 }
