@@ -476,7 +476,7 @@ async fn a_layer_inside_that_answers_first_does_not_hide_the_attribute() {
 
 #[rate_limit("100/minute", key = ip, scope = "gpu", concurrency = 1)]
 async fn gpu_slow() -> &'static str {
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
     "slow"
 }
 
@@ -498,7 +498,7 @@ async fn a_request_without_a_slot_is_charged_nothing_anywhere() {
     let addr = serve(app).await;
     let c = client_from("127.0.3.30");
     let slow = tokio::spawn(status(c.post(format!("http://{addr}/slow"))));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     // The one "gpu" slot of this client is taken: refused, the first request /fast gets.
     let r = c.post(format!("http://{addr}/fast")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);

@@ -271,14 +271,14 @@ async fn a_batch_costs_its_size() {
 #[tokio::test]
 async fn two_inference_slots_per_client_and_a_refusal_costs_no_rate() {
     let addr = start(Config {
-        heavy: Duration::from_millis(1500),
+        heavy: Duration::from_millis(2500),
         ..config()
     })
     .await;
     let client = client_from("127.0.8.7");
     let first = heavy_in_background(&client, addr);
     let second = heavy_in_background(&client, addr);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let third = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&third, "retry-after"), "1");
@@ -326,7 +326,7 @@ async fn a_client_that_hangs_up_gives_its_slot_back() {
         assert!(gone.unwrap_err().is_timeout());
     }
     // Both hung up well before the model answered: their slots come back.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let body = input(SETOSA);
     let both = tokio::join!(
@@ -448,13 +448,13 @@ async fn metrics_count_per_route_and_tier_as_json_and_prometheus() {
 #[tokio::test]
 async fn slot_refusals_are_counted_by_reason() {
     let addr = start(Config {
-        heavy: Duration::from_millis(1000),
+        heavy: Duration::from_millis(2500),
         ..config()
     })
     .await;
     let client = client_from("127.0.8.12");
     let busy: Vec<_> = (0..2).map(|_| heavy_in_background(&client, addr)).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let r = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     for b in busy {

@@ -160,8 +160,8 @@ async fn ml_api_on(url: &str, heavy_ms: u64, warmup: Duration) -> std::net::Sock
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ml_api_instances_share_tiers_slots_and_the_warm_up_scale() {
     let server = RedisServer::start();
-    let a = ml_api_on(&server.url(), 1500, Duration::ZERO).await;
-    let b = ml_api_on(&server.url(), 1500, Duration::ZERO).await;
+    let a = ml_api_on(&server.url(), 2500, Duration::ZERO).await;
+    let b = ml_api_on(&server.url(), 2500, Duration::ZERO).await;
     let client = client_from("127.0.6.20");
     // The free tier's 20 per minute, across both instances.
     let mut admitted = 0;
@@ -190,7 +190,7 @@ async fn ml_api_instances_share_tiers_slots_and_the_warm_up_scale() {
         })
     };
     let (first, second) = (heavy(a), heavy(b));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(heavy(a).await.unwrap(), 429);
     assert_eq!(heavy(b).await.unwrap(), 429);
     assert_eq!(first.await.unwrap(), 200);
