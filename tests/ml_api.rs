@@ -543,3 +543,121 @@ async fn a_flood_of_429s_is_one_warning() {
         "{text}"
     );
 }
+
+/// The compiled example (`cargo test` builds the examples beside the tests); built here when
+/// a test run did not.
+fn example_binary() -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let target = deps.parent().unwrap().parent().unwrap().to_path_buf();
+    let binary = target.join("examples").join("ml_api");
+    if binary.exists() {
+        return binary;
+    }
+    let own = target.join("ml_api-binary");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--example", "ml_api", "--target-dir"])
+        .arg(&own)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build --example ml_api failed");
+    own.join("debug").join("examples").join("ml_api")
+}
+
+/// Runs the example's `main` with `env`, its output piped (not a terminal), until `stop`.
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    fn start(env: &[(&str, &str)]) -> (Running, u16) {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut command = std::process::Command::new(example_binary());
+        command
+            .env_remove("RUST_LOG")
+            .env_remove("REDIS_URL")
+            .env("PORT", port.to_string())
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let running = Running(Some(command.spawn().unwrap()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "ml_api never listened on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (running, port)
+    }
+
+    /// Stops the server and returns what it wrote.
+    fn stop(mut self) -> String {
+        let mut child = self.0.take().expect("running");
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        text
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `main` as a user runs it: `PORT`, `WARMUP_SECS`, `HEAVY_MS` and `RUST_LOG` read from the
+/// environment, `0.0.0.0`, logs without colour codes when not on a terminal.
+#[tokio::test]
+async fn main_reads_its_environment_and_logs_plainly_off_a_terminal() {
+    let (server, port) = Running::start(&[("WARMUP_SECS", "0"), ("HEAVY_MS", "7")]);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = client_from("127.0.8.20");
+    let info = get_json(&client, addr, "/model-info").await;
+    assert_eq!(info["status"], "ready");
+    assert_eq!(info["limit_scale"], "1/1");
+    for _ in 0..4 {
+        post(
+            &client,
+            addr,
+            "/models/batch-process",
+            &json!([input(SETOSA)]),
+        )
+        .await;
+    }
+    let log = server.stop();
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("listening on 0.0.0.0:{port}")),
+        "{log}"
+    );
+    assert!(log.contains("heavy_ms=7"), "{log}");
+    assert!(log.contains("store=\"memory\""), "{log}");
+    assert_eq!(log.matches("client rate limited").count(), 1, "{log}");
+
+    // RUST_LOG=warn: the warning, not the info lines; and a warm-up of WARMUP_SECS.
+    let (server, port) = Running::start(&[("RUST_LOG", "warn"), ("WARMUP_SECS", "60")]);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let info = get_json(&client, addr, "/model-info").await;
+    assert_eq!(info["status"], "warming_up");
+    assert_eq!(info["limit_scale"], "1/5");
+    for _ in 0..3 {
+        post(
+            &client,
+            addr,
+            "/models/batch-process",
+            &json!([input(SETOSA)]),
+        )
+        .await;
+    }
+    let log = server.stop();
+    assert!(!log.contains("listening on"), "{log}");
+    assert_eq!(log.matches("client rate limited").count(), 1, "{log}");
+}
