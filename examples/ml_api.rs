@@ -327,10 +327,8 @@ async fn model_info(State(model): Shared) -> Json<Value> {
 /// The application: the model, the limiter on memory or Redis, the warm-up, the routes.
 pub async fn app(config: &Config) -> Result<Router, StoreError> {
     let metrics = Metrics::new();
-    // The fixed window, opened by a client's first request (slowapi's default strategy):
-    // when the warm-up ends, a client that used its 20 of the scaled 100/minute has 80 left
-    // at once (GCRA would keep the share it used, the whole budget, and hand it back over
-    // the minute).
+    // The fixed window, opened by a client's first request: slowapi's default strategy, and
+    // a client may spend its minute's budget at once, as the article's clients do.
     let builder = Limiter::builder()
         .algorithm(Algorithm::FixedWindow)
         .observer(metrics.clone());

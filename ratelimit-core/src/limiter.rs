@@ -237,14 +237,12 @@ impl Limiter {
     /// anyway). The scale never touches a [`Limits`]: configuration is not mutated, and
     /// nothing a request does changes it.
     ///
-    /// How each algorithm carries its state across a change of scale: see [`Scale`].
-    ///
     /// ```
-    /// use ratelimit_core::{Algorithm, Limiter, Limits, Scale};
+    /// use ratelimit_core::{Limiter, Limits, Scale};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let limiter = Limiter::builder().algorithm(Algorithm::SlidingWindow).build();
+    /// let limiter = Limiter::new();
     /// let limits = Limits::parse("10/minute").unwrap();
     /// limiter.set_scale(Scale::new(1, 5).unwrap()).await.unwrap(); // warming up
     /// assert!(limiter.check(&limits, "k", 1).await.unwrap().is_allowed());

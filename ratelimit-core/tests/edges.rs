@@ -105,6 +105,56 @@ fn a_scaled_limit_keeps_its_counted_state() {
     }
 }
 
+/// `Limiter::set_scale` keeps the count, whatever the algorithm, on both of the memory
+/// store's paths (one GCRA rate: lock-free; several rates: locked): 20 made while warming up
+/// at 1/5 leave 80 of 100, and 50 made at full strength are too many at 1/5.
+#[test]
+fn scaling_keeps_the_count_for_every_algorithm() {
+    let warming = ratelimit_core::Scale::new(1, 5).unwrap();
+    for algorithm in Algorithm::ALL {
+        for rates in ["100/minute", "100/minute;10000/day"] {
+            let clock = FakeClock::new();
+            let limiter = Limiter::builder()
+                .store(MemoryStore::with_clock(clock.clone()))
+                .algorithm(algorithm)
+                .build();
+            let limits = Limits::parse(rates).unwrap();
+            let what = format!("{algorithm} {rates}");
+            ready(limiter.set_scale(warming)).unwrap();
+            for i in 0..20 {
+                let d = ready(limiter.check(&limits, "up", 1)).unwrap();
+                assert!(d.is_allowed(), "{what}: warm-up request {i}");
+                assert_eq!(d.limit(), 20, "{what}");
+            }
+            assert!(
+                !ready(limiter.check(&limits, "up", 1)).unwrap().is_allowed(),
+                "{what}"
+            );
+            clock.advance(Duration::from_millis(10));
+            ready(limiter.set_scale(ratelimit_core::Scale::FULL)).unwrap();
+            let d = ready(limiter.check(&limits, "up", 1)).unwrap();
+            assert!(d.is_allowed(), "{what}");
+            assert_eq!(
+                (d.limit(), d.remaining()),
+                (100, 79),
+                "{what}: the count after the warm-up"
+            );
+
+            for _ in 0..50 {
+                assert!(
+                    ready(limiter.check(&limits, "down", 1))
+                        .unwrap()
+                        .is_allowed()
+                );
+            }
+            ready(limiter.set_scale(warming)).unwrap();
+            let d = ready(limiter.check(&limits, "down", 1)).unwrap();
+            assert!(!d.is_allowed(), "{what}: 50 made are more than 20");
+            assert_eq!(d.remaining(), 0, "{what}");
+        }
+    }
+}
+
 #[test]
 fn a_year_is_360_days_as_in_limits() {
     let rate = Rate::parse("1/year").unwrap();

@@ -731,3 +731,26 @@ async fn a_scale_set_on_one_instance_reaches_every_instance() {
     let decision = a.check(&limits, "k", 1).await.unwrap();
     assert_eq!((decision.limit(), decision.remaining()), (100, 96));
 }
+
+/// GCRA in Redis keeps the count across a change of scale, as in memory: 20 made at 1/5
+/// leave 80 of 100.
+#[tokio::test]
+async fn gcra_in_redis_keeps_the_count_across_a_scale() {
+    let server = RedisServer::start();
+    let limiter = on_redis(&server.url(), |s| s).await;
+    let limits = Limits::parse("100/minute").unwrap();
+    limiter
+        .set_scale(ratelimit_core::Scale::new(1, 5).unwrap())
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        assert!(limiter.check(&limits, "k", 1).await.unwrap().is_allowed());
+    }
+    assert!(!limiter.check(&limits, "k", 1).await.unwrap().is_allowed());
+    limiter
+        .set_scale(ratelimit_core::Scale::FULL)
+        .await
+        .unwrap();
+    let decision = limiter.check(&limits, "k", 1).await.unwrap();
+    assert_eq!((decision.limit(), decision.remaining()), (100, 79));
+}

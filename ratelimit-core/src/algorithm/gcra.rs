@@ -41,6 +41,19 @@ pub(crate) fn check(tat: u64, rate: &RateParams, now: u64, cost: u64) -> (Verdic
     }
 }
 
+/// The TAT `tat`, written when requests were spaced `from` apart, re-expressed for a spacing
+/// of `to` (a limit scaled at run time): the same number of requests outstanding, paid back
+/// at the new rate. A TAT in the past owes nothing and stays as it is; `from` 0 means the
+/// spacing is unknown (state written before it was recorded).
+#[inline]
+pub(crate) fn rescale(tat: u64, now: u64, from: u64, to: u64) -> u64 {
+    if tat <= now || from == to || from == 0 {
+        return tat;
+    }
+    let debt = u128::from(tat - now) * u128::from(to) / u128::from(from);
+    now.saturating_add(u64::try_from(debt).unwrap_or(u64::MAX))
+}
+
 /// The TAT once a charge of `cost` is given back.
 pub(crate) fn refund(tat: u64, rate: &RateParams, _now: u64, cost: u64) -> u64 {
     tat.saturating_sub(cost.saturating_mul(rate.interval))
@@ -55,6 +68,20 @@ mod tests {
 
     fn params(rate: &str, burst: Option<u64>) -> RateParams {
         RateParams::new(Rate::parse(rate).unwrap(), burst)
+    }
+
+    #[test]
+    fn rescaling_keeps_the_requests_outstanding() {
+        let warm = params("20/minute", None);
+        let full = params("100/minute", None);
+        // 20 requests at 20/minute: a minute ahead; at 100/minute that is 12 seconds.
+        let tat = 20 * warm.interval;
+        assert_eq!(rescale(tat, 0, warm.interval, full.interval), 12 * S);
+        assert_eq!(rescale(12 * S, 0, full.interval, warm.interval), 60 * S);
+        // Nothing owed, or nothing known: unchanged.
+        assert_eq!(rescale(5, 10, warm.interval, full.interval), 5);
+        assert_eq!(rescale(tat, 0, 0, full.interval), tat);
+        assert_eq!(rescale(u64::MAX, 0, 1, u64::MAX), u64::MAX);
     }
 
     #[test]

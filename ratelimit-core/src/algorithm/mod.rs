@@ -171,7 +171,12 @@ mod runtime {
     /// change several rates together.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub(crate) enum State {
-        Gcra(u64),
+        /// The TAT, and the spacing it was written with (0: none yet), so that a limit
+        /// scaled since keeps the number of requests outstanding.
+        Gcra {
+            tat: u64,
+            interval: u64,
+        },
         Fixed(fixed_window::FixedWindow),
         Sliding(sliding_window::SlidingWindow),
         Moving(moving_window::MovingWindow),
@@ -180,7 +185,10 @@ mod runtime {
     impl State {
         pub(crate) fn new(algorithm: Algorithm) -> State {
             match algorithm {
-                Algorithm::Gcra => State::Gcra(0),
+                Algorithm::Gcra => State::Gcra {
+                    tat: 0,
+                    interval: 0,
+                },
                 Algorithm::FixedWindow => State::Fixed(Default::default()),
                 Algorithm::SlidingWindow => State::Sliding(Default::default()),
                 Algorithm::MovingWindow => State::Moving(Default::default()),
@@ -196,10 +204,12 @@ mod runtime {
             consume: bool,
         ) -> Verdict {
             match self {
-                State::Gcra(tat) => {
-                    let (verdict, new_tat) = gcra::check(*tat, rate, now, cost);
+                State::Gcra { tat, interval } => {
+                    let base = gcra::rescale(*tat, now, *interval, rate.interval);
+                    let (verdict, new_tat) = gcra::check(base, rate, now, cost);
                     if consume && cost > 0 && verdict.allowed {
                         *tat = new_tat;
+                        *interval = rate.interval;
                     }
                     verdict
                 }
@@ -214,7 +224,11 @@ mod runtime {
         /// little more generous when the charge's window has since closed.
         pub(crate) fn refund(&mut self, rate: &RateParams, now: u64, cost: u64) {
             match self {
-                State::Gcra(tat) => *tat = gcra::refund(*tat, rate, now, cost),
+                State::Gcra { tat, interval } => {
+                    let base = gcra::rescale(*tat, now, *interval, rate.interval);
+                    *tat = gcra::refund(base, rate, now, cost);
+                    *interval = rate.interval;
+                }
                 State::Fixed(s) => s.refund(rate, now, cost),
                 State::Sliding(s) => s.refund(rate, now, cost),
                 State::Moving(s) => s.refund(cost),
@@ -229,7 +243,7 @@ mod runtime {
         /// The instant from which this state is as good as new, so it can be dropped.
         pub(crate) fn expires_at(&self, rate: &RateParams) -> u64 {
             match self {
-                State::Gcra(tat) => *tat,
+                State::Gcra { tat, .. } => *tat,
                 State::Fixed(s) => s.expires_at(rate),
                 State::Sliding(s) => s.expires_at(rate),
                 State::Moving(s) => s.expires_at(rate),

@@ -93,18 +93,13 @@ impl RateParams {
 ///
 /// A scaled amount is `amount × numerator / denominator`, rounded down and at least 1; an
 /// explicit GCRA burst scales the same way. State is named without the amounts (see
-/// [`Limits::shape`](crate::Limits::shape)), so scaling keeps what every key used:
-///
-/// - the window algorithms keep the **count**: a client that made 15 of its 100 requests
-///   before the scale went to 1/5 has 5 of 20 left, and 20 made during a warm-up at 1/5 leave
-///   80 of 100 once the scale is whole again;
-/// - GCRA keeps the **share of the budget in use**, because its state is a time (how far
-///   ahead of now the key has borrowed): 20 requests at 20/minute borrow a whole minute,
-///   which at 100/minute is still the whole budget, and it drains at the new rate (one
-///   request every 0.6 s). Scaling down, a key never gets more than the scaled budget.
-///
-/// Where a scale-up should hand the rest of the budget over at once (a model that finished
-/// warming up), count with a window algorithm (`sliding_window`, as `limits` does).
+/// [`Limits::shape`](crate::Limits::shape)), so scaling keeps the **count** of every key, with
+/// every algorithm: a client that made 15 of its 100 requests before the scale went to 1/5
+/// has 5 of 20 left, and 20 made during a warm-up at 1/5 leave 80 of 100 once the scale is
+/// whole again. (GCRA keeps, beside its theoretical arrival time, the spacing it was written
+/// with, and re-expresses what a key owes at the new spacing when it is next charged: the
+/// same requests outstanding, paid back at the new rate; until then they drain at the old
+/// one.)
 ///
 /// ```
 /// use ratelimit_core::{Limits, Scale};

@@ -101,10 +101,34 @@ impl Sweep {
     }
 }
 
-/// A GCRA key: its theoretical arrival time, and when it was last checked.
+/// A GCRA key: its theoretical arrival time, and in one more word when it was last checked
+/// (the low 32 bits of its tick) and the spacing the TAT was written with (the high 32 bits:
+/// the interval as an `f32`, 0 before the first write), so that a limit scaled since keeps
+/// the number of requests outstanding ([`gcra::rescale`]). Two words: 40 bytes a key.
 struct GcraSlot {
     tat: AtomicU64,
-    touched: AtomicU64,
+    meta: AtomicU64,
+}
+
+/// The interval's bits in a slot's `meta`: an `f32`, exact to 1 part in 16 million, which is
+/// all a rescaling needs; never 0 for an interval of at least 1 ns.
+#[inline]
+fn interval_bits(interval: u64) -> u64 {
+    u64::from((interval as f32).to_bits())
+}
+
+#[inline]
+fn meta(interval_bits: u64, now: u64) -> u64 {
+    (interval_bits << 32) | (tick(now) & u64::from(u32::MAX))
+}
+
+/// The full tick of a slot's 32-bit one, seen at `now`: ticks wrap every 52 days, and a slot
+/// untouched for longer looks as recent as one touched a wrap ago (harmless for eviction:
+/// expired state is reclaimed first).
+#[inline]
+fn full_tick(meta: u64, now: u64) -> u64 {
+    let age = (tick(now) as u32).wrapping_sub(meta as u32);
+    tick(now).saturating_sub(u64::from(age))
 }
 
 struct Locked {
@@ -126,31 +150,52 @@ trait Slot: Send + Sync + Sized + 'static {
     fn check(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision;
     /// From when on dropping this slot changes no decision.
     fn expires_at(&mut self) -> u64;
-    fn touched(&mut self) -> u64;
+    /// When the slot was last checked, as a tick (see [`tick`]).
+    fn touched(&mut self, now: u64) -> u64;
 }
 
 impl Slot for GcraSlot {
-    fn new(_: &Charge<'_>, now: u64) -> GcraSlot {
+    fn new(charge: &Charge<'_>, now: u64) -> GcraSlot {
         GcraSlot {
             tat: AtomicU64::new(0),
-            touched: AtomicU64::new(tick(now)),
+            meta: AtomicU64::new(meta(interval_bits(charge.param(0).interval), now)),
         }
     }
 
     #[inline(always)]
     fn check(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
         let rate = &charge.param(0);
-        if self.touched.load(Ordering::Relaxed) != tick(now) {
-            self.touched.store(tick(now), Ordering::Relaxed);
+        let seen = self.meta.load(Ordering::Relaxed);
+        let spacing = interval_bits(rate.interval);
+        // The interval the TAT was written with, when a scale has changed it since.
+        let written_at = match seen >> 32 {
+            0 => None,
+            bits if bits == spacing => None,
+            bits => Some(f32::from_bits(bits as u32) as u64),
+        };
+        // Touched now (once per tick: a hot key's line is not written on every check),
+        // keeping the spacing the TAT was written with until it is written again.
+        let fresh = match written_at {
+            None => meta(spacing, now),
+            Some(_) => meta(seen >> 32, now),
+        };
+        if seen != fresh {
+            let _ = self
+                .meta
+                .compare_exchange(seen, fresh, Ordering::Relaxed, Ordering::Relaxed);
         }
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
+            let base = match written_at {
+                Some(from) => gcra::rescale(tat, now, from, rate.interval),
+                None => tat,
+            };
             let (verdict, next) = match mode {
                 Mode::Refund => {
-                    let refunded = gcra::refund(tat, rate, now, charge.cost);
+                    let refunded = gcra::refund(base, rate, now, charge.cost);
                     (gcra::check(refunded, rate, now, 0).0, refunded)
                 }
-                _ => gcra::check(tat, rate, now, charge.cost),
+                _ => gcra::check(base, rate, now, charge.cost),
             };
             let write = match mode {
                 Mode::Peek => false,
@@ -164,7 +209,15 @@ impl Slot for GcraSlot {
                 .tat
                 .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Decision::from_verdict(rate, 0, verdict),
+                Ok(_) => {
+                    if written_at.is_some() {
+                        // Written at the new spacing now. (A check that read the old
+                        // spacing before this store and the new TAT after the exchange
+                        // rescales once more: only at the first write after a change.)
+                        self.meta.store(meta(spacing, now), Ordering::Relaxed);
+                    }
+                    return Decision::from_verdict(rate, 0, verdict);
+                }
                 Err(actual) => tat = actual,
             }
         }
@@ -174,8 +227,8 @@ impl Slot for GcraSlot {
         *self.tat.get_mut()
     }
 
-    fn touched(&mut self) -> u64 {
-        *self.touched.get_mut()
+    fn touched(&mut self, now: u64) -> u64 {
+        full_tick(*self.meta.get_mut(), now)
     }
 }
 
@@ -204,7 +257,7 @@ impl Slot for Box<Mutex<Locked>> {
             .expires_at
     }
 
-    fn touched(&mut self) -> u64 {
+    fn touched(&mut self, _now: u64) -> u64 {
         self.get_mut()
             .unwrap_or_else(PoisonError::into_inner)
             .touched
@@ -484,8 +537,8 @@ impl<C: Clock> MemoryStore<C> {
                         true
                     }
                 };
-                self.gcra.retain(|_, slot| evicting(slot.touched()));
-                self.locked.retain(|_, slot| evicting(slot.touched()));
+                self.gcra.retain(|_, slot| evicting(slot.touched(now)));
+                self.locked.retain(|_, slot| evicting(slot.touched(now)));
                 let evicted = evict - left;
                 self.len.fetch_sub(evicted, Ordering::Relaxed);
                 self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
@@ -549,7 +602,7 @@ fn keep_live<V: Slot>(
         false
     } else {
         *earliest = (*earliest).min(expires_at);
-        touched.push(slot.touched());
+        touched.push(slot.touched(now));
         true
     }
 }

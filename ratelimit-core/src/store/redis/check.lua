@@ -26,9 +26,22 @@ local function verdict(allowed, remaining, reset, retry)
   return { allowed = allowed, remaining = remaining, reset = reset, retry = retry }
 end
 
--- GCRA. State: the theoretical arrival time.
+-- GCRA. State: the theoretical arrival time and the interval it was written with
+-- ("tat interval"; a bare "tat" from before the interval was kept): when a limit was scaled
+-- since, the requests outstanding are kept and paid back at the new rate (rescale, as the
+-- in-memory store's).
 local gcra = {}
-function gcra.load(key) return tonumber(redis.call('GET', key) or '0') end
+function gcra.load(key, r)
+  local v = redis.call('GET', key)
+  if not v then return 0 end
+  local t, i = string.match(v, '^(%d+) (%d+)$')
+  if not t then return tonumber(v) or 0 end
+  local tat, from = tonumber(t), tonumber(i)
+  if tat > now and from > 0 and from ~= r.interval then
+    tat = now + floor((tat - now) * r.interval / from)
+  end
+  return tat
+end
 function gcra.judge(tat, r, cost)
   local base = max(tat, now)
   local used = base - now
@@ -47,7 +60,7 @@ function gcra.refund(tat, r, cost) return max(tat - cost * r.interval, 0) end
 function gcra.store(key, tat, r)
   local ttl = tat - now
   if ttl <= 0 then redis.call('DEL', key) else
-    redis.call('SET', key, string.format('%.0f', tat), 'PX', floor(ttl / 1000) + 1)
+    redis.call('SET', key, string.format('%.0f %.0f', tat, r.interval), 'PX', floor(ttl / 1000) + 1)
   end
 end
 
@@ -246,7 +259,7 @@ if mode == 2 then
   for c, charge in ipairs(charges) do
     for i, r in ipairs(charge.rates) do
       local a = charge.algorithm
-      local s = a.refund(a.load(r.key), r, charge.cost)
+      local s = a.refund(a.load(r.key, r), r, charge.cost)
       a.store(r.key, s, r)
       bind((a.judge(s, r, 0)), c, i)
     end
@@ -256,7 +269,7 @@ else
   for c, charge in ipairs(charges) do
     after[c] = {}
     for i, r in ipairs(charge.rates) do
-      local v, s = charge.algorithm.judge(charge.algorithm.load(r.key), r, charge.cost)
+      local v, s = charge.algorithm.judge(charge.algorithm.load(r.key, r), r, charge.cost)
       after[c][i] = s
       all = all and v.allowed
       bind(v, c, i)
