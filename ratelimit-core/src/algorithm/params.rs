@@ -22,6 +22,9 @@ pub struct RateParams {
     pub(crate) burst: u64,
     /// GCRA: `burst × interval`, saturated.
     pub(crate) tolerance: u64,
+    /// GCRA: the interval as an `f32`'s bits, worked out here so that a store that records
+    /// the spacing its state was written with compares one word per check.
+    pub(crate) interval_bits: u32,
 }
 
 impl RateParams {
@@ -38,6 +41,7 @@ impl RateParams {
             interval,
             burst,
             tolerance: interval.saturating_mul(burst),
+            interval_bits: (interval as f32).to_bits(),
         }
     }
 

@@ -10,7 +10,7 @@ use dashmap::mapref::entry::Entry;
 
 use super::slots::Slots;
 use super::{Charge, CheckRequest, LimitState, Mode, SlotRequest, Store, StoreError, StoreFuture};
-use crate::algorithm::{Algorithm, gcra};
+use crate::algorithm::{Algorithm, RateParams, gcra};
 use crate::clock::{Clock, MonotonicClock};
 use crate::decision::Decision;
 
@@ -110,13 +110,6 @@ struct GcraSlot {
     meta: AtomicU64,
 }
 
-/// The interval's bits in a slot's `meta`: an `f32`, exact to 1 part in 16 million, which is
-/// all a rescaling needs; never 0 for an interval of at least 1 ns.
-#[inline]
-fn interval_bits(interval: u64) -> u64 {
-    u64::from((interval as f32).to_bits())
-}
-
 #[inline]
 fn meta(interval_bits: u64, now: u64) -> u64 {
     (interval_bits << 32) | (tick(now) & u64::from(u32::MAX))
@@ -158,32 +151,76 @@ impl Slot for GcraSlot {
     fn new(charge: &Charge<'_>, now: u64) -> GcraSlot {
         GcraSlot {
             tat: AtomicU64::new(0),
-            meta: AtomicU64::new(meta(interval_bits(charge.param(0).interval), now)),
+            meta: AtomicU64::new(meta(u64::from(charge.param(0).interval_bits), now)),
         }
     }
 
     #[inline(always)]
     fn check(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
         let rate = &charge.param(0);
+        // The interval's bits: an `f32`, exact to 1 part in 16 million, which is all a
+        // rescaling needs; never 0 for an interval of at least 1 ns.
+        let spacing = u64::from(rate.interval_bits);
         let seen = self.meta.load(Ordering::Relaxed);
-        let spacing = interval_bits(rate.interval);
-        // The interval the TAT was written with, when a scale has changed it since.
+        if seen >> 32 != spacing {
+            return self.check_rescaled(charge, rate, now, mode, seen);
+        }
+        // Touched now: written once per tick, so a hot key's line is not written on every
+        // check.
+        if seen != meta(spacing, now) {
+            self.meta.store(meta(spacing, now), Ordering::Relaxed);
+        }
+        self.run(charge, rate, now, mode, None)
+    }
+
+    fn expires_at(&mut self) -> u64 {
+        *self.tat.get_mut()
+    }
+
+    fn touched(&mut self, now: u64) -> u64 {
+        full_tick(*self.meta.get_mut(), now)
+    }
+}
+
+impl GcraSlot {
+    /// A check of a TAT written at another spacing: a limit scaled since (or a slot written
+    /// before the spacing was kept). What the key owes is re-expressed at the new spacing.
+    #[cold]
+    #[inline(never)]
+    fn check_rescaled(
+        &self,
+        charge: &Charge<'_>,
+        rate: &RateParams,
+        now: u64,
+        mode: Mode,
+        seen: u64,
+    ) -> Decision {
         let written_at = match seen >> 32 {
             0 => None,
-            bits if bits == spacing => None,
             bits => Some(f32::from_bits(bits as u32) as u64),
         };
-        // Touched now (once per tick: a hot key's line is not written on every check),
-        // keeping the spacing the TAT was written with until it is written again.
-        let fresh = match written_at {
-            None => meta(spacing, now),
-            Some(_) => meta(seen >> 32, now),
-        };
+        // Touched now, keeping the spacing the TAT was written with until it is written again.
+        let fresh = meta(seen >> 32, now);
         if seen != fresh {
             let _ = self
                 .meta
                 .compare_exchange(seen, fresh, Ordering::Relaxed, Ordering::Relaxed);
         }
+        self.run(charge, rate, now, mode, written_at.or(Some(rate.interval)))
+    }
+
+    /// Judges and, as `mode` says, writes the TAT; `written_at`: the spacing the stored TAT
+    /// was written with, when it is not `rate`'s (then the TAT is rescaled, and the slot
+    /// records `rate`'s spacing when it writes).
+    #[inline(always)]
+    fn run(
+        &self,
+        charge: &Charge<'_>,
+        rate: &RateParams,
+        now: u64,
+        mode: Mode,
+        written_at: Option<u64>,
+    ) -> Decision {
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
             let base = match written_at {
@@ -202,7 +239,7 @@ impl Slot for GcraSlot {
                 Mode::Charge => verdict.allowed && charge.cost > 0,
                 Mode::Refund => true,
             };
-            if !write || next == tat {
+            if !write || (next == tat && written_at.is_none()) {
                 return Decision::from_verdict(rate, 0, verdict);
             }
             match self
@@ -214,21 +251,14 @@ impl Slot for GcraSlot {
                         // Written at the new spacing now. (A check that read the old
                         // spacing before this store and the new TAT after the exchange
                         // rescales once more: only at the first write after a change.)
-                        self.meta.store(meta(spacing, now), Ordering::Relaxed);
+                        self.meta
+                            .store(meta(u64::from(rate.interval_bits), now), Ordering::Relaxed);
                     }
                     return Decision::from_verdict(rate, 0, verdict);
                 }
                 Err(actual) => tat = actual,
             }
         }
-    }
-
-    fn expires_at(&mut self) -> u64 {
-        *self.tat.get_mut()
-    }
-
-    fn touched(&mut self, now: u64) -> u64 {
-        full_tick(*self.meta.get_mut(), now)
     }
 }
 
