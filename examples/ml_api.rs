@@ -358,7 +358,9 @@ async fn warm_up(model: &Arc<Model>, length: Duration) {
         model.ready.store(true, Ordering::Relaxed);
         return;
     }
-    if let Err(error) = model.limiter.set_scale(WARMING_UP).await {
+    // For twice the warm-up at most: an instance that dies warming up must not leave the
+    // fleet scaled down (with Redis, the scale expires there too).
+    if let Err(error) = model.limiter.set_scale_for(WARMING_UP, length * 2).await {
         tracing::warn!(%error, "warm-up scale not shared with other instances");
     }
     tracing::info!(scale = %WARMING_UP, seconds = length.as_secs_f64(), "model warming up: limits scaled down");

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use crate::algorithm::{Algorithm, Scale};
 use crate::decision::Decision;
@@ -40,6 +41,8 @@ struct Inner {
     backend: Backend,
     /// This process's scale ([`Scale::to_bits`]), for a store that shares none.
     scale: AtomicU64,
+    /// Nanoseconds since `SCALE_EPOCH` after which `scale` is whole again; `u64::MAX`: never.
+    scale_until: AtomicU64,
     algorithm: Algorithm,
     prefix: String,
     observer: Option<Box<dyn Observer>>,
@@ -223,13 +226,22 @@ impl Limiter {
                 return shared;
             }
         }
-        Scale::from_bits(self.inner.scale.load(Ordering::Relaxed))
+        let bits = self.inner.scale.load(Ordering::Relaxed);
+        if bits == FULL_BITS {
+            return Scale::FULL;
+        }
+        // Scaled: the clock is read only then, to see whether the scale has run out.
+        if scale_clock() >= self.inner.scale_until.load(Ordering::Relaxed) {
+            return Scale::FULL;
+        }
+        Scale::from_bits(bits)
     }
 
     /// Scales every limit checked through this limiter from now on, such as to 1/5 while a
     /// model warms up, and back with [`Scale::FULL`]: no restart, no count lost (state is
-    /// named without the amounts). Requests already admitted stay admitted; a client past
-    /// the scaled amount is refused until its use falls below it.
+    /// named without the amounts, and every algorithm keeps its counts: see [`Scale`]).
+    /// Requests already admitted stay admitted; a client past the scaled amount is refused
+    /// until its use falls below it.
     ///
     /// With a store shared by several instances (Redis) the scale is written to the store,
     /// and every instance on the same key prefix follows it within about a second; the
@@ -254,10 +266,42 @@ impl Limiter {
     /// # }
     /// ```
     pub async fn set_scale(&self, scale: Scale) -> Result<(), StoreError> {
+        self.set_scale_until(scale, None).await
+    }
+
+    /// [`set_scale`](Limiter::set_scale) for at most `ttl`, after which limits are whole
+    /// again unless the scale was set since: for a scale that must not outlive whoever set it.
+    /// With Redis, an instance that starts warming up, scales the fleet down and then dies
+    /// before it is ready would otherwise leave every instance scaled down; with a `ttl`, the
+    /// scale expires in Redis too.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ratelimit_core::{Limiter, Scale};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new();
+    /// let warming = Scale::new(1, 5).unwrap();
+    /// limiter.set_scale_for(warming, Duration::from_millis(50)).await.unwrap();
+    /// assert_eq!(limiter.scale(), warming);
+    /// std::thread::sleep(Duration::from_millis(60));
+    /// assert_eq!(limiter.scale(), Scale::FULL);
+    /// # }
+    /// ```
+    pub async fn set_scale_for(&self, scale: Scale, ttl: Duration) -> Result<(), StoreError> {
+        self.set_scale_until(scale, Some(ttl)).await
+    }
+
+    async fn set_scale_until(&self, scale: Scale, ttl: Option<Duration>) -> Result<(), StoreError> {
+        let until = ttl.map_or(u64::MAX, |ttl| {
+            scale_clock().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+        });
+        self.inner.scale_until.store(until, Ordering::Relaxed);
         self.inner.scale.store(scale.to_bits(), Ordering::Relaxed);
         match &self.inner.backend {
             Backend::Memory(_) => Ok(()),
-            Backend::Other(store) => store.publish_scale(&self.inner.prefix, scale).await,
+            Backend::Other(store) => store.publish_scale(&self.inner.prefix, scale, ttl).await,
         }
     }
 
@@ -396,6 +440,15 @@ impl fmt::Debug for SlotLease {
     }
 }
 
+const FULL_BITS: u64 = Scale::FULL.to_bits();
+
+/// Nanoseconds on a process-wide monotonic clock, for the expiry of a scale.
+fn scale_clock() -> u64 {
+    static EPOCH: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The process-wide limiter.
 static GLOBAL: std::sync::LazyLock<Limiter> = std::sync::LazyLock::new(Limiter::new);
 
@@ -490,6 +543,7 @@ impl LimiterBuilder {
                     .store
                     .unwrap_or_else(|| Backend::Memory(MemoryStore::new())),
                 scale: AtomicU64::new(Scale::FULL.to_bits()),
+                scale_until: AtomicU64::new(u64::MAX),
                 algorithm: self.algorithm,
                 prefix: self.prefix,
                 observer: self.observer,

@@ -754,3 +754,31 @@ async fn gcra_in_redis_keeps_the_count_across_a_scale() {
     let decision = limiter.check(&limits, "k", 1).await.unwrap();
     assert_eq!((decision.limit(), decision.remaining()), (100, 79));
 }
+
+/// A scale set for a while expires on every instance: one that scaled the fleet down and
+/// died cannot leave it scaled down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_set_for_a_while_expires_everywhere() {
+    let server = RedisServer::start();
+    let dying = on_redis(&server.url(), |s| s).await;
+    let other = on_redis(&server.url(), |s| s).await;
+    let warming = ratelimit_core::Scale::new(1, 5).unwrap();
+    dying
+        .set_scale_for(warming, Duration::from_millis(1500))
+        .await
+        .unwrap();
+    drop(dying);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while other.scale() != warming {
+        assert!(Instant::now() < deadline, "the scale never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let set_at = Instant::now();
+    while other.scale() != ratelimit_core::Scale::FULL {
+        assert!(
+            set_at.elapsed() < Duration::from_secs(6),
+            "the scale never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

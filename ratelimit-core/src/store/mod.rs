@@ -16,6 +16,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 pub use memory::{DEFAULT_CAPACITY, MemoryStore, WhenFull};
 #[cfg(feature = "redis")]
@@ -203,10 +204,17 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
-    /// Makes `scale` the one every instance sharing this store uses under `prefix`
-    /// ([`Limiter::set_scale`](crate::Limiter::set_scale)). The default has nobody to tell.
-    fn publish_scale<'a>(&'a self, prefix: &'a str, scale: Scale) -> StoreFuture<'a, ()> {
-        let _ = (prefix, scale);
+    /// Makes `scale` the one every instance sharing this store uses under `prefix`, for at
+    /// most `ttl` when one is given ([`Limiter::set_scale`](crate::Limiter::set_scale),
+    /// [`Limiter::set_scale_for`](crate::Limiter::set_scale_for)). The default has nobody to
+    /// tell.
+    fn publish_scale<'a>(
+        &'a self,
+        prefix: &'a str,
+        scale: Scale,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        let _ = (prefix, scale, ttl);
         StoreFuture::ready(Ok(()))
     }
 }
@@ -232,8 +240,13 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         (**self).shared_scale(prefix)
     }
 
-    fn publish_scale<'a>(&'a self, prefix: &'a str, scale: Scale) -> StoreFuture<'a, ()> {
-        (**self).publish_scale(prefix, scale)
+    fn publish_scale<'a>(
+        &'a self,
+        prefix: &'a str,
+        scale: Scale,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        (**self).publish_scale(prefix, scale, ttl)
     }
 }
 

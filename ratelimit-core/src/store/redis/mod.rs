@@ -619,8 +619,13 @@ impl Store for RedisStore {
         self.shared_scale_of(prefix)
     }
 
-    fn publish_scale<'a>(&'a self, prefix: &'a str, scale: Scale) -> StoreFuture<'a, ()> {
-        self.publish_scale_to_redis(prefix, scale)
+    fn publish_scale<'a>(
+        &'a self,
+        prefix: &'a str,
+        scale: Scale,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()> {
+        self.publish_scale_to_redis(prefix, scale, ttl)
     }
 }
 

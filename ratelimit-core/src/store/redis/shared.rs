@@ -239,6 +239,7 @@ impl RedisStore {
         &'a self,
         prefix: &'a str,
         scale: Scale,
+        ttl: Option<Duration>,
     ) -> StoreFuture<'a, ()> {
         self.scales
             .known
@@ -249,6 +250,11 @@ impl RedisStore {
         StoreFuture::new(async move {
             let mut command = redis::cmd("SET");
             command.arg(scale_name(prefix)).arg(scale.to_string());
+            if let Some(ttl) = ttl {
+                command
+                    .arg("PX")
+                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+            }
             let timeout = self.timeout.max(Duration::from_millis(500));
             match tokio::time::timeout(timeout, self.connection.query::<()>(command)).await {
                 Ok(Ok(())) => Ok(()),
