@@ -396,15 +396,7 @@ async fn limits_run_at_a_fifth_while_the_model_warms_up_then_whole_with_counts_k
 async fn metrics_count_per_route_and_tier_as_json_and_prometheus() {
     let addr = start(config()).await;
     let client = client_from("127.0.8.11");
-    for _ in 0..3 {
-        post(
-            &client,
-            addr,
-            "/models/batch-process",
-            &json!([input(SETOSA)]),
-        )
-        .await;
-    }
+    batch_process(&client, addr, 3).await;
     for _ in 0..2 {
         predict_as(&client, addr, Some("premium-user-key")).await;
     }
@@ -610,6 +602,19 @@ impl Drop for Running {
     }
 }
 
+/// `times` batch-process requests: past its 2 per 5 minutes (1 while warming up), refusals.
+async fn batch_process(client: &reqwest::Client, addr: SocketAddr, times: usize) {
+    for _ in 0..times {
+        post(
+            client,
+            addr,
+            "/models/batch-process",
+            &json!([input(SETOSA)]),
+        )
+        .await;
+    }
+}
+
 /// `main` as a user runs it: `PORT`, `WARMUP_SECS`, `HEAVY_MS` and `RUST_LOG` read from the
 /// environment, `0.0.0.0`, logs without colour codes when not on a terminal.
 #[tokio::test]
@@ -620,15 +625,7 @@ async fn main_reads_its_environment_and_logs_plainly_off_a_terminal() {
     let info = get_json(&client, addr, "/model-info").await;
     assert_eq!(info["status"], "ready");
     assert_eq!(info["limit_scale"], "1/1");
-    for _ in 0..4 {
-        post(
-            &client,
-            addr,
-            "/models/batch-process",
-            &json!([input(SETOSA)]),
-        )
-        .await;
-    }
+    batch_process(&client, addr, 4).await;
     let log = server.stop();
     assert!(
         !log.contains('\u{1b}'),
@@ -648,15 +645,7 @@ async fn main_reads_its_environment_and_logs_plainly_off_a_terminal() {
     let info = get_json(&client, addr, "/model-info").await;
     assert_eq!(info["status"], "warming_up");
     assert_eq!(info["limit_scale"], "1/5");
-    for _ in 0..3 {
-        post(
-            &client,
-            addr,
-            "/models/batch-process",
-            &json!([input(SETOSA)]),
-        )
-        .await;
-    }
+    batch_process(&client, addr, 3).await;
     let log = server.stop();
     assert!(!log.contains("listening on"), "{log}");
     assert_eq!(log.matches("client rate limited").count(), 1, "{log}");
