@@ -7,7 +7,7 @@
 //! | `POST /models/lightweight/predict` | 100/minute per client IP |
 //! | `POST /models/heavy/predict` | 10/minute and 2 inference slots per client IP; inference takes `HEAVY_MS` more |
 //! | `POST /models/batch-process` | 2 per 5 minutes per client IP (a JSON list of inputs) |
-//! | `POST /predict` | by `X-API-Key` (else the client IP): free 20/minute, premium (`premium-user-key`) 100/minute |
+//! | `POST /predict` | by a known `X-API-Key`: free 20/minute, premium (`premium-user-key`) 100/minute; an unknown key 401; no key: the client IP at 20/minute |
 //! | `POST /predict/batch` | 50 items per minute per client IP: a batch of N costs N |
 //! | `GET /model-info` | never limited |
 //! | `GET /metrics`, `GET /metrics/prometheus` | never limited: what the limiter saw |
@@ -18,7 +18,11 @@
 //! and the warm-up scale are shared by every instance on that Redis.
 //!
 //! A prediction takes `{"features": [sepal length, sepal width, petal length, petal width]}`
-//! (centimetres) and answers the iris species with its probability.
+//! (centimetres) and answers the iris species with its probability. Every error is JSON
+//! `{"detail": ...}`; bodies are limited to 16 KiB (a batch to 512 KiB), a 413 beyond.
+//!
+//! API keys: `premium-user-key` (premium), `free-user-key` and `free-user-key-2` (free), and
+//! more from `API_KEYS` (`key=tier,key=tier`) or the file `API_KEYS_FILE` (`key tier` a line).
 //!
 //! `cargo run --release --example ml_api` (`PORT`, default 8000; `RUST_LOG`, default
 //! `info`), then the README's walkthrough.
@@ -28,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,11 +41,14 @@ use axum::{Json, Router};
 use linfa::prelude::*;
 use linfa_logistic::{MultiFittedLogisticRegression, MultiLogisticRegression};
 use ndarray::{Array2, ArrayView1};
-use ratelimit::http::{LimitsRef, metrics_json, metrics_prometheus};
+use ratelimit::http::{
+    ApiKeys, Identity, KeyTable, KnownKey, LimitsRef, Rejection, metrics_json, metrics_prometheus,
+};
 use ratelimit::observe::Metrics;
 use ratelimit::store::RedisStore;
 use ratelimit::{Algorithm, Limiter, Limits, Scale, StoreError, rate_limit};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 /// The iris species, in the order of the data set's targets.
@@ -171,17 +178,55 @@ pub struct Input {
     pub features: Vec<f64>,
 }
 
-/// A request the model cannot answer: 422 with what was expected.
-pub struct BadInput(String);
+/// A request the server cannot answer: its status (422 for input the model cannot take) and
+/// `{"detail": ...}` with what was expected, as FastAPI answers.
+pub struct BadInput(StatusCode, String);
+
+impl BadInput {
+    /// A 422: the body is JSON of the right shape, but the model cannot take it.
+    fn new(detail: String) -> BadInput {
+        BadInput(StatusCode::UNPROCESSABLE_ENTITY, detail)
+    }
+}
 
 impl IntoResponse for BadInput {
     fn into_response(self) -> Response {
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({"detail": self.0})),
-        )
-            .into_response()
+        (self.0, Json(json!({"detail": self.1}))).into_response()
     }
+}
+
+/// The most a single prediction's body may hold, and a batch's (a 413 beyond).
+pub const INPUT_BODY_LIMIT: usize = 16 * 1024;
+/// The most a batch's body may hold: about 8,000 inputs.
+pub const BATCH_BODY_LIMIT: usize = 512 * 1024;
+
+/// A JSON body, or a JSON answer that says what is wrong with it: malformed JSON (400), a
+/// missing or ill-typed field (422), a wrong content type (415) and a body over the route's
+/// limit (413) keep axum's status and message, in `{"detail": ...}`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = BadInput;
+
+    async fn from_request(req: Request, state: &S) -> Result<JsonBody<T>, BadInput> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(BadInput(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+/// Any other path: 404 in JSON.
+async fn not_found() -> BadInput {
+    BadInput(StatusCode::NOT_FOUND, "Not Found".to_owned())
+}
+
+/// A known path with another method: 405 in JSON.
+async fn method_not_allowed() -> BadInput {
+    BadInput(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed".to_owned(),
+    )
 }
 
 /// The four features of each input, or which input is wrong and why.
@@ -196,14 +241,14 @@ fn rows(inputs: &[Input]) -> Result<Vec<[f64; 4]>, BadInput> {
                 } else {
                     String::new()
                 };
-                BadInput(format!(
+                BadInput::new(format!(
                     "{at}expected 4 features ({}), got {}",
                     FEATURES.join(", "),
                     input.features.len()
                 ))
             })?;
             if let Some(bad) = row.iter().find(|x| !x.is_finite()) {
-                return Err(BadInput(format!(
+                return Err(BadInput::new(format!(
                     "features must be finite numbers, got {bad}"
                 )));
             }
@@ -217,7 +262,7 @@ type Shared = State<Arc<Model>>;
 #[rate_limit("100/minute", key = ip)]
 async fn lightweight(
     State(model): Shared,
-    Json(input): Json<Input>,
+    JsonBody(input): JsonBody<Input>,
 ) -> Result<Json<Value>, BadInput> {
     let mut answer = model.predict_one(&input)?;
     answer["model"] = json!("lightweight");
@@ -227,7 +272,10 @@ async fn lightweight(
 /// At most two inferences of one client at once: the slot is held while the model runs and
 /// given back when the answer is sent, or when the client hangs up.
 #[rate_limit("10/minute", key = ip, concurrency = 2)]
-async fn heavy(State(model): Shared, Json(input): Json<Input>) -> Result<Json<Value>, BadInput> {
+async fn heavy(
+    State(model): Shared,
+    JsonBody(input): JsonBody<Input>,
+) -> Result<Json<Value>, BadInput> {
     let rows = rows(std::slice::from_ref(&input))?;
     tokio::time::sleep(model.heavy).await; // a large model's forward pass
     let mut answer = model.predict(&rows).remove(0);
@@ -238,7 +286,7 @@ async fn heavy(State(model): Shared, Json(input): Json<Input>) -> Result<Json<Va
 #[rate_limit("2/5 minutes", key = ip)]
 async fn batch_process(
     State(model): Shared,
-    Json(batch): Json<Vec<Input>>,
+    JsonBody(batch): JsonBody<Vec<Input>>,
 ) -> Result<Json<Value>, BadInput> {
     predict_all(&model, &batch)
 }
@@ -249,18 +297,6 @@ fn predict_all(model: &Model, batch: &[Input]) -> Result<Json<Value>, BadInput> 
     Ok(Json(
         json!({ "results": model.predict(&rows), "count": rows.len() }),
     ))
-}
-
-/// Who calls: the API key when one is given, else the client address. The two never mix
-/// (an API key spelled like an address is still a key).
-async fn caller(parts: &Parts) -> String {
-    match parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        Some(key) if !key.is_empty() => format!("key:{key}"),
-        _ => match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-            Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
-            None => "ip:unknown".to_owned(),
-        },
-    }
 }
 
 static FREE: LazyLock<Limits> = LazyLock::new(|| {
@@ -274,28 +310,81 @@ static PREMIUM: LazyLock<Limits> = LazyLock::new(|| {
         .with_label("premium")
 });
 
-/// The caller's tier: premium for `premium-user-key` (a database lookup, in a real service).
-fn tier(headers: &HeaderMap) -> &'static LazyLock<Limits> {
-    match headers.get("x-api-key").map(|v| v.as_bytes()) {
-        Some(b"premium-user-key") => &PREMIUM,
-        _ => &FREE,
+/// The API keys this server knows: `premium-user-key` (premium) and `free-user-key`,
+/// `free-user-key-2` (free), then those of `API_KEYS` (`key=tier` pairs separated by commas)
+/// and of the file `API_KEYS_FILE` (a `key tier` pair a line; `#` starts a comment). In a
+/// real service, a database or Redis behind `KeyLookup`.
+static API_KEYS: LazyLock<ApiKeys<KeyTable>> = LazyLock::new(|| {
+    let mut table = KeyTable::new();
+    let mut add = |key: &str, tier: &str| {
+        let limits = match tier {
+            "premium" => &PREMIUM,
+            "free" => &FREE,
+            other => panic!("API key {key:?}: unknown tier {other:?} (free or premium)"),
+        };
+        table.insert(key, KnownKey::new(key.to_owned(), limits));
+    };
+    add("premium-user-key", "premium");
+    add("free-user-key", "free");
+    add("free-user-key-2", "free");
+    if let Ok(pairs) = std::env::var("API_KEYS") {
+        for pair in pairs.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, tier) = pair
+                .split_once('=')
+                .unwrap_or_else(|| panic!("API_KEYS: {pair:?} is not key=tier"));
+            add(key.trim(), tier.trim());
+        }
     }
+    if let Ok(path) = std::env::var("API_KEYS_FILE") {
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|error| panic!("API_KEYS_FILE={path}: {error}"));
+        for line in text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+        {
+            if line.is_empty() {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some(key), Some(tier), None) => add(key, tier),
+                _ => panic!("API_KEYS_FILE={path}: {line:?} is not `key tier`"),
+            }
+        }
+    }
+    ApiKeys::new(table)
+});
+
+/// Who calls: a known API key (its own budget at its tier's limits), or without a key the
+/// client address (as `key = ip` counts it) at the free tier. An unknown key is answered
+/// `401 {"detail": "unknown API key"}`: a made-up key is never a fresh budget.
+async fn caller(parts: &Parts) -> Result<Identity, Rejection> {
+    API_KEYS.identify(parts).await
 }
 
-/// The limits of this request's tier, computed per request: nothing shared is changed, so a
-/// premium call never lifts anyone else's limit.
-fn tier_limits(parts: &Parts) -> LimitsRef {
-    LimitsRef::from(tier(&parts.headers))
+/// The limits of a caller without a key (a known key brings its tier's).
+fn anonymous_limits(_: &Parts) -> LimitsRef {
+    LimitsRef::from(&FREE)
 }
 
-#[rate_limit(tier_limits, key = caller)]
+/// The tier of the request's API key (the key was checked before the handler ran).
+fn tier(headers: &HeaderMap) -> &'static str {
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|key| API_KEYS.lookup().get(key))
+        .and_then(|known| known.limits.limits().label())
+        .unwrap_or("free")
+}
+
+#[rate_limit(anonymous_limits, key = caller)]
 async fn predict(
     State(model): Shared,
     headers: HeaderMap,
-    Json(input): Json<Input>,
+    JsonBody(input): JsonBody<Input>,
 ) -> Result<Json<Value>, BadInput> {
     let mut answer = model.predict_one(&input)?;
-    answer["tier"] = json!(tier(&headers).label().unwrap_or("free"));
+    answer["tier"] = json!(tier(&headers));
     Ok(Json(answer))
 }
 
@@ -304,7 +393,7 @@ async fn predict(
 #[rate_limit("50/minute", key = ip, cost = batch.len())]
 async fn predict_batch(
     State(model): Shared,
-    Json(batch): Json<Vec<Input>>,
+    JsonBody(batch): JsonBody<Vec<Input>>,
 ) -> Result<Json<Value>, BadInput> {
     predict_all(&model, &batch)
 }
@@ -339,16 +428,32 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
     let model = Arc::new(Model::train(config.heavy, limiter.clone()));
     warm_up(&model, config.warmup).await;
     Ok(Router::new()
-        .route("/models/lightweight/predict", post(lightweight))
-        .route("/models/heavy/predict", post(heavy))
-        .route("/models/batch-process", post(batch_process))
-        .route("/predict", post(predict))
-        .route("/predict/batch", post(predict_batch))
+        .route(
+            "/models/lightweight/predict",
+            post(lightweight).layer(input_limit()),
+        )
+        .route("/models/heavy/predict", post(heavy).layer(input_limit()))
+        .route(
+            "/models/batch-process",
+            post(batch_process).layer(batch_limit()),
+        )
+        .route("/predict", post(predict).layer(input_limit()))
+        .route("/predict/batch", post(predict_batch).layer(batch_limit()))
         .route("/model-info", get(model_info))
         .route("/metrics", metrics_json(metrics.clone()))
         .route("/metrics/prometheus", metrics_prometheus(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(limiter.layer())
         .with_state(model))
+}
+
+fn input_limit() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(INPUT_BODY_LIMIT)
+}
+
+fn batch_limit() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(BATCH_BODY_LIMIT)
 }
 
 /// Limits at 1/5 for `length`, then whole again, on a timer: the pattern for "scale while

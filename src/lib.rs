@@ -49,7 +49,14 @@ pub use ratelimit_core::*;
 ///   forwarded hop), `global` is everyone together, `header` the header's bytes (a request
 ///   without it is counted by its client address), and a path names a function
 ///   `fn(&Parts) -> K` or `async fn(&Parts) -> K` whose `K` is a `String`, `&'static str`,
-///   `Cow<'static, str>` or an `Option` of one. Default: the layer's
+///   `Cow<'static, str>`, an [`Identity`](http::Identity) (a key, the client address, and
+///   optionally a tier's limits, which then replace `LIMITS`), a
+///   [`ClientAddr`](http::ClientAddr), an `Option` of one (`None` is counted by the client
+///   address, never under one key shared by every such request), or a `Result` of one whose
+///   error is the answer (a 401 for an unknown API key). A key function gets the client
+///   address exactly as `key = ip` derives it from [`ClientAddr::of`](http::ClientAddr::of)
+///   or [`Identity::client`](http::Identity::client); for API keys that a client cannot
+///   forge, see [`ApiKeys`](http::ApiKeys). Default: the layer's
 ///   [default key](http::RateLimitLayer::default_key), the client IP.
 /// - **`scope = "name"`**: one budget shared by every handler naming it. Without it, keys are
 ///   scoped by the matched route template (`/items/1` and `/items/2` share `/items/{id}`).
@@ -116,7 +123,7 @@ pub use ratelimit_macros::rate_limit;
 pub mod __private {
     pub use ratelimit_core::http::support::{Cost, KeyFromFuture, KeyFromValue, Probe, returns};
     pub use ratelimit_core::http::{
-        Deferred, Guard, KeySource, LimitsRef, Policy, Rejection, Spec,
+        Deferred, Guard, Identity, KeySource, LimitsRef, Policy, Rejection, Spec,
     };
     pub use ratelimit_core::{Algorithm, Limits};
     pub use std::borrow::Cow;

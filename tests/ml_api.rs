@@ -197,7 +197,7 @@ async fn predict_as(
 async fn a_premium_call_leaves_a_free_callers_limit_at_20() {
     let addr = start(config()).await;
     let client = client_from("127.0.8.4");
-    let r = predict_as(&client, addr, Some("free-user-a")).await;
+    let r = predict_as(&client, addr, Some("free-user-key")).await;
     assert_eq!(header(&r, "x-ratelimit-limit"), "20");
     for _ in 0..30 {
         let r = predict_as(&client, addr, Some("premium-user-key")).await;
@@ -208,7 +208,7 @@ async fn a_premium_call_leaves_a_free_callers_limit_at_20() {
     }
     let mut admitted = 1;
     loop {
-        let r = predict_as(&client, addr, Some("free-user-a")).await;
+        let r = predict_as(&client, addr, Some("free-user-key")).await;
         assert_eq!(header(&r, "x-ratelimit-limit"), "20");
         if r.status() != StatusCode::OK {
             assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -228,7 +228,7 @@ async fn a_premium_call_leaves_a_free_callers_limit_at_20() {
     }
     assert_eq!(premium, 100);
     // Another free caller, and a caller without a key (counted by address), have their own 20.
-    for key in [Some("free-user-b"), None] {
+    for key in [Some("free-user-key-2"), None] {
         let mut admitted = 0;
         while predict_as(&client, addr, key).await.status() == StatusCode::OK {
             admitted += 1;

@@ -233,7 +233,7 @@ fn gen_key_hook(options: &Options, private: &TokenStream) -> Option<TokenStream>
     };
     let call = quote_spanned!(path.span()=> #path(parts));
     Some(quote! {
-        fn key(parts: &#private::Parts) -> impl ::core::future::Future<Output = #private::Cow<'static, str>> + ::core::marker::Send {
+        fn key(parts: &#private::Parts) -> impl ::core::future::Future<Output = ::core::result::Result<#private::Identity, #private::Rejection>> + ::core::marker::Send {
             #[allow(unused_imports)]
             use #private::{KeyFromFuture as _, KeyFromValue as _};
             #private::Probe::new(#call).key_future()

@@ -434,6 +434,14 @@ pub(crate) fn attribute_context() -> (&'static HttpConfig, bool) {
         .unwrap_or_else(|_| (HttpConfig::global(), false))
 }
 
+/// The configuration serving this request (the layer's, or the process-wide default), for
+/// what reads it without running an attribute (a key function's client address).
+pub(crate) fn current_config() -> &'static HttpConfig {
+    REQUEST
+        .try_with(|request| request.config)
+        .unwrap_or_else(|_| HttpConfig::global())
+}
+
 /// Takes what the layer left for the attribute's check.
 pub(crate) fn take_layer_state() -> LayerState {
     REQUEST

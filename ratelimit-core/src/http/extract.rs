@@ -2,11 +2,9 @@
 //! check runs before the body is read), or [`Deferred`] when a `cost` needs the handler's
 //! arguments; and the [`Spec`] the attribute describes itself with.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
-use std::sync::{Arc, LazyLock};
 
 use arrayvec::ArrayVec;
 use axum::extract::{FromRequestParts, MatchedPath};
@@ -16,6 +14,7 @@ use super::config::HttpConfig;
 use super::enforce::{
     self, Entry, LayerState, Leases, MAX_ENTRIES, SlotNeed, enforce, settle, take_slots,
 };
+use super::identity::{Identity, LimitsRef, Who};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::Rejection;
 use crate::limits::Limits;
@@ -78,101 +77,6 @@ impl Policy {
     }
 }
 
-/// Limits a request resolved at run time by a `LIMITS` function: anything that lends a
-/// [`Limits`].
-#[derive(Debug)]
-pub enum LimitsRef {
-    /// Limits that live for the whole program (a `static`).
-    Static(&'static Limits),
-    /// Limits shared behind an `Arc`.
-    Shared(Arc<Limits>),
-    /// Limits made for this request.
-    Owned(Limits),
-}
-
-impl LimitsRef {
-    /// The limits lent.
-    pub fn limits(&self) -> &Limits {
-        match self {
-            LimitsRef::Static(limits) => limits,
-            LimitsRef::Shared(limits) => limits,
-            LimitsRef::Owned(limits) => limits,
-        }
-    }
-}
-
-impl From<&'static Limits> for LimitsRef {
-    fn from(limits: &'static Limits) -> LimitsRef {
-        LimitsRef::Static(limits)
-    }
-}
-
-impl From<Arc<Limits>> for LimitsRef {
-    fn from(limits: Arc<Limits>) -> LimitsRef {
-        LimitsRef::Shared(limits)
-    }
-}
-
-impl From<Limits> for LimitsRef {
-    fn from(limits: Limits) -> LimitsRef {
-        LimitsRef::Owned(limits)
-    }
-}
-
-impl From<&'static LazyLock<Limits>> for LimitsRef {
-    fn from(limits: &'static LazyLock<Limits>) -> LimitsRef {
-        LimitsRef::Static(limits)
-    }
-}
-
-/// A key returned by a key function: any string type, or `Option` of one (`None` shares
-/// one budget among all requests without a key: return the client address instead where
-/// that is not what you want).
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a rate limit key",
-    note = "a key function takes `&http::request::Parts` and returns a `String`, `&'static str`, `Cow<str>` or an `Option` of one (sync or async)"
-)]
-pub trait IntoKey {
-    /// The key.
-    fn into_key(self) -> Cow<'static, str>;
-}
-
-impl IntoKey for String {
-    fn into_key(self) -> Cow<'static, str> {
-        Cow::Owned(self)
-    }
-}
-
-impl IntoKey for &'static str {
-    fn into_key(self) -> Cow<'static, str> {
-        Cow::Borrowed(self)
-    }
-}
-
-impl IntoKey for Cow<'static, str> {
-    fn into_key(self) -> Cow<'static, str> {
-        self
-    }
-}
-
-impl IntoKey for Box<str> {
-    fn into_key(self) -> Cow<'static, str> {
-        Cow::Owned(self.into())
-    }
-}
-
-impl IntoKey for Arc<str> {
-    fn into_key(self) -> Cow<'static, str> {
-        Cow::Owned(self.as_ref().to_owned())
-    }
-}
-
-impl<K: IntoKey> IntoKey for Option<K> {
-    fn into_key(self) -> Cow<'static, str> {
-        self.map_or(Cow::Borrowed(""), IntoKey::into_key)
-    }
-}
-
 /// The hooks the generated code fills in for one attribute. Every method but `policy` has a
 /// default: an attribute overrides only what it uses.
 pub trait Spec: Send + Sync + 'static {
@@ -180,9 +84,9 @@ pub trait Spec: Send + Sync + 'static {
     fn policy() -> &'static Policy;
 
     /// `key = path`: the user's key function.
-    fn key(parts: &Parts) -> impl Future<Output = Cow<'static, str>> + Send {
+    fn key(parts: &Parts) -> impl Future<Output = Result<Identity, Rejection>> + Send {
         let _ = parts;
-        std::future::ready(Cow::Borrowed(""))
+        std::future::ready(Ok(Identity::client()))
     }
 
     /// `LIMITS` given as a function: the limits of this request.
@@ -249,18 +153,32 @@ pub async fn resolve_one<S: Spec, const N: usize>(
 ) -> Result<(), Rejection> {
     let policy = S::policy();
     let (config, _) = enforce::attribute_context();
+    let mut tier = None;
     let key = if S::exempt(parts) {
         None
     } else {
+        let misconfigured = |_| {
+            missing_connect_info(policy.handler);
+            Rejection::misconfigured()
+        };
+        let trusted = &config.trusted_proxies;
         Some(match policy.key.as_ref().unwrap_or(&config.default_key) {
-            KeySource::Custom => Key::Text(S::key(parts).await),
-            source => Key::of(source, parts, &config.trusted_proxies).map_err(|_| {
-                missing_connect_info(policy.handler);
-                Rejection::misconfigured()
-            })?,
+            KeySource::Custom => {
+                let identity = S::key(parts).await?;
+                tier = identity.limits;
+                match identity.who {
+                    Who::Key(text) => Key::text(text),
+                    Who::Client => {
+                        Key::of(&KeySource::Ip, parts, trusted).map_err(misconfigured)?
+                    }
+                    Who::Anonymous => Key::anonymous(parts, trusted).map_err(misconfigured)?,
+                }
+            }
+            source => Key::of(source, parts, trusted).map_err(misconfigured)?,
         })
     };
-    let limits = match S::limits(parts) {
+    // A tier the key function found binds instead of the attribute's limits.
+    let limits = match tier.or_else(|| S::limits(parts)) {
         Some(dynamic) => dynamic,
         None => LimitsRef::Static(
             policy
@@ -517,11 +435,11 @@ impl<S: Specs> Deferred<S> {
 /// What the code generated by `#[rate_limit]` calls; not a public API.
 #[doc(hidden)]
 pub mod support {
-    use std::borrow::Cow;
     use std::cell::Cell;
     use std::future::Future;
 
-    use super::IntoKey;
+    use super::super::identity::{Identity, IntoKey};
+    use super::super::response::Rejection;
 
     /// Holds a key function's result until [`KeyFromFuture`] or [`KeyFromValue`] takes it:
     /// method resolution picks the first for a future (an `async fn`), the second for a
@@ -542,7 +460,7 @@ pub mod support {
     /// The key of an `async` key function.
     pub trait KeyFromFuture {
         /// The key, once the function's future completes.
-        fn key_future(self) -> impl Future<Output = Cow<'static, str>> + Send;
+        fn key_future(self) -> impl Future<Output = Result<Identity, Rejection>> + Send;
     }
 
     impl<F> KeyFromFuture for Probe<F>
@@ -550,7 +468,7 @@ pub mod support {
         F: Future + Send,
         F::Output: IntoKey,
     {
-        fn key_future(self) -> impl Future<Output = Cow<'static, str>> + Send {
+        fn key_future(self) -> impl Future<Output = Result<Identity, Rejection>> + Send {
             let future = self.take();
             async move { future.await.into_key() }
         }
@@ -559,11 +477,11 @@ pub mod support {
     /// The key of a plain key function.
     pub trait KeyFromValue {
         /// The key, at once.
-        fn key_future(self) -> std::future::Ready<Cow<'static, str>>;
+        fn key_future(self) -> std::future::Ready<Result<Identity, Rejection>>;
     }
 
     impl<K: IntoKey> KeyFromValue for &Probe<K> {
-        fn key_future(self) -> std::future::Ready<Cow<'static, str>> {
+        fn key_future(self) -> std::future::Ready<Result<Identity, Rejection>> {
             std::future::ready(self.take().into_key())
         }
     }

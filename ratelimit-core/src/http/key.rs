@@ -75,15 +75,31 @@ impl Key {
             KeySource::Global => Key::Global,
             KeySource::Header(name) => match parts.headers.get(name) {
                 Some(value) => Key::Header(value.clone()),
-                None => {
-                    // Counted by address, under a key no header value can spell (a value
-                    // cannot hold a NUL byte): a client cannot spend another's budget by
-                    // sending the other's address as the header.
-                    let ip = ip()?;
-                    Key::Ip(IpKey::marked(ip), ip)
-                }
+                // A header value cannot hold a NUL byte: the anonymous key is not one.
+                None => Key::anonymous(parts, trusted)?,
             },
         })
+    }
+
+    /// A request without a key of its own: counted by its client address, under a key no
+    /// header value or key function can spell (a NUL byte first), so that a client cannot
+    /// spend another's budget by sending the other's address as its key.
+    pub(crate) fn anonymous(
+        parts: &Parts,
+        trusted: &TrustedProxies,
+    ) -> Result<Key, MissingConnectInfo> {
+        let ip = client_ip(&parts.extensions, &parts.headers, trusted)?;
+        Ok(Key::Ip(IpKey::marked(ip), ip))
+    }
+
+    /// What a key function named. Text that begins with a NUL or SOH byte gets one SOH byte
+    /// in front, so that no text spells an anonymous key (which begins with NUL) and no two
+    /// texts share a key.
+    pub(crate) fn text(text: Cow<'static, str>) -> Key {
+        match text.as_bytes().first() {
+            Some(0 | 1) => Key::Text(Cow::Owned(format!("\u{1}{text}"))),
+            _ => Key::Text(text),
+        }
     }
 }
 

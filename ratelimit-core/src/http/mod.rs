@@ -4,6 +4,8 @@
 //! - `config`: what the layer is configured with (trusted proxies, default key, header
 //!   style, default and application limits, exempt routes, the rejection handler);
 //! - `key`: who is counted (client IP behind trusted proxies, headers);
+//! - `identity`: what key functions answer (a key, the client address, a tier) and API keys
+//!   that a client cannot forge ([`ApiKeys`]);
 //! - `enforce`: the one place that checks a request and refuses it;
 //! - `extract`: the extractors and the spec the attribute generates;
 //! - `layer`: `Limiter::layer()`;
@@ -13,6 +15,7 @@
 mod config;
 mod enforce;
 mod extract;
+mod identity;
 mod key;
 mod layer;
 mod metrics;
@@ -20,8 +23,9 @@ mod response;
 
 pub use config::AsLimits;
 pub use enforce::Leases;
-pub use extract::{
-    Deferred, Guard, IntoKey, LimitsRef, One, Policy, Resolved, Spec, Specs, resolve_one, support,
+pub use extract::{Deferred, Guard, One, Policy, Resolved, Spec, Specs, resolve_one, support};
+pub use identity::{
+    ApiKeys, ClientAddr, Identity, IntoKey, KeyLookup, KeyTable, KnownKey, LimitsRef, UnknownKey,
 };
 pub use key::{KeySource, TrustedProxies};
 pub use layer::{RateLimitLayer, RateLimitService};

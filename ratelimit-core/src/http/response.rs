@@ -86,6 +86,22 @@ impl Rejection {
         Rejection(Box::new(response))
     }
 
+    /// An answer of `status` with the JSON body `{"detail": detail}` (FastAPI's shape), for
+    /// key functions that refuse a request.
+    pub fn new(status: StatusCode, detail: &str) -> Rejection {
+        Rejection(Box::new(json(status, detail)))
+    }
+
+    /// `401 {"detail": "unknown API key"}`: a key that no lookup knows is not a budget.
+    pub(crate) fn unknown_api_key() -> Rejection {
+        let mut response = json(StatusCode::UNAUTHORIZED, "unknown API key");
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("ApiKey"),
+        );
+        Rejection(Box::new(response))
+    }
+
     pub(crate) fn custom(response: Response) -> Rejection {
         Rejection(Box::new(response))
     }
