@@ -86,8 +86,8 @@ fn modules_depend_downward_only_and_nothing_below_http_names_http() {
 
 /// Within `http`, lowest first: the answer, keys, the configuration, the one enforcement
 /// site, then the two things built on it.
-const HTTP_ORDER: [&str; 8] = [
-    "response", "key", "config", "enforce", "identity", "extract", "layer", "metrics",
+const HTTP_ORDER: [&str; 9] = [
+    "response", "key", "config", "enforce", "identity", "extract", "drain", "layer", "metrics",
 ];
 
 #[test]

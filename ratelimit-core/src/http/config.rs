@@ -2,7 +2,9 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
+use axum::body::{Body, HttpBody};
 use dashmap::DashSet;
 
 use super::key::{KeySource, TrustedProxies};
@@ -30,6 +32,32 @@ pub(crate) struct HttpConfig {
     pub(crate) limited_routes: Arc<DashSet<String>>,
     /// Who was refused lately: one warning per client and spell.
     pub(crate) rejections: Arc<RejectionLog>,
+    /// How much of a body left unread the layer drains before answering.
+    pub(crate) drain: DrainPolicy,
+}
+
+/// How much of an unread request body the layer reads and discards before answering, and
+/// for how long.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DrainPolicy {
+    /// The most bytes read; 0 turns draining off.
+    pub(crate) limit: u64,
+    /// How long to wait for them.
+    pub(crate) within: Duration,
+}
+
+impl DrainPolicy {
+    /// 256 KiB within a second.
+    pub(crate) const DEFAULT: DrainPolicy = DrainPolicy {
+        limit: 256 * 1024,
+        within: Duration::from_secs(1),
+    };
+
+    /// Whether a body may be left unread and is worth watching: draining is on and the body
+    /// is not known to be empty.
+    pub(crate) fn watches(&self, body: &Body) -> bool {
+        self.limit > 0 && body.size_hint().exact() != Some(0)
+    }
 }
 
 impl HttpConfig {
@@ -45,6 +73,7 @@ impl HttpConfig {
             on_rejected: None,
             limited_routes: Arc::default(),
             rejections: Arc::default(),
+            drain: DrainPolicy::DEFAULT,
         }
     }
 

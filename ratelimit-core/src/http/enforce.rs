@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use arrayvec::ArrayVec;
+use axum::body::Body;
 
 use super::config::HttpConfig;
 use super::key::Key;
@@ -366,6 +367,18 @@ pub(crate) struct RequestContext {
     /// Whether the extractor records its route in the configuration (when the layer wraps
     /// several routes and cannot learn them itself).
     record_route: bool,
+    /// A request body dropped before it was read to its end, for the layer to drain.
+    unread: RefCell<Option<Body>>,
+}
+
+/// What the layer learns when the request's future completes.
+pub(crate) struct Finished {
+    /// The admission to describe in the response headers.
+    pub(crate) admitted: Option<Decision>,
+    /// Whether an attribute ran.
+    pub(crate) attributed: bool,
+    /// The request body, when it was dropped before its end.
+    pub(crate) unread: Option<Body>,
 }
 
 /// What the layer did about its default and application limits before the handler ran.
@@ -405,12 +418,17 @@ impl RequestContext {
             layer: RefCell::new(layer),
             attributed: Cell::new(false),
             record_route,
+            unread: RefCell::new(None),
         }
     }
 
-    /// The admission to describe in the response headers, and whether an attribute ran.
-    pub(crate) fn finish(self) -> (Option<Decision>, bool) {
-        (self.admitted.get(), self.attributed.get())
+    /// What the request left for the layer.
+    pub(crate) fn finish(self) -> Finished {
+        Finished {
+            admitted: self.admitted.get(),
+            attributed: self.attributed.get(),
+            unread: self.unread.into_inner(),
+        }
     }
 
     /// Runs `future` with this context.
@@ -440,6 +458,17 @@ pub(crate) fn current_config() -> &'static HttpConfig {
     REQUEST
         .try_with(|request| request.config)
         .unwrap_or_else(|_| HttpConfig::global())
+}
+
+/// Hands a body dropped before its end to the layer serving this request, to drain it
+/// before the response goes out (outside a layer, it is dropped).
+pub(crate) fn keep_unread(body: Body) {
+    let mut body = Some(body);
+    let _ = REQUEST.try_with(|request| {
+        if let Ok(mut unread) = request.unread.try_borrow_mut() {
+            *unread = body.take();
+        }
+    });
 }
 
 /// Takes what the layer left for the attribute's check.

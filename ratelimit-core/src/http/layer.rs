@@ -6,7 +6,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::MatchedPath;
 use axum::response::{IntoResponse, Response};
 use http::Request;
@@ -15,8 +17,9 @@ use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
-use super::config::{AsLimits, HttpConfig};
-use super::enforce::{Entry, LayerState, RequestContext, enforce, now_or_never};
+use super::config::{AsLimits, DrainPolicy, HttpConfig};
+use super::drain::{Drain, Watched};
+use super::enforce::{Entry, Finished, LayerState, RequestContext, enforce, now_or_never};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::{HeaderStyle, RateLimited, Rejection, insert_headers};
 use crate::decision::Decision;
@@ -136,6 +139,19 @@ impl RateLimitLayer {
         self.edit(|config| config.exempt = routes)
     }
 
+    /// How much of a request body left unread the layer reads and discards before it
+    /// answers (default: 256 KiB within 1 second; 0 turns it off).
+    ///
+    /// A request refused before its body is read (the point of checking first) leaves the
+    /// body on the connection, and the server would close the connection under a client
+    /// still sending it: the client sees a broken pipe instead of its 429, and a client that
+    /// honours `Retry-After` still fails. Read to its end, the connection stays usable;
+    /// past `limit` bytes or `within`, the answer carries `Connection: close` and the client
+    /// reconnects cleanly. Bodies that handlers leave unread are drained the same way.
+    pub fn drain_unread_bodies(self, limit: u64, within: Duration) -> RateLimitLayer {
+        self.edit(|config| config.drain = DrainPolicy { limit, within })
+    }
+
     /// Answers refused requests with `handler` instead of the default 429 JSON (slowapi's
     /// `_rate_limit_exceeded_handler`). Requests refused for want of a concurrency slot
     /// (`concurrency = N`) have no rate decision to describe and keep the default answer
@@ -187,6 +203,10 @@ struct RouteState {
 const MIXED: usize = usize::MAX;
 const UNKNOWN: u8 = 0;
 const LIMITED: u8 = 1;
+/// No attribute ran in a request of the route so far. Never a reason to skip a limit (a layer
+/// inside may have answered first); only to not watch its bodies (an attribute that runs
+/// later makes it `LIMITED`).
+const PLAIN: u8 = 2;
 
 impl RouteState {
     /// What is known of `route`, and whether this service may learn it.
@@ -217,11 +237,10 @@ impl RouteState {
     }
 }
 
-impl<S, B> Service<Request<B>> for RateLimitService<S>
+impl<S> Service<Request<Body>> for RateLimitService<S>
 where
-    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
@@ -231,7 +250,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let config = self.config;
         let (kind, learn) = self.route.kind(req.extensions().get::<MatchedPath>());
         let route = learn.then_some(self.route);
@@ -259,9 +278,8 @@ where
             match checked {
                 Some(Ok(outcome)) => outcome,
                 Some(Err(rejection)) => {
-                    return ResponseFuture::new(Inner::Ready {
-                        response: Some(rejection.into_response()),
-                    });
+                    let response = rejection.into_response();
+                    return ResponseFuture::new(drained(req.into_body(), response, config.drain));
                 }
                 // Cannot happen: an in-memory store never waits. Refuse rather than let the
                 // request through unchecked.
@@ -274,12 +292,18 @@ where
         } else {
             (LayerState::Done, None)
         };
+        if kind != PLAIN && config.drain.watches(req.body()) {
+            // A refusal, or a handler, may leave the body unread: it comes back to be drained.
+            req = req.map(Watched::body);
+        }
         let context = RequestContext::new(config, state, admitted, route.is_none());
         ResponseFuture::new(Inner::Scoped {
             future: Scoped {
                 future: context.scope(self.inner.call(req)),
                 style: config.headers,
+                drain: config.drain,
                 route,
+                draining: None,
             },
         })
     }
@@ -289,32 +313,42 @@ impl<S> RateLimitService<S> {
     /// With a store that waits (Redis), the layer's own limits are awaited before the wrapped
     /// service is called: a clone of it serves the request (tower's usual swap), in a boxed
     /// future.
-    fn call_waiting<B>(
+    fn call_waiting(
         &mut self,
-        req: Request<B>,
+        req: Request<Body>,
         limited: bool,
         route: Option<&'static RouteState>,
     ) -> ResponseFuture<S::Future, S::Error>
     where
-        S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+        S: Service<Request<Body>, Response = Response> + Clone + Send + 'static,
         S::Future: Send + 'static,
-        B: Send + 'static,
     {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config;
         let future = async move {
             // Only the head is borrowed across the checks: the body need not be `Sync`.
-            let (parts, body) = req.into_parts();
+            let (parts, mut body) = req.into_parts();
             let (state, admitted) = match layer_limits_of(config, &parts, limited).await {
                 Ok(outcome) => outcome,
-                Err(rejection) => return Ok(rejection.into_response()),
+                Err(rejection) => {
+                    let response = rejection.into_response();
+                    return Ok(match config.drain.watches(&body) {
+                        true => Drain::new(body, response, config.drain).await,
+                        false => response,
+                    });
+                }
             };
+            if config.drain.watches(&body) {
+                body = Watched::body(body);
+            }
             let context = RequestContext::new(config, state, admitted, route.is_none());
             Scoped {
                 future: context.scope(inner.call(Request::from_parts(parts, body))),
                 style: config.headers,
+                drain: config.drain,
                 route,
+                draining: None,
             }
             .await
         };
@@ -349,6 +383,8 @@ pin_project! {
         Scoped { #[pin] future: Scoped<F> },
         /// Refused by the layer.
         Ready { response: Option<Response> },
+        /// Refused by the layer, once what the client sends of the body is read.
+        Draining { drain: Drain },
         /// The store waits.
         Waiting { future: BoxedResponse<E> },
     }
@@ -356,12 +392,15 @@ pin_project! {
 
 pin_project! {
     /// A route's future inside its request context: on completion, the admission goes into
-    /// the headers, and an attribute that ran marks the route as carrying one.
+    /// the headers, an attribute that ran marks the route as carrying one, and a body left
+    /// unread is drained before the answer goes out.
     struct Scoped<F> {
         #[pin]
         future: TaskLocalFuture<RequestContext, F>,
         style: HeaderStyle,
+        drain: DrainPolicy,
         route: Option<&'static RouteState>,
+        draining: Option<Drain>,
     }
 }
 
@@ -373,21 +412,47 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        if let Some(drain) = this.draining {
+            return Pin::new(drain).poll(cx).map(Ok);
+        }
         let result = ready!(this.future.as_mut().poll(cx));
         let Some(context) = this.future.take_value() else {
             return Poll::Ready(result);
         };
-        let (admitted, attributed) = context.finish();
-        if let (Some(route), true) = (this.route, attributed) {
-            route.kind.store(LIMITED, Ordering::Relaxed);
-        }
-        let style = *this.style;
-        Poll::Ready(result.map(|mut response| {
-            if let Some(decision) = admitted {
-                insert_headers(response.headers_mut(), &decision, style);
+        let Finished {
+            admitted,
+            attributed,
+            unread,
+        } = context.finish();
+        if let Some(route) = this.route {
+            match attributed {
+                true => route.kind.store(LIMITED, Ordering::Relaxed),
+                false => {
+                    let _ = route.kind.compare_exchange(
+                        UNKNOWN,
+                        PLAIN,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
             }
-            response
-        }))
+        }
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => return Poll::Ready(Err(error)),
+        };
+        if let Some(decision) = admitted {
+            insert_headers(response.headers_mut(), &decision, *this.style);
+        }
+        match unread {
+            None => Poll::Ready(Ok(response)),
+            Some(body) => Pin::new(
+                this.draining
+                    .insert(Drain::new(body, response, *this.drain)),
+            )
+            .poll(cx)
+            .map(Ok),
+        }
     }
 }
 
@@ -403,6 +468,7 @@ where
             InnerProjection::Ready { response } => Poll::Ready(Ok(response
                 .take()
                 .unwrap_or_else(|| Rejection::store_failed().into_response()))),
+            InnerProjection::Draining { drain } => Pin::new(drain).poll(cx).map(Ok),
             InnerProjection::Waiting { future } => future.as_mut().poll(cx),
         }
     }
@@ -411,6 +477,18 @@ where
 impl<F, E> std::fmt::Debug for ResponseFuture<F, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// The layer's own refusal: at once when there is no body to read, else once it is drained.
+fn drained<F, E>(body: Body, response: Response, policy: DrainPolicy) -> Inner<F, E> {
+    match policy.watches(&body) {
+        true => Inner::Draining {
+            drain: Drain::new(body, response, policy),
+        },
+        false => Inner::Ready {
+            response: Some(response),
+        },
     }
 }
 

@@ -7,12 +7,14 @@
 //! - `identity`: what key functions answer (a key, the client address, a tier) and API keys
 //!   that a client cannot forge ([`ApiKeys`]);
 //! - `enforce`: the one place that checks a request and refuses it;
+//! - `drain`: reading what a refused request leaves of its body, so the connection lives;
 //! - `extract`: the extractors and the spec the attribute generates;
 //! - `layer`: `Limiter::layer()`;
 //! - `metrics`: the handlers that serve [`Metrics`](crate::observe::Metrics) (JSON, Prometheus);
 //! - `response`: the 429 answer and the rate limit headers.
 
 mod config;
+mod drain;
 mod enforce;
 mod extract;
 mod identity;
