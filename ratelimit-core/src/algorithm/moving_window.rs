@@ -32,10 +32,11 @@ impl MovingWindow {
         }
         // The count may exceed a limit scaled down at run time: saturate.
         let free = rate.amount.saturating_sub(self.count);
-        let reset = self
-            .log
-            .back()
-            .map_or(0, |&(at, _)| at.saturating_add(period).saturating_sub(now));
+        // An empty log resets one period from now, as `limits` reports it
+        // (`test_moving_window_empty_stats`): a request now would be counted until then.
+        let reset = self.log.back().map_or(period, |&(at, _)| {
+            at.saturating_add(period).saturating_sub(now)
+        });
         if cost > rate.amount {
             return Verdict::deny(free, reset, None);
         }
@@ -111,6 +112,19 @@ mod tests {
         let v = w.check(&p, 60 * S, 2, true);
         assert_eq!(v.retry_after, Some(10 * S));
         assert_eq!(w.check(&p, 60 * S, 4, true).retry_after, None);
+    }
+
+    /// `limits`' `test_moving_window_empty_stats`: 10 per 2 seconds with nothing logged has
+    /// 10 remaining and resets 2 seconds from now.
+    #[test]
+    fn empty_stats_reset_one_period_from_now() {
+        let p = RateParams::new(Rate::parse("10/2 seconds").unwrap(), None);
+        let mut w = MovingWindow::default();
+        assert_eq!(w.check(&p, 5 * S, 0, false), Verdict::allow(10, 2 * S));
+        assert_eq!(w.check(&p, 5 * S, 1, false), Verdict::allow(9, 2 * S));
+        // Once what was logged has left the window, the log is empty again.
+        assert!(w.check(&p, 5 * S, 1, true).allowed);
+        assert_eq!(w.check(&p, 9 * S, 0, false), Verdict::allow(10, 2 * S));
     }
 
     #[test]

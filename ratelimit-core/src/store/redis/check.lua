@@ -178,7 +178,8 @@ end
 function moving.judge(st, r, cost)
   local log, count = live(st, r.period)
   local free = max(r.amount - count, 0)
-  local reset = 0
+  -- An empty log resets one period from now, as `limits` reports it.
+  local reset = r.period
   if #log > 0 then reset = max(log[#log].at + r.period - now, 0) end
   if cost > r.amount then return verdict(false, free, reset, nil), st end
   if cost <= free then
