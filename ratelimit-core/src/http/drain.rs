@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::response::Response;
@@ -68,7 +69,9 @@ pub(crate) struct Drain {
     body: Body,
     response: Option<Response>,
     left: u64,
-    deadline: Pin<Box<Sleep>>,
+    within: Duration,
+    /// Set at the first wait: a body already received is drained without a timer.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl Drain {
@@ -77,7 +80,8 @@ impl Drain {
             body,
             response: Some(response),
             left: policy.limit,
-            deadline: Box::pin(tokio::time::sleep(policy.within)),
+            within: policy.within,
+            deadline: None,
         }
     }
 
@@ -112,7 +116,11 @@ impl Future for Drain {
                 }
                 Poll::Ready(Some(Err(_))) => return this.answer(true),
                 Poll::Pending => {
-                    return match this.deadline.as_mut().poll(cx) {
+                    let within = this.within;
+                    let deadline = this
+                        .deadline
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(within)));
+                    return match deadline.as_mut().poll(cx) {
                         Poll::Ready(()) => this.answer(true),
                         Poll::Pending => Poll::Pending,
                     };
