@@ -7,10 +7,14 @@
 //! `PORT=8000 cargo run --example in_memory`, then
 //! `for i in $(seq 11); do curl -s -X POST localhost:8000/predict -H 'Content-Type: application/json' -d '{"data": [1,2,3]}'; echo; done`
 
+#[path = "support/json.rs"]
+mod json;
+
 use std::net::SocketAddr;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use json::{JsonBody, json_fallbacks};
 use ratelimit::{Limiter, rate_limit};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -23,7 +27,7 @@ pub struct ModelInput {
 }
 
 #[rate_limit("10/minute", key = ip)]
-async fn predict(Json(input): Json<ModelInput>) -> Json<Value> {
+async fn predict(JsonBody(input): JsonBody<ModelInput>) -> Json<Value> {
     let score = input.data.iter().sum::<f64>().tanh().abs();
     Json(json!({"prediction": score, "confidence": 0.87}))
 }
@@ -31,7 +35,7 @@ async fn predict(Json(input): Json<ModelInput>) -> Json<Value> {
 /// Any JSON object, as the seed's `data: dict`: each list of numbers in it (at its top level,
 /// or in a list of lists) is one input, and gets one prediction.
 #[rate_limit("2/minute", key = ip)]
-async fn batch_predict(Json(body): Json<Map<String, Value>>) -> Json<Value> {
+async fn batch_predict(JsonBody(body): JsonBody<Map<String, Value>>) -> Json<Value> {
     let results: Vec<Value> = body
         .values()
         .flat_map(inputs)
@@ -60,11 +64,13 @@ async fn model_info() -> Json<Value> {
 /// The application, with a limiter of its own.
 pub fn app() -> Router {
     let limiter = Limiter::new();
-    Router::new()
-        .route("/predict", post(predict))
-        .route("/batch-predict", post(batch_predict))
-        .route("/model-info", get(model_info))
-        .layer(limiter.layer())
+    json_fallbacks(
+        Router::new()
+            .route("/predict", post(predict))
+            .route("/batch-predict", post(batch_predict))
+            .route("/model-info", get(model_info)),
+    )
+    .layer(limiter.layer())
 }
 
 #[allow(dead_code)] // tests include this file for `app` alone

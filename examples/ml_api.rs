@@ -27,17 +27,20 @@
 //! `cargo run --release --example ml_api` (`PORT`, default 8000; `RUST_LOG`, default
 //! `info`), then the README's walkthrough.
 
+#[path = "support/json.rs"]
+mod json;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use json::{Detail, JsonBody, json_fallbacks};
 use linfa::prelude::*;
 use linfa_logistic::{MultiFittedLogisticRegression, MultiLogisticRegression};
 use ndarray::{Array2, ArrayView1};
@@ -48,7 +51,6 @@ use ratelimit::observe::Metrics;
 use ratelimit::store::RedisStore;
 use ratelimit::{Algorithm, Limiter, Limits, Scale, StoreError, rate_limit};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 /// The iris species, in the order of the data set's targets.
@@ -134,7 +136,7 @@ impl Model {
     }
 
     /// The answer to one input, or what is wrong with it.
-    fn predict_one(&self, input: &Input) -> Result<Value, BadInput> {
+    fn predict_one(&self, input: &Input) -> Result<Value, Detail> {
         let rows = rows(std::slice::from_ref(input))?;
         Ok(self.predict(&rows).remove(0))
     }
@@ -178,59 +180,13 @@ pub struct Input {
     pub features: Vec<f64>,
 }
 
-/// A request the server cannot answer: its status (422 for input the model cannot take) and
-/// `{"detail": ...}` with what was expected, as FastAPI answers.
-pub struct BadInput(StatusCode, String);
-
-impl BadInput {
-    /// A 422: the body is JSON of the right shape, but the model cannot take it.
-    fn new(detail: String) -> BadInput {
-        BadInput(StatusCode::UNPROCESSABLE_ENTITY, detail)
-    }
-}
-
-impl IntoResponse for BadInput {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({"detail": self.1}))).into_response()
-    }
-}
-
 /// The most a single prediction's body may hold, and a batch's (a 413 beyond).
 pub const INPUT_BODY_LIMIT: usize = 16 * 1024;
 /// The most a batch's body may hold: about 8,000 inputs.
 pub const BATCH_BODY_LIMIT: usize = 512 * 1024;
 
-/// A JSON body, or a JSON answer that says what is wrong with it: malformed JSON (400), a
-/// missing or ill-typed field (422), a wrong content type (415) and a body over the route's
-/// limit (413) keep axum's status and message, in `{"detail": ...}`.
-pub struct JsonBody<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = BadInput;
-
-    async fn from_request(req: Request, state: &S) -> Result<JsonBody<T>, BadInput> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(JsonBody(value)),
-            Err(rejection) => Err(BadInput(rejection.status(), rejection.body_text())),
-        }
-    }
-}
-
-/// Any other path: 404 in JSON.
-async fn not_found() -> BadInput {
-    BadInput(StatusCode::NOT_FOUND, "Not Found".to_owned())
-}
-
-/// A known path with another method: 405 in JSON.
-async fn method_not_allowed() -> BadInput {
-    BadInput(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "Method Not Allowed".to_owned(),
-    )
-}
-
 /// The four features of each input, or which input is wrong and why.
-fn rows(inputs: &[Input]) -> Result<Vec<[f64; 4]>, BadInput> {
+fn rows(inputs: &[Input]) -> Result<Vec<[f64; 4]>, Detail> {
     inputs
         .iter()
         .enumerate()
@@ -241,14 +197,14 @@ fn rows(inputs: &[Input]) -> Result<Vec<[f64; 4]>, BadInput> {
                 } else {
                     String::new()
                 };
-                BadInput::new(format!(
+                Detail::unprocessable(format!(
                     "{at}expected 4 features ({}), got {}",
                     FEATURES.join(", "),
                     input.features.len()
                 ))
             })?;
             if let Some(bad) = row.iter().find(|x| !x.is_finite()) {
-                return Err(BadInput::new(format!(
+                return Err(Detail::unprocessable(format!(
                     "features must be finite numbers, got {bad}"
                 )));
             }
@@ -263,7 +219,7 @@ type Shared = State<Arc<Model>>;
 async fn lightweight(
     State(model): Shared,
     JsonBody(input): JsonBody<Input>,
-) -> Result<Json<Value>, BadInput> {
+) -> Result<Json<Value>, Detail> {
     let mut answer = model.predict_one(&input)?;
     answer["model"] = json!("lightweight");
     Ok(Json(answer))
@@ -275,7 +231,7 @@ async fn lightweight(
 async fn heavy(
     State(model): Shared,
     JsonBody(input): JsonBody<Input>,
-) -> Result<Json<Value>, BadInput> {
+) -> Result<Json<Value>, Detail> {
     let rows = rows(std::slice::from_ref(&input))?;
     tokio::time::sleep(model.heavy).await; // a large model's forward pass
     let mut answer = model.predict(&rows).remove(0);
@@ -287,12 +243,12 @@ async fn heavy(
 async fn batch_process(
     State(model): Shared,
     JsonBody(batch): JsonBody<Vec<Input>>,
-) -> Result<Json<Value>, BadInput> {
+) -> Result<Json<Value>, Detail> {
     predict_all(&model, &batch)
 }
 
 /// The answers to a batch, or what is wrong with one of its inputs.
-fn predict_all(model: &Model, batch: &[Input]) -> Result<Json<Value>, BadInput> {
+fn predict_all(model: &Model, batch: &[Input]) -> Result<Json<Value>, Detail> {
     let rows = rows(batch)?;
     Ok(Json(
         json!({ "results": model.predict(&rows), "count": rows.len() }),
@@ -382,7 +338,7 @@ async fn predict(
     State(model): Shared,
     headers: HeaderMap,
     JsonBody(input): JsonBody<Input>,
-) -> Result<Json<Value>, BadInput> {
+) -> Result<Json<Value>, Detail> {
     let mut answer = model.predict_one(&input)?;
     answer["tier"] = json!(tier(&headers));
     Ok(Json(answer))
@@ -394,7 +350,7 @@ async fn predict(
 async fn predict_batch(
     State(model): Shared,
     JsonBody(batch): JsonBody<Vec<Input>>,
-) -> Result<Json<Value>, BadInput> {
+) -> Result<Json<Value>, Detail> {
     predict_all(&model, &batch)
 }
 
@@ -427,7 +383,7 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
     };
     let model = Arc::new(Model::train(config.heavy, limiter.clone()));
     warm_up(&model, config.warmup).await;
-    Ok(Router::new()
+    let routes = Router::new()
         .route(
             "/models/lightweight/predict",
             post(lightweight).layer(input_limit()),
@@ -441,9 +397,9 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
         .route("/predict/batch", post(predict_batch).layer(batch_limit()))
         .route("/model-info", get(model_info))
         .route("/metrics", metrics_json(metrics.clone()))
-        .route("/metrics/prometheus", metrics_prometheus(metrics))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .route("/metrics/prometheus", metrics_prometheus(metrics));
+    // After the routes: the 405 fallback goes on the routes registered before it.
+    Ok(json_fallbacks(routes)
         .layer(limiter.layer())
         .with_state(model))
 }

@@ -10,10 +10,14 @@
 //! `PORT=8000 cargo run --features redis --example redis`, then
 //! `for i in $(seq 21); do curl -s -X POST localhost:8000/predict -H 'Content-Type: application/json' -d '{"features": [1,2,3]}'; echo; done`
 
+#[path = "support/json.rs"]
+mod json;
+
 use std::net::SocketAddr;
 
 use axum::routing::post;
 use axum::{Json, Router};
+use json::{JsonBody, json_fallbacks};
 use ratelimit::store::RedisStore;
 use ratelimit::{Limiter, StoreError, rate_limit};
 use serde::Deserialize;
@@ -40,7 +44,7 @@ fn predict_one(request: &PredictionRequest) -> f64 {
 }
 
 #[rate_limit("20/minute", key = ip)]
-async fn predict(Json(request): Json<PredictionRequest>) -> Json<Value> {
+async fn predict(JsonBody(request): JsonBody<PredictionRequest>) -> Json<Value> {
     Json(json!({
         "prediction": predict_one(&request),
         "model_version": request.model_version,
@@ -48,7 +52,7 @@ async fn predict(Json(request): Json<PredictionRequest>) -> Json<Value> {
 }
 
 #[rate_limit("5/5 minutes", key = ip)]
-async fn predict_batch(Json(batch): Json<Vec<PredictionRequest>>) -> Json<Value> {
+async fn predict_batch(JsonBody(batch): JsonBody<Vec<PredictionRequest>>) -> Json<Value> {
     let predictions: Vec<f64> = batch.iter().map(predict_one).collect();
     Json(json!({ "batch_predictions": predictions }))
 }
@@ -57,10 +61,12 @@ async fn predict_batch(Json(batch): Json<Vec<PredictionRequest>>) -> Json<Value>
 pub async fn app(redis_url: &str) -> Result<Router, StoreError> {
     let store = RedisStore::connect(redis_url).await?;
     let limiter = Limiter::builder().store(store).build();
-    Ok(Router::new()
-        .route("/predict", post(predict))
-        .route("/predict/batch", post(predict_batch))
-        .layer(limiter.layer()))
+    Ok(json_fallbacks(
+        Router::new()
+            .route("/predict", post(predict))
+            .route("/predict/batch", post(predict_batch)),
+    )
+    .layer(limiter.layer()))
 }
 
 #[allow(dead_code)] // tests include this file for `app` alone

@@ -7,6 +7,9 @@
 //!
 //! `PORT=8000 cargo run --example tiers`
 
+#[path = "support/json.rs"]
+mod json;
+
 use std::net::SocketAddr;
 
 use axum::http::request::Parts;
@@ -14,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use json::{JsonBody, json_fallbacks};
 use ratelimit::{Limiter, rate_limit};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -41,12 +45,12 @@ fn tier(headers: &HeaderMap) -> &str {
 }
 
 #[rate_limit("10/minute")]
-async fn predict(Json(_input): Json<ModelInput>) -> Json<Value> {
+async fn predict(JsonBody(_input): JsonBody<ModelInput>) -> Json<Value> {
     Json(json!({"result": "prediction", "status": "success"}))
 }
 
 #[rate_limit("30/minute", key = user_tier)]
-async fn premium_predict(headers: HeaderMap, Json(_input): Json<ModelInput>) -> Response {
+async fn premium_predict(headers: HeaderMap, JsonBody(_input): JsonBody<ModelInput>) -> Response {
     if tier(&headers) != "premium" {
         return (
             StatusCode::FORBIDDEN,
@@ -60,10 +64,12 @@ async fn premium_predict(headers: HeaderMap, Json(_input): Json<ModelInput>) -> 
 /// The application, with a limiter of its own.
 pub fn app() -> Router {
     let limiter = Limiter::new();
-    Router::new()
-        .route("/predict", post(predict))
-        .route("/premium/predict", post(premium_predict))
-        .layer(limiter.layer())
+    json_fallbacks(
+        Router::new()
+            .route("/predict", post(predict))
+            .route("/premium/predict", post(premium_predict)),
+    )
+    .layer(limiter.layer())
 }
 
 #[allow(dead_code)] // tests include this file for `app` alone

@@ -180,20 +180,39 @@ async fn a_rejected_request_is_refused_before_its_body_is_read() {
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
+/// The status of a response that must be JSON `{"detail": ...}`.
+async fn json_detail(r: reqwest::Response) -> StatusCode {
+    let status = r.status();
+    assert_eq!(r.headers()["content-type"], "application/json", "{status}");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["detail"].is_string(), "{status}: {body}");
+    status
+}
+
 #[tokio::test]
-async fn bad_bodies_get_axums_4xx_not_a_crash() {
+async fn bad_bodies_get_a_json_4xx_not_a_crash() {
     let addr = serve(in_memory::app()).await;
     let client = client_from("127.0.0.6");
     let url = format!("http://{addr}/predict");
     let r = post_malformed(&client, &url).await;
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json_detail(r).await, StatusCode::BAD_REQUEST);
     let r = client
         .post(&url)
         .json(&serde_json::json!({"data": "nope"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(json_detail(r).await, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = client.post(&url).body("data=1").send().await.unwrap();
+    assert_eq!(json_detail(r).await, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(json_detail(r).await, StatusCode::METHOD_NOT_ALLOWED);
+    let r = client
+        .get(format!("http://{addr}/nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_detail(r).await, StatusCode::NOT_FOUND);
     assert_eq!(
         client
             .post(&url)
@@ -204,6 +223,15 @@ async fn bad_bodies_get_axums_4xx_not_a_crash() {
             .status(),
         StatusCode::OK
     );
+    // The tiers example too.
+    let addr = serve(tiers::app()).await;
+    let r = client
+        .post(format!("http://{addr}/premium/predict"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_detail(r).await, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 #[tokio::test]
