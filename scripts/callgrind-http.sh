@@ -6,7 +6,8 @@
 # (`callgrind_control -d`), and the total is divided by N. ROUNDS rounds, the cases in turn
 # in each, and the median per case: how the kernel splits reads moves a single figure by up
 # to 3%.
-#   scripts/callgrind-http.sh                 (N=2000 WARMUP=200 ROUNDS=3 by default; CASES)
+#   scripts/callgrind-http.sh                 (N=2000 WARMUP=200 ROUNDS=3 by default; CASES;
+#                                              BODY_BYTES pads the JSON body with spaces)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-2000}
@@ -21,11 +22,12 @@ trap 'rm -rf "$out"' EXIT
 # Sends `count` POSTs of the benchmark body over one keep-alive connection (a new one when
 # the server closes it: hyper may, after a 429 whose body it did not read in time).
 send() {
-  python3 - "$PORT" "$1" "$2" <<'PY'
+  python3 - "$PORT" "$1" "$2" "${BODY_BYTES:-0}" <<'PY'
 import http.client, sys
-port, path, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+port, path, count, size = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 conn = http.client.HTTPConnection("127.0.0.1", port)
 body = b'{"data": [1,2,3]}'
+body += b' ' * max(0, size - len(body))
 reconnects = 0
 for _ in range(count):
     try:

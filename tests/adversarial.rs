@@ -339,8 +339,9 @@ async fn exchange(
         "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
-    stream.get_mut().write_all(head.as_bytes()).await?;
-    stream.get_mut().write_all(body).await?;
+    // One write: a server that answers early finds the whole request sent.
+    let request = [head.as_bytes(), body].concat();
+    stream.get_mut().write_all(&request).await?;
     let mut status_line = String::new();
     stream.read_line(&mut status_line).await?;
     let status = status_line
@@ -409,7 +410,8 @@ async fn a_body_past_the_drain_bound_closes_the_connection_cleanly() {
     for _ in 0..2 {
         assert_eq!(exchange(&mut stream, "/by-ip", b"{}").await.unwrap().0, 200);
     }
-    let (status, headers) = exchange(&mut stream, "/by-ip", &[b' '; 8 * 1024])
+    // Past the bound (and past the 4 KiB that hyper drains by itself).
+    let (status, headers) = exchange(&mut stream, "/by-ip", &[b' '; 6 * 1024])
         .await
         .unwrap();
     assert_eq!(status, 429);
@@ -431,6 +433,34 @@ async fn a_body_past_the_drain_bound_closes_the_connection_cleanly() {
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_millis(50), stream.read_to_end(&mut rest)).await;
     assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_answered_at_the_deadline_with_connection_close() {
+    let layer = Limiter::new()
+        .layer()
+        .drain_unread_bodies(1024 * 1024, Duration::from_millis(200));
+    let addr = serve(app(layer)).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.20.14:0".parse().unwrap()).unwrap();
+    let mut stream = BufReader::new(socket.connect(addr).await.unwrap());
+    for _ in 0..2 {
+        assert_eq!(exchange(&mut stream, "/by-ip", b"{}").await.unwrap().0, 200);
+    }
+    // 10 KB of a promised 100 KB, then nothing: the answer comes at the deadline.
+    let head = "POST /by-ip HTTP/1.1\r\nhost: test\r\ncontent-length: 100000\r\n\r\n";
+    let request = [head.as_bytes(), &[b' '; 10_000]].concat();
+    stream.get_mut().write_all(&request).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 429"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(150));
 }
 
 /// Bodies that are not what a route takes: malformed JSON, wrong shapes and types, odd
