@@ -168,7 +168,7 @@ async fn ml_api_instances_share_tiers_slots_and_the_warm_up_scale() {
     for i in 0..30 {
         let r = client
             .post(format!("http://{}/predict", if i % 2 == 0 { a } else { b }))
-            .header("x-api-key", "shared-free-key")
+            .header("x-api-key", "free-user-key")
             .json(&features())
             .send()
             .await
