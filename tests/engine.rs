@@ -509,3 +509,41 @@ async fn a_request_without_a_slot_is_charged_nothing_anywhere() {
     assert_eq!(status(c.post(format!("http://{addr}/other"))).await, 200);
     assert_eq!(status(c.post(format!("http://{addr}/other"))).await, 429);
 }
+
+/// `concurrency` with a `cost` taken from the handler's arguments: the check runs inside the
+/// rewritten body, which holds the slot.
+#[rate_limit("100/minute", key = ip, concurrency = 1, cost = batch.len(), algorithm = fixed_window)]
+async fn slow_batch(Json(batch): Json<Vec<u8>>) -> String {
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    batch.len().to_string()
+}
+
+/// The slot of a request whose cost comes from its arguments is given back when the client
+/// hangs up (the handler's future is dropped), not only when the handler completes.
+#[tokio::test]
+async fn a_hung_up_request_with_an_argument_cost_gives_its_slot_back() {
+    let app = Router::new()
+        .route("/slow-batch", post(slow_batch))
+        .layer(Limiter::new().layer());
+    let addr = serve(app).await;
+    let url = format!("http://{addr}/slow-batch");
+    let impatient = reqwest::Client::builder()
+        .local_address("127.0.3.40".parse::<std::net::IpAddr>().unwrap())
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = impatient.post(&url).json(&[1u8, 2]).send().await;
+    assert!(gone.unwrap_err().is_timeout());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The slot is free again: the next request is admitted, and charged its own cost.
+    let c = client_from("127.0.3.40");
+    let next = tokio::spawn(c.post(&url).json(&[1u8, 2, 3]).send());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // While it runs, the one slot is taken.
+    let r = c.post(&url).json(&[1u8]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let next = next.await.unwrap().unwrap();
+    assert_eq!(next.status(), StatusCode::OK);
+    assert_eq!(next.headers()["x-ratelimit-remaining"], "95");
+}

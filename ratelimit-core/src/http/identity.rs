@@ -114,7 +114,9 @@ impl Identity {
         }
     }
 
-    /// These limits for this caller instead of the attribute's (a tier).
+    /// These limits for this caller instead of the attribute's (a tier). They are used as
+    /// they are, with their own algorithm and burst (`Limits::with_algorithm`): the
+    /// attribute's `algorithm =` and `burst =` tune the attribute's own limits only.
     pub fn with_limits(mut self, limits: impl Into<LimitsRef>) -> Identity {
         self.limits = Some(limits.into());
         self

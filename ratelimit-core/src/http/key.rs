@@ -427,6 +427,31 @@ mod tests {
     }
 
     #[test]
+    fn no_text_spells_an_anonymous_key_and_no_two_texts_share_one() {
+        let p = parts("203.0.113.7:5000", &[]);
+        let anonymous = Key::anonymous(&p, &TrustedProxies::default()).unwrap();
+        assert_eq!(anonymous.as_bytes(), b"\0203.0.113.7");
+        let texts = [
+            "\u{0}203.0.113.7",
+            "\u{1}\u{0}203.0.113.7",
+            "\u{1}",
+            "plain",
+            "",
+        ];
+        let keys: Vec<Vec<u8>> = texts
+            .iter()
+            .map(|t| Key::text(Cow::Borrowed(t)).as_bytes().to_vec())
+            .collect();
+        for (i, key) in keys.iter().enumerate() {
+            assert_ne!(key.as_slice(), anonymous.as_bytes(), "{:?}", texts[i]);
+            for other in &keys[i + 1..] {
+                assert_ne!(key, other);
+            }
+        }
+        assert_eq!(keys[3], b"plain", "ordinary text is kept as it is");
+    }
+
+    #[test]
     fn no_connect_info_is_an_error_not_a_panic() {
         let (p, ()) = http::Request::new(()).into_parts();
         assert_eq!(
