@@ -1,5 +1,8 @@
 //! The examples over real HTTP: in_memory and tiers, as the Python seed tests them.
 
+// The examples it includes each include `examples/support/json.rs`.
+#![allow(clippy::duplicate_mod)]
+
 mod common;
 
 #[path = "../examples/in_memory.rs"]

@@ -1,5 +1,8 @@
 //! The `redis` example and the Redis store under HTTP, against `redis-server` processes the
 //! tests start themselves: instances share one limit, and losing Redis costs no request.
+
+// The examples it includes each include `examples/support/json.rs`.
+#![allow(clippy::duplicate_mod)]
 #![cfg(feature = "redis")]
 
 mod common;

@@ -430,7 +430,7 @@ mod tests {
     fn no_text_spells_an_anonymous_key_and_no_two_texts_share_one() {
         let p = parts("203.0.113.7:5000", &[]);
         let anonymous = Key::anonymous(&p, &TrustedProxies::default()).unwrap();
-        assert_eq!(anonymous.as_bytes(), b"\0203.0.113.7");
+        assert_eq!(anonymous.as_bytes(), b"\x00203.0.113.7");
         let texts = [
             "\u{0}203.0.113.7",
             "\u{1}\u{0}203.0.113.7",
