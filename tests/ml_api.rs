@@ -650,3 +650,42 @@ async fn main_reads_its_environment_and_logs_plainly_off_a_terminal() {
     assert!(!log.contains("listening on"), "{log}");
     assert_eq!(log.matches("client rate limited").count(), 1, "{log}");
 }
+
+/// `API_KEYS` and `API_KEYS_FILE` add known keys to the built-in ones; a key in neither is
+/// still a 401.
+#[tokio::test]
+async fn api_keys_come_from_the_environment_and_a_file() {
+    let file = std::env::temp_dir().join(format!("ml_api_keys_{}.txt", std::process::id()));
+    std::fs::write(
+        &file,
+        "# key tier\nfile-premium-key premium\n\nfile-free-key free # a comment\n",
+    )
+    .unwrap();
+    let (server, port) = Running::start(&[
+        ("WARMUP_SECS", "0"),
+        ("API_KEYS", "env-premium-key=premium, env-free-key=free"),
+        ("API_KEYS_FILE", file.to_str().unwrap()),
+    ]);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = client_from("127.0.8.21");
+    for (key, status, limit) in [
+        ("env-premium-key", 200, Some("100")),
+        ("env-free-key", 200, Some("20")),
+        ("file-premium-key", 200, Some("100")),
+        ("file-free-key", 200, Some("20")),
+        ("premium-user-key", 200, Some("100")),
+        ("not-a-key", 401, None),
+    ] {
+        let r = predict_as(&client, addr, Some(key)).await;
+        assert_eq!(r.status().as_u16(), status, "{key}");
+        assert_eq!(
+            r.headers()
+                .get("x-ratelimit-limit")
+                .map(|v| v.to_str().unwrap()),
+            limit,
+            "{key}"
+        );
+    }
+    server.stop();
+    let _ = std::fs::remove_file(file);
+}
