@@ -39,6 +39,8 @@ mod limits;
 #[cfg(feature = "runtime")]
 pub mod observe;
 #[cfg(feature = "runtime")]
+mod reservation;
+#[cfg(feature = "runtime")]
 pub mod store;
 
 #[cfg(feature = "axum")]
@@ -56,5 +58,7 @@ pub use limiter::{Check, Limiter, LimiterBuilder, SlotLease};
 #[cfg(feature = "runtime")]
 pub use limits::Limits;
 pub use rate::{ParseError, Rate, Unit};
+#[cfg(feature = "runtime")]
+pub use reservation::Reservation;
 #[cfg(feature = "runtime")]
 pub use store::{MemoryStore, Store, StoreError};

@@ -20,12 +20,16 @@ fn limiter(algorithm: Algorithm) -> (Limiter, FakeClock) {
     (limiter, clock)
 }
 
-fn run(algorithm: Algorithm, rate: &str, steps: &[(u64, u64)]) -> Result<(), TestCaseError> {
+fn run(algorithm: Algorithm, rate: &str, steps: &[(u64, u64, bool)]) -> Result<(), TestCaseError> {
     let (limiter, clock) = limiter(algorithm);
     let limits = Limits::parse(rate).unwrap();
-    let check = |t: u64, n: u64| {
+    let check = |t: u64, n: u64, debit: bool| {
         clock.set(t);
-        ready(limiter.check(&limits, "k", n)).unwrap()
+        match debit {
+            // Settled to `n` more than was reserved: debt.
+            true => ready(limiter.settle("", &limits, b"k", 0, n)).unwrap(),
+            false => ready(limiter.check(&limits, "k", n)).unwrap(),
+        }
     };
     model::run(algorithm, &limits, 1, steps, check)
 }

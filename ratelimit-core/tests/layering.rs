@@ -1,12 +1,12 @@
 //! The dependency direction of DESIGN.md ("Layout"), checked on the source: the grammar and
 //! the algorithm names ← algorithms ← limits ← decision ← (clock) ← store ← observe ←
-//! limiter ← http. Nothing below `http` names an HTTP type, and no module imports one above
+//! limiter ← reservation ← http. Nothing below `http` names an HTTP type, and no module imports one above
 //! it (so no two import each other).
 
 use std::path::{Path, PathBuf};
 
 /// Each module, lowest first.
-const ORDER: [&str; 9] = [
+const ORDER: [&str; 10] = [
     "rate",
     "algorithm",
     "limits",
@@ -15,6 +15,7 @@ const ORDER: [&str; 9] = [
     "store",
     "observe",
     "limiter",
+    "reservation",
     "http",
 ];
 

@@ -533,9 +533,13 @@ fn every_algorithm_matches_the_reference_model_on_redis() {
                     .key_prefix(format!("model-{n}"))
                     .build();
                 let limits = Limits::parse(rate).unwrap();
-                model::run(algorithm, &limits, 1_000, &steps, |t, cost| {
+                model::run(algorithm, &limits, 1_000, &steps, |t, cost, debit| {
                     clock.set(t);
-                    runtime.block_on(limiter.check(&limits, "k", cost)).unwrap()
+                    match debit {
+                        true => runtime.block_on(limiter.settle("", &limits, b"k", 0, cost)),
+                        false => runtime.block_on(limiter.check(&limits, "k", cost)),
+                    }
+                    .unwrap()
                 })
             })
             .unwrap_or_else(|e| panic!("{algorithm} on Redis: {e}"));

@@ -40,6 +40,16 @@ impl FixedWindow {
         }
     }
 
+    /// Counts `cost` more in the window open at `now` (opening one if none is), past the
+    /// amount if need be: the window then refuses until it closes.
+    pub(crate) fn debit(&mut self, rate: &RateParams, now: u64, cost: u64) {
+        if self.count == 0 || now >= self.start.saturating_add(rate.period) {
+            self.start = now;
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(cost);
+    }
+
     pub(crate) fn refund(&mut self, rate: &RateParams, now: u64, cost: u64) {
         // Only a charge of the window still open can be given back.
         if now < self.start.saturating_add(rate.period) {

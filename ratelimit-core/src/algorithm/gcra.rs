@@ -54,6 +54,13 @@ pub(crate) fn rescale(tat: u64, now: u64, from: u64, to: u64) -> u64 {
     now.saturating_add(u64::try_from(debt).unwrap_or(u64::MAX))
 }
 
+/// The TAT once `cost` more is charged whatever the rate says: a settled amount the key owes
+/// (the work is done). The key's next request waits until the rate has earned it back.
+pub(crate) fn debit(tat: u64, rate: &RateParams, now: u64, cost: u64) -> u64 {
+    tat.max(now)
+        .saturating_add(cost.saturating_mul(rate.interval))
+}
+
 /// The TAT once a charge of `cost` is given back.
 pub(crate) fn refund(tat: u64, rate: &RateParams, _now: u64, cost: u64) -> u64 {
     tat.saturating_sub(cost.saturating_mul(rate.interval))

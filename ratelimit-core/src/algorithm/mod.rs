@@ -235,6 +235,20 @@ mod runtime {
             }
         }
 
+        /// Charges `cost` at `now` whatever the rate says: a settled amount the key owes.
+        pub(crate) fn debit(&mut self, rate: &RateParams, now: u64, cost: u64) {
+            match self {
+                State::Gcra { tat, interval } => {
+                    let base = gcra::rescale(*tat, now, *interval, rate.interval);
+                    *tat = gcra::debit(base, rate, now, cost);
+                    *interval = rate.interval;
+                }
+                State::Fixed(s) => s.debit(rate, now, cost),
+                State::Sliding(s) => s.debit(rate, now, cost),
+                State::Moving(s) => s.debit(rate, now, cost),
+            }
+        }
+
         /// Whether both states belong to the same algorithm.
         pub(crate) fn same_kind(&self, other: &State) -> bool {
             std::mem::discriminant(self) == std::mem::discriminant(other)
@@ -286,6 +300,13 @@ mod runtime {
     pub(crate) fn refund_all(states: &mut [State], rates: &[RateParams], now: u64, cost: u64) {
         for (state, rate) in states.iter_mut().zip(rates) {
             state.refund(rate, now, cost);
+        }
+    }
+
+    /// Charges `cost` to every rate whatever they say ([`State::debit`]).
+    pub(crate) fn debit_all(states: &mut [State], rates: &[RateParams], now: u64, cost: u64) {
+        for (state, rate) in states.iter_mut().zip(rates) {
+            state.debit(rate, now, cost);
         }
     }
 

@@ -9,7 +9,8 @@ use super::Verdict;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct MovingWindow {
     /// `(time, cost)` of admitted requests, oldest first; the costs sum to `count`, which
-    /// never exceeds the amount, so the log holds at most `amount` entries.
+    /// exceeds the amount only by settled debt, so the log holds at most `amount` entries
+    /// and one per settlement.
     log: VecDeque<(u64, u64)>,
     count: u64,
 }
@@ -23,13 +24,7 @@ impl MovingWindow {
         consume: bool,
     ) -> Verdict {
         let period = rate.period;
-        while let Some(&(at, n)) = self.log.front() {
-            if at.saturating_add(period) > now {
-                break;
-            }
-            self.log.pop_front();
-            self.count -= n;
-        }
+        self.forget(period, now);
         // The count may exceed a limit scaled down at run time: saturate.
         let free = rate.amount.saturating_sub(self.count);
         // An empty log resets one period from now, as `limits` reports it
@@ -55,7 +50,9 @@ impl MovingWindow {
             }
             return Verdict::allow(free - cost, period);
         }
-        let mut need = cost - free;
+        // What must leave the window: more than `cost` when it holds more than the amount
+        // (settled debt, or a limit scaled down since).
+        let mut need = self.count.saturating_add(cost) - rate.amount;
         let mut retry = 0;
         for &(at, n) in &self.log {
             retry = at.saturating_add(period).saturating_sub(now);
@@ -65,6 +62,31 @@ impl MovingWindow {
             need -= n;
         }
         Verdict::deny(free, reset, Some(retry))
+    }
+
+    /// Logs `cost` more at `now`, past the amount if need be: the window refuses until enough
+    /// has left it.
+    pub(crate) fn debit(&mut self, rate: &RateParams, now: u64, cost: u64) {
+        self.forget(rate.period, now);
+        if cost == 0 {
+            return;
+        }
+        match self.log.back_mut() {
+            Some((at, n)) if *at == now => *n = n.saturating_add(cost),
+            _ => self.log.push_back((now, cost)),
+        }
+        self.count = self.count.saturating_add(cost);
+    }
+
+    /// Drops what left the window `(now - period, now]`.
+    fn forget(&mut self, period: u64, now: u64) {
+        while let Some(&(at, n)) = self.log.front() {
+            if at.saturating_add(period) > now {
+                break;
+            }
+            self.log.pop_front();
+            self.count -= n;
+        }
     }
 
     /// Takes `cost` units off the newest entries.

@@ -72,6 +72,13 @@ impl SlidingWindow {
         }
     }
 
+    /// Counts `cost` more in the current window, past the amount if need be: it weighs on
+    /// this window and the next as a request's cost does.
+    pub(crate) fn debit(&mut self, rate: &RateParams, now: u64, cost: u64) {
+        self.roll(now / rate.period);
+        self.current = self.current.saturating_add(cost);
+    }
+
     /// Takes `cost` units off the current window (off the previous one for what the current
     /// cannot give back, when the window turned since the charge).
     pub(crate) fn refund(&mut self, rate: &RateParams, now: u64, cost: u64) {

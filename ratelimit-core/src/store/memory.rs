@@ -232,12 +232,16 @@ impl GcraSlot {
                     let refunded = gcra::refund(base, rate, now, charge.cost);
                     (gcra::check(refunded, rate, now, 0).0, refunded)
                 }
-                _ => gcra::check(base, rate, now, charge.cost),
+                Mode::Debit => {
+                    let owed = gcra::debit(base, rate, now, charge.cost);
+                    (gcra::check(owed, rate, now, 0).0, owed)
+                }
+                Mode::Charge | Mode::Peek => gcra::check(base, rate, now, charge.cost),
             };
             let write = match mode {
                 Mode::Peek => false,
                 Mode::Charge => verdict.allowed && charge.cost > 0,
-                Mode::Refund => true,
+                Mode::Refund | Mode::Debit => true,
             };
             if !write || (next == tat && written_at.is_none()) {
                 return Decision::from_verdict(rate, 0, verdict);
@@ -486,6 +490,23 @@ impl<C: Clock> MemoryStore<C> {
             Mode::Refund => {
                 let nothing = Charge { cost: 0, ..*charge };
                 return slot.check(&nothing, now, Mode::Peek);
+            }
+            // A debit is stored whatever the limits say, in a place taken like a charge's
+            // (refused only by a store full of live state that refuses new keys).
+            Mode::Debit => {
+                if charge.cost == 0 {
+                    return slot.check(charge, now, Mode::Peek);
+                }
+                if !self.reserve(now) {
+                    return self.refusal(charge, now);
+                }
+                return match map.entry(key) {
+                    Entry::Occupied(existing) => {
+                        self.len.fetch_sub(1, Ordering::Relaxed);
+                        existing.get().check(charge, now, mode)
+                    }
+                    Entry::Vacant(vacant) => vacant.insert(slot).check(charge, now, mode),
+                };
             }
         }
         let decision = slot.check(charge, now, Mode::Peek);

@@ -37,8 +37,14 @@ pub enum Mode {
     Peek,
     /// Give back what an earlier [`Mode::Charge`] of the same request charged: another key's
     /// limits refused the request afterwards (see
-    /// [`Limiter::check_charges`](crate::Limiter::check_charges)).
+    /// [`Limiter::check_charges`](crate::Limiter::check_charges)), or what a reservation
+    /// over-estimated ([`Limiter::settle`](crate::Limiter::settle)).
     Refund,
+    /// Charge every charge whatever its limits say: what a reservation under-estimated, once
+    /// the work is done ([`Limiter::settle`](crate::Limiter::settle)). Never refused; the
+    /// key owes it, and its next requests wait until the limits have earned it back. The
+    /// decision describes the state after it.
+    Debit,
 }
 
 /// One set of limits a request must pass under one key: a scope, the limits, the algorithm

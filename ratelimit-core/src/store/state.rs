@@ -1,7 +1,7 @@
 //! One key's state under one charge's limits, for stores that keep state themselves.
 
 use super::{Charge, Mode};
-use crate::algorithm::{State, check_all, refund_all};
+use crate::algorithm::{State, check_all, debit_all, refund_all};
 use crate::decision::Decision;
 
 /// The state of one key under one [`Charge`]'s limits (one entry per rate), with the
@@ -35,7 +35,8 @@ impl LimitState {
     }
 
     /// Judges `charge` at `now` (nanoseconds on the store's clock) and, as `mode` says,
-    /// charges it (when every rate admits it), peeks, or gives an earlier charge back. The
+    /// charges it (when every rate admits it), peeks, gives an earlier charge back, or charges
+    /// it whatever the rates say (a debit). The
     /// decision is bound by the rate that refused, or the one with the fewest left.
     ///
     /// A state made for other limits (another number of rates, another algorithm) starts
@@ -47,12 +48,18 @@ impl LimitState {
         if self.states.len() != params.len() || !self.states.iter().all(|s| s.same_kind(&fresh)) {
             self.states = vec![fresh; params.len()];
         }
-        // After a refund, the answer describes the state as it is (a judgement at cost 0).
-        let cost = if mode == Mode::Refund {
-            refund_all(&mut self.states, params, now, charge.cost);
-            0
-        } else {
-            charge.cost
+        // After a refund or a debit, the answer describes the state as it is (a judgement
+        // at cost 0).
+        let cost = match mode {
+            Mode::Refund => {
+                refund_all(&mut self.states, params, now, charge.cost);
+                0
+            }
+            Mode::Debit => {
+                debit_all(&mut self.states, params, now, charge.cost);
+                0
+            }
+            Mode::Charge | Mode::Peek => charge.cost,
         };
         let consume = mode == Mode::Charge && cost > 0;
         let (index, verdict) = check_all(&mut self.states, params, now, cost, consume);

@@ -4,7 +4,8 @@
 -- 1970 until the year 2255).
 --
 -- KEYS: one per (charge, rate), in order.
--- ARGV: now (microseconds, or "" for the server's TIME), mode (0 charge, 1 peek, 2 refund),
+-- ARGV: now (microseconds, or "" for the server's TIME), mode (0 charge, 1 peek, 2 refund,
+--       3 debit: charged whatever the limits say, a settled amount the key owes),
 --       the number of charges, then per charge: algorithm (1 gcra, 2 fixed window,
 --       3 sliding window, 4 moving window), cost, number of rates, then per rate: amount,
 --       period, interval, burst, tolerance (microseconds where a time).
@@ -57,6 +58,7 @@ function gcra.judge(tat, r, cost)
   return verdict(false, floor(spare_now / r.interval), used, after - r.tolerance), tat
 end
 function gcra.refund(tat, r, cost) return max(tat - cost * r.interval, 0) end
+function gcra.debit(tat, r, cost) return max(tat, now) + cost * r.interval end
 function gcra.store(key, tat, r)
   local ttl = tat - now
   if ttl <= 0 then redis.call('DEL', key) else
@@ -90,6 +92,12 @@ function fixed.judge(st, r, cost)
 end
 function fixed.refund(s, r, cost)
   if now < s.start + r.period then return { start = s.start, count = max(s.count - cost, 0) } end
+  return s
+end
+function fixed.debit(st, r, cost)
+  local s = { start = st.start, count = st.count }
+  if s.count == 0 or now >= s.start + r.period then s.start = now; s.count = 0 end
+  s.count = s.count + cost
   return s
 end
 function fixed.store(key, s, r)
@@ -150,6 +158,11 @@ function sliding.refund(st, r, cost)
   s.previous = max(s.previous - (cost - from_current), 0)
   return s
 end
+function sliding.debit(st, r, cost)
+  local s = rolled(st, floor(now / r.period))
+  s.current = s.current + cost
+  return s
+end
 function sliding.store(key, s, r)
   local periods = 0
   if s.current > 0 then periods = 2 elseif s.previous > 0 then periods = 1 end
@@ -188,7 +201,7 @@ function moving.judge(st, r, cost)
     else log[#log + 1] = { at = now, n = cost } end
     return verdict(true, free - cost, r.period, nil), log
   end
-  local need, retry = cost - free, 0
+  local need, retry = count + cost - r.amount, 0
   for _, e in ipairs(log) do
     retry = max(e.at + r.period - now, 0)
     if e.n >= need then break end
@@ -206,6 +219,13 @@ function moving.refund(st, r, cost)
     left = left - take
     if last.n == 0 then log[#log] = nil end
   end
+  return log
+end
+function moving.debit(st, r, cost)
+  local log = live(st, r.period)
+  if cost == 0 then return log end
+  if #log > 0 and log[#log].at == now then log[#log].n = log[#log].n + cost
+  else log[#log + 1] = { at = now, n = cost } end
   return log
 end
 function moving.store(key, log, r)
@@ -256,11 +276,13 @@ local function bind(v, c, i)
   if binding == nil or harder(v, binding) then binding, bc, br = v, c, i end
 end
 
-if mode == 2 then
+if mode == 2 or mode == 3 then
   for c, charge in ipairs(charges) do
     for i, r in ipairs(charge.rates) do
       local a = charge.algorithm
-      local s = a.refund(a.load(r.key, r), r, charge.cost)
+      local change = a.refund
+      if mode == 3 then change = a.debit end
+      local s = change(a.load(r.key, r), r, charge.cost)
       a.store(r.key, s, r)
       bind((a.judge(s, r, 0)), c, i)
     end

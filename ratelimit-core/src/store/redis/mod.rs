@@ -442,8 +442,9 @@ impl RedisStore {
         match request.mode {
             Mode::Charge => self.blocked.get(identity, self.micros()),
             Mode::Peek => None,
-            Mode::Refund => {
-                // What is given back may let the same request through sooner.
+            Mode::Refund | Mode::Debit => {
+                // What is given back may let the same request through sooner, and what is
+                // owed later: a cached refusal no longer describes the key.
                 self.blocked.entries.remove(&identity);
                 None
             }
@@ -540,6 +541,7 @@ impl Store for RedisStore {
             Mode::Charge => 0,
             Mode::Peek => 1,
             Mode::Refund => 2,
+            Mode::Debit => 3,
         };
         invocation.arg(now).arg(mode).arg(request.charges.len());
         for charge in request.charges {

@@ -1,0 +1,152 @@
+//! Cost known only after the work: a request reserves an estimate, charged all or nothing
+//! like any cost, and settles the real amount once the work is done. What was over-reserved
+//! is given back; what was under-reserved is charged as debt, never refused (the work is
+//! done), and the key's next requests wait until its limits have earned it back.
+
+use std::sync::Arc;
+
+use crate::decision::Decision;
+use crate::limiter::Limiter;
+use crate::limits::Limits;
+use crate::store::{Mode, StoreError};
+
+impl Limiter {
+    /// Reserves `estimate` units of `limits` for `key` in `scope`, as
+    /// [`check_scoped`](Limiter::check_scoped) charges a cost: the [`Reservation`] to settle
+    /// once the real amount is known, or the refusal (which reserved nothing).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use ratelimit_core::{Limiter, Limits};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new();
+    /// let tokens = Arc::new(Limits::parse("2000/minute").unwrap());
+    /// // A generation of at most 64 tokens after a prompt of 10.
+    /// let reservation = limiter
+    ///     .reserve("generate", tokens.clone(), "client-1", 10 + 64)
+    ///     .await
+    ///     .unwrap()
+    ///     .expect("within the budget");
+    /// // ... generate: it stopped after 23 tokens ...
+    /// let after = reservation.settle(10 + 23).await.unwrap();
+    /// assert_eq!(after.remaining(), 2000 - 33);
+    /// # }
+    /// ```
+    pub async fn reserve(
+        &self,
+        scope: impl Into<Arc<str>>,
+        limits: Arc<Limits>,
+        key: impl Into<Arc<[u8]>>,
+        estimate: u64,
+    ) -> Result<Result<Reservation, Decision>, StoreError> {
+        let (scope, key) = (scope.into(), key.into());
+        let charge = self.charge(&scope, &limits, estimate);
+        let decision = self
+            .check_charges(&key, std::slice::from_ref(&charge), Mode::Charge)
+            .await?;
+        if !decision.is_allowed() {
+            return Ok(Err(decision));
+        }
+        Ok(Ok(Reservation {
+            limiter: self.clone(),
+            scope,
+            limits,
+            key,
+            reserved: estimate,
+            admitted: decision,
+        }))
+    }
+
+    /// Settles a charge of `reserved` units made earlier for `key` under `limits` in `scope`
+    /// to the `actual` amount, in one store call: gives back `reserved - actual`
+    /// ([`Mode::Refund`]) or charges `actual - reserved` as debt ([`Mode::Debit`], never
+    /// refused). Answers the key's state after it: a key in debt is refused, with the wait
+    /// until the debt is paid.
+    ///
+    /// Debt is counted as each algorithm counts a request admitted at the moment of the
+    /// settlement: GCRA moves the key's theoretical arrival time on (the key waits exactly
+    /// as long as the rate takes to earn the units back), the windows count the units in the
+    /// window open now (the key is refused until they have left it: a fixed window forgets
+    /// them when it closes, as it forgets every request).
+    ///
+    /// [`Reservation::settle`] does this once per reservation; this is the primitive for
+    /// glue that keeps its reservations itself.
+    pub async fn settle(
+        &self,
+        scope: &str,
+        limits: &Limits,
+        key: &[u8],
+        reserved: u64,
+        actual: u64,
+    ) -> Result<Decision, StoreError> {
+        let (mode, units) = settlement(reserved, actual);
+        let charge = self.charge(scope, limits, units);
+        self.check_charges(key, std::slice::from_ref(&charge), mode)
+            .await
+    }
+}
+
+/// The store call that settles `reserved` to `actual`: a refund, a debit, or (nothing to
+/// change) a look at the state as it is.
+pub(crate) fn settlement(reserved: u64, actual: u64) -> (Mode, u64) {
+    match actual.cmp(&reserved) {
+        std::cmp::Ordering::Less => (Mode::Refund, reserved - actual),
+        std::cmp::Ordering::Greater => (Mode::Debit, actual - reserved),
+        std::cmp::Ordering::Equal => (Mode::Peek, 0),
+    }
+}
+
+/// Units reserved ahead of work whose cost is known only when it ends (tokens generated,
+/// milliseconds of inference): settled once with [`settle`](Reservation::settle), which
+/// takes the reservation, so that it cannot be settled twice.
+///
+/// A reservation dropped without being settled keeps its estimate charged: the work may
+/// have happened, and the estimate is what the request was admitted on (a handler that
+/// fails before doing any work settles 0 to give it all back).
+///
+/// ```compile_fail
+/// # use std::sync::Arc;
+/// # use ratelimit_core::{Limiter, Limits};
+/// # async fn twice(limiter: Limiter, limits: Arc<Limits>) {
+/// let reservation = limiter.reserve("s", limits, "k", 64).await.unwrap().unwrap();
+/// reservation.settle(10).await.unwrap();
+/// reservation.settle(10).await.unwrap(); // error: use of moved value
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "a reservation keeps its estimate charged until it is settled"]
+pub struct Reservation {
+    limiter: Limiter,
+    scope: Arc<str>,
+    limits: Arc<Limits>,
+    key: Arc<[u8]>,
+    reserved: u64,
+    admitted: Decision,
+}
+
+impl Reservation {
+    /// The units reserved.
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// The admission the reservation was charged with.
+    pub fn admitted(&self) -> &Decision {
+        &self.admitted
+    }
+
+    /// The limits reserved from.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Settles the reservation to the `actual` amount ([`Limiter::settle`]): the key's state
+    /// after it.
+    pub async fn settle(self, actual: u64) -> Result<Decision, StoreError> {
+        self.limiter
+            .settle(&self.scope, &self.limits, &self.key, self.reserved, actual)
+            .await
+    }
+}
