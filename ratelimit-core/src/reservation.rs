@@ -38,10 +38,10 @@ impl Limiter {
         &self,
         scope: impl Into<Arc<str>>,
         limits: Arc<Limits>,
-        key: impl Into<Arc<[u8]>>,
+        key: impl AsRef<[u8]>,
         estimate: u64,
     ) -> Result<Result<Reservation, Decision>, StoreError> {
-        let (scope, key) = (scope.into(), key.into());
+        let (scope, key): (Arc<str>, Arc<[u8]>) = (scope.into(), Arc::from(key.as_ref()));
         let charge = self.charge(&scope, &limits, estimate);
         let decision = self
             .check_charges(&key, std::slice::from_ref(&charge), Mode::Charge)
