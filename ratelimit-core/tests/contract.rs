@@ -114,6 +114,18 @@ async fn a_third_party_store_implements_the_contract_with_public_pieces() {
         3,
         "charged once (4 left), peeked at cost 1"
     );
+
+    // Reserve and settle: the same store, with `LimitState` doing the refund and the debit.
+    let tokens = std::sync::Arc::new(Limits::parse("100/minute").unwrap());
+    let reservation = limiter.reserve("t", tokens.clone(), "k", 64).await;
+    let settled = reservation.unwrap().unwrap().settle(10).await.unwrap();
+    assert_eq!(settled.remaining(), 90);
+    let reservation = limiter.reserve("t", tokens.clone(), "k", 90).await;
+    let indebted = reservation.unwrap().unwrap().settle(120).await.unwrap();
+    assert!(!indebted.is_allowed(), "30 over the budget: in debt");
+    let next = limiter.check_scoped("t", &tokens, "k", 1).await.unwrap();
+    // 30 owed beyond the budget (18 s at 600 ms a unit), then this request's own 600 ms.
+    assert_eq!(next.retry_after(), Some(Duration::from_millis(18_600)));
 }
 
 #[test]
