@@ -56,9 +56,9 @@ pub use decision::Decision;
 #[cfg(feature = "runtime")]
 pub use limiter::{Check, Limiter, LimiterBuilder, SlotLease};
 #[cfg(feature = "runtime")]
-pub use limits::Limits;
+pub use limits::{Limits, LimitsRef};
 pub use rate::{ParseError, Rate, Unit};
 #[cfg(feature = "runtime")]
-pub use reservation::Reservation;
+pub use reservation::{Meter, Reservation};
 #[cfg(feature = "runtime")]
 pub use store::{MemoryStore, Store, StoreError};

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::num::NonZeroU64;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
 
 use crate::algorithm::{Algorithm, RateParams};
 use crate::rate::{ParseError, Rate, parse_rates};
@@ -150,5 +151,53 @@ impl FromStr for Limits {
 impl From<Rate> for Limits {
     fn from(rate: Rate) -> Limits {
         Limits::from_rates([rate]).expect("one rate")
+    }
+}
+
+/// Limits lent for a while: resolved for one request (by a `LIMITS` function, an API key's
+/// tier), or kept by a [`Reservation`](crate::Reservation) until it is settled. Anything
+/// that lends a [`Limits`]; a `static` costs nothing to lend.
+#[derive(Debug, Clone)]
+pub enum LimitsRef {
+    /// Limits that live for the whole program (a `static`).
+    Static(&'static Limits),
+    /// Limits shared behind an `Arc`.
+    Shared(Arc<Limits>),
+    /// Limits made for this request.
+    Owned(Limits),
+}
+
+impl LimitsRef {
+    /// The limits lent.
+    pub fn limits(&self) -> &Limits {
+        match self {
+            LimitsRef::Static(limits) => limits,
+            LimitsRef::Shared(limits) => limits,
+            LimitsRef::Owned(limits) => limits,
+        }
+    }
+}
+
+impl From<&'static Limits> for LimitsRef {
+    fn from(limits: &'static Limits) -> LimitsRef {
+        LimitsRef::Static(limits)
+    }
+}
+
+impl From<Arc<Limits>> for LimitsRef {
+    fn from(limits: Arc<Limits>) -> LimitsRef {
+        LimitsRef::Shared(limits)
+    }
+}
+
+impl From<Limits> for LimitsRef {
+    fn from(limits: Limits) -> LimitsRef {
+        LimitsRef::Owned(limits)
+    }
+}
+
+impl From<&'static LazyLock<Limits>> for LimitsRef {
+    fn from(limits: &'static LazyLock<Limits>) -> LimitsRef {
+        LimitsRef::Static(limits)
     }
 }

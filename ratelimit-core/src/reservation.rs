@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::decision::Decision;
 use crate::limiter::Limiter;
-use crate::limits::Limits;
+use crate::limits::{Limits, LimitsRef};
 use crate::store::{Mode, StoreError};
 
 impl Limiter {
@@ -37,12 +37,13 @@ impl Limiter {
     pub async fn reserve(
         &self,
         scope: impl Into<Arc<str>>,
-        limits: Arc<Limits>,
+        limits: impl Into<LimitsRef>,
         key: impl AsRef<[u8]>,
         estimate: u64,
     ) -> Result<Result<Reservation, Decision>, StoreError> {
         let (scope, key): (Arc<str>, Arc<[u8]>) = (scope.into(), Arc::from(key.as_ref()));
-        let charge = self.charge(&scope, &limits, estimate);
+        let limits = limits.into();
+        let charge = self.charge(&scope, limits.limits(), estimate);
         let decision = self
             .check_charges(&key, std::slice::from_ref(&charge), Mode::Charge)
             .await?;
@@ -120,7 +121,7 @@ pub(crate) fn settlement(reserved: u64, actual: u64) -> (Mode, u64) {
 pub struct Reservation {
     limiter: Limiter,
     scope: Arc<str>,
-    limits: Arc<Limits>,
+    limits: LimitsRef,
     key: Arc<[u8]>,
     reserved: u64,
     admitted: Decision,
@@ -139,14 +140,124 @@ impl Reservation {
 
     /// The limits reserved from.
     pub fn limits(&self) -> &Limits {
-        &self.limits
+        self.limits.limits()
     }
 
     /// Settles the reservation to the `actual` amount ([`Limiter::settle`]): the key's state
     /// after it.
     pub async fn settle(self, actual: u64) -> Result<Decision, StoreError> {
         self.limiter
-            .settle(&self.scope, &self.limits, &self.key, self.reserved, actual)
+            .settle(
+                &self.scope,
+                self.limits.limits(),
+                &self.key,
+                self.reserved,
+                actual,
+            )
             .await
+    }
+}
+
+impl Reservation {
+    /// A meter over this reservation, for work that may stop at any point: add what is used
+    /// as it is used (tokens as they are streamed), and the reservation is settled to that
+    /// when the meter is settled or dropped (a client that goes away mid-stream pays for what
+    /// was produced, not for the estimate).
+    pub fn meter(self) -> Meter {
+        Meter {
+            reservation: Some(self),
+            used: 0,
+        }
+    }
+
+    /// Settles without waiting: at once with a store that answers at once (the in-memory
+    /// one), else in a task of its own on the current Tokio runtime.
+    fn settle_detached(self, actual: u64) {
+        let (mode, units) = settlement(self.reserved, actual);
+        let charge = self
+            .limiter
+            .charge(&self.scope, self.limits.limits(), units);
+        if let Some(answer) =
+            self.limiter
+                .check_charges_now(&self.key, std::slice::from_ref(&charge), mode)
+        {
+            if let Err(error) = answer {
+                tracing::warn!(%error, "a reservation could not be settled");
+            }
+            return;
+        }
+        #[cfg(any(feature = "axum", feature = "redis"))]
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = self.settle(actual).await {
+                    tracing::warn!(%error, "a reservation could not be settled");
+                }
+            });
+            return;
+        }
+        tracing::warn!(
+            reserved = self.reserved,
+            actual,
+            "a reservation dropped outside a Tokio runtime keeps its estimate"
+        );
+    }
+}
+
+/// Units used so far against a [`Reservation`], settled when the meter is settled or
+/// dropped ([`Reservation::meter`]).
+///
+/// ```
+/// use ratelimit_core::{Limiter, Limits};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = Limiter::new();
+/// let tokens = std::sync::Arc::new(Limits::parse("2000/minute").unwrap());
+/// let reservation = limiter.reserve("", tokens.clone(), "k", 512).await.unwrap().unwrap();
+/// let mut meter = reservation.meter();
+/// for _token in 0..3 {
+///     meter.add(1); // streamed to the client
+/// }
+/// drop(meter); // the client went away: 3 charged, not 512
+/// let left = limiter.peek(&tokens, "k", 0).await.unwrap();
+/// assert_eq!(left.remaining(), 1997);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Meter {
+    reservation: Option<Reservation>,
+    used: u64,
+}
+
+impl Meter {
+    /// Adds `units` to what was used.
+    pub fn add(&mut self, units: u64) {
+        self.used = self.used.saturating_add(units);
+    }
+
+    /// What was used so far.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// The units reserved.
+    pub fn reserved(&self) -> u64 {
+        self.reservation.as_ref().map_or(0, Reservation::reserved)
+    }
+
+    /// Settles the reservation to what was used, and answers the key's state after it.
+    pub async fn settle(mut self) -> Result<Option<Decision>, StoreError> {
+        match self.reservation.take() {
+            Some(reservation) => reservation.settle(self.used).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle_detached(self.used);
+        }
     }
 }

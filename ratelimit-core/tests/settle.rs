@@ -281,3 +281,38 @@ async fn a_settlement_is_one_command_sent_to_redis() {
         assert_eq!(scripts_run(&url).await - before, 1, "settled to {actual}");
     }
 }
+
+/// Work that stops early (a client that hangs up mid-stream) pays for what was used: the
+/// meter settles when it is dropped, at once in memory, in a task of its own with Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_meter_settles_what_was_used() {
+    for backend in Backend::all() {
+        let clock = clock();
+        let limiter = backend
+            .limiter(Algorithm::FixedWindow, &clock, "meter")
+            .await;
+        let limits = tokens("2000/minute");
+        let reservation = limiter.reserve("", limits.clone(), "k", 10 + 512).await;
+        let mut meter = reservation.unwrap().unwrap().meter();
+        meter.add(10); // the prompt
+        for _ in 0..3 {
+            meter.add(1); // three tokens streamed, then the client went away
+        }
+        drop(meter);
+        let mut left = 0;
+        for _ in 0..200 {
+            left = remaining(&limiter, &limits, "k").await;
+            if left == 2000 - 13 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(left, 2000 - 13, "{}", backend.name());
+        // Settled explicitly, the meter answers the state after it.
+        let reservation = limiter.reserve("", limits.clone(), "k", 100).await;
+        let mut meter = reservation.unwrap().unwrap().meter();
+        meter.add(40);
+        let after = meter.settle().await.unwrap().unwrap();
+        assert_eq!(after.remaining(), 2000 - 53, "{}", backend.name());
+    }
+}

@@ -14,10 +14,10 @@ use super::config::HttpConfig;
 use super::enforce::{
     self, Entry, LayerState, Leases, MAX_ENTRIES, SlotNeed, enforce, settle, take_slots,
 };
-use super::identity::{Identity, LimitsRef, Who};
+use super::identity::{Identity, Who};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::Rejection;
-use crate::limits::Limits;
+use crate::limits::{Limits, LimitsRef};
 
 /// What one `#[rate_limit]` attribute says, built once per attribute by the generated code.
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use axum::response::IntoResponse;
 use http::HeaderName;
@@ -16,7 +16,7 @@ use http::request::Parts;
 use super::enforce;
 use super::key::{IpKey, client_ip};
 use super::response::Rejection;
-use crate::limits::Limits;
+use crate::limits::{Limits, LimitsRef};
 
 /// The client address of a request, exactly as `key = ip` derives it: the peer, or behind
 /// the layer's trusted proxies the right-most forwarded hop that none of them added; counted
@@ -192,53 +192,6 @@ impl<K: IntoKey, E: IntoResponse> IntoKey for Result<K, E> {
     fn into_key(self) -> Result<Identity, Rejection> {
         self.map_err(|error| Rejection::custom(error.into_response()))
             .and_then(IntoKey::into_key)
-    }
-}
-
-/// Limits a request resolved at run time, by a `LIMITS` function or an [`Identity`]:
-/// anything that lends a [`Limits`].
-#[derive(Debug, Clone)]
-pub enum LimitsRef {
-    /// Limits that live for the whole program (a `static`).
-    Static(&'static Limits),
-    /// Limits shared behind an `Arc`.
-    Shared(Arc<Limits>),
-    /// Limits made for this request.
-    Owned(Limits),
-}
-
-impl LimitsRef {
-    /// The limits lent.
-    pub fn limits(&self) -> &Limits {
-        match self {
-            LimitsRef::Static(limits) => limits,
-            LimitsRef::Shared(limits) => limits,
-            LimitsRef::Owned(limits) => limits,
-        }
-    }
-}
-
-impl From<&'static Limits> for LimitsRef {
-    fn from(limits: &'static Limits) -> LimitsRef {
-        LimitsRef::Static(limits)
-    }
-}
-
-impl From<Arc<Limits>> for LimitsRef {
-    fn from(limits: Arc<Limits>) -> LimitsRef {
-        LimitsRef::Shared(limits)
-    }
-}
-
-impl From<Limits> for LimitsRef {
-    fn from(limits: Limits) -> LimitsRef {
-        LimitsRef::Owned(limits)
-    }
-}
-
-impl From<&'static LazyLock<Limits>> for LimitsRef {
-    fn from(limits: &'static LazyLock<Limits>) -> LimitsRef {
-        LimitsRef::Static(limits)
     }
 }
 

@@ -23,11 +23,13 @@ mod layer;
 mod metrics;
 mod response;
 
+/// Where the attribute's `LIMITS` functions have always found it.
+pub use crate::limits::LimitsRef;
 pub use config::AsLimits;
 pub use enforce::Leases;
 pub use extract::{Deferred, Guard, One, Policy, Resolved, Spec, Specs, resolve_one, support};
 pub use identity::{
-    ApiKeys, ClientAddr, Identity, IntoKey, KeyLookup, KeyTable, KnownKey, LimitsRef, UnknownKey,
+    ApiKeys, ClientAddr, Identity, IntoKey, KeyLookup, KeyTable, KnownKey, UnknownKey,
 };
 pub use key::{KeySource, TrustedProxies};
 pub use layer::{RateLimitLayer, RateLimitService};
