@@ -66,6 +66,16 @@ pub use ratelimit_core::*;
 ///   handler's arguments (`cost = batch.len()`); then the check runs once they are
 ///   extracted, and otherwise before the body is read. A cost larger than the whole limit is
 ///   refused with a 429 that says so (and no `Retry-After`: waiting will not help).
+/// - **`reserve = EXPR`**: the cost is an estimate known before the work (a prompt's tokens
+///   and its `max_tokens`), reserved like a cost, all or nothing with the other limits; the
+///   handler takes a parameter `reservation: Reservation` and settles what the work really
+///   used with `reservation.settle(actual).await`: the over-reserved part is given back, the
+///   under-reserved part is debt the key's next requests wait for (never a refusal: the work
+///   is done). From inside a streamed response, `reservation.meter()` counts as it goes and
+///   settles when the stream ends or is dropped (a client that hangs up pays for what was
+///   produced). A reservation dropped unsettled keeps its estimate. `reserve` and `cost` do
+///   not go together; one attribute per handler reserves; a `Reservation` parameter without
+///   `reserve` (or the reverse) is a compile error.
 /// - **`concurrency = N`**: at most `N` requests of one key in flight at once (an inference
 ///   slot). The slot is taken before any rate is charged and given back when the handler's
 ///   future completes or is dropped (the client went away); a request that finds every slot

@@ -50,14 +50,14 @@ impl Limiter {
         if !decision.is_allowed() {
             return Ok(Err(decision));
         }
-        Ok(Ok(Reservation {
-            limiter: self.clone(),
+        Ok(Ok(Reservation::new(
+            self.clone(),
             scope,
             limits,
             key,
-            reserved: estimate,
-            admitted: decision,
-        }))
+            estimate,
+            decision,
+        )))
     }
 
     /// Settles a charge of `reserved` units made earlier for `key` under `limits` in `scope`
@@ -119,7 +119,8 @@ pub(crate) fn settlement(reserved: u64, actual: u64) -> (Mode, u64) {
 #[derive(Debug)]
 #[must_use = "a reservation keeps its estimate charged until it is settled"]
 pub struct Reservation {
-    limiter: Limiter,
+    /// `None` for a request exempt from the limits: nothing was reserved, nothing is settled.
+    limiter: Option<Limiter>,
     scope: Arc<str>,
     limits: LimitsRef,
     key: Arc<[u8]>,
@@ -128,6 +129,43 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// `reserved` units charged to `key` under `limits` in `scope`, admitted by `admitted`.
+    pub(crate) fn new(
+        limiter: Limiter,
+        scope: Arc<str>,
+        limits: LimitsRef,
+        key: Arc<[u8]>,
+        reserved: u64,
+        admitted: Decision,
+    ) -> Reservation {
+        Reservation {
+            limiter: Some(limiter),
+            scope,
+            limits,
+            key,
+            reserved,
+            admitted,
+        }
+    }
+
+    /// The reservation of a request exempt from `limits`: nothing reserved, and settling it
+    /// charges nothing.
+    pub(crate) fn exempt(limits: LimitsRef) -> Reservation {
+        let rate = limits.limits().rates().next().expect("limits hold a rate");
+        Reservation {
+            limiter: None,
+            scope: Arc::from(""),
+            key: Arc::from(&b""[..]),
+            reserved: 0,
+            admitted: Decision::allowed(rate, rate.amount(), std::time::Duration::ZERO),
+            limits,
+        }
+    }
+
+    /// Whether the request was exempt from the limits (then nothing is reserved or settled).
+    pub fn is_exempt(&self) -> bool {
+        self.limiter.is_none()
+    }
     /// The units reserved.
     pub fn reserved(&self) -> u64 {
         self.reserved
@@ -144,9 +182,12 @@ impl Reservation {
     }
 
     /// Settles the reservation to the `actual` amount ([`Limiter::settle`]): the key's state
-    /// after it.
+    /// after it (for an exempt request, the admission, unchanged).
     pub async fn settle(self, actual: u64) -> Result<Decision, StoreError> {
-        self.limiter
+        let Some(limiter) = &self.limiter else {
+            return Ok(self.admitted);
+        };
+        limiter
             .settle(
                 &self.scope,
                 self.limits.limits(),
@@ -173,13 +214,13 @@ impl Reservation {
     /// Settles without waiting: at once with a store that answers at once (the in-memory
     /// one), else in a task of its own on the current Tokio runtime.
     fn settle_detached(self, actual: u64) {
+        let Some(limiter) = &self.limiter else {
+            return;
+        };
         let (mode, units) = settlement(self.reserved, actual);
-        let charge = self
-            .limiter
-            .charge(&self.scope, self.limits.limits(), units);
+        let charge = limiter.charge(&self.scope, self.limits.limits(), units);
         if let Some(answer) =
-            self.limiter
-                .check_charges_now(&self.key, std::slice::from_ref(&charge), mode)
+            limiter.check_charges_now(&self.key, std::slice::from_ref(&charge), mode)
         {
             if let Err(error) = answer {
                 tracing::warn!(%error, "a reservation could not be settled");

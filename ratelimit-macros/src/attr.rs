@@ -10,13 +10,14 @@ pub(crate) mod kw {
     syn::custom_keyword!(algorithm);
     syn::custom_keyword!(burst);
     syn::custom_keyword!(cost);
+    syn::custom_keyword!(reserve);
     syn::custom_keyword!(concurrency);
     syn::custom_keyword!(exempt_when);
     syn::custom_keyword!(error_message);
     syn::custom_keyword!(header);
 }
 
-const OPTIONS: &str = "`key`, `scope`, `algorithm`, `burst`, `cost`, `concurrency`, `exempt_when`, `error_message`, `crate`";
+const OPTIONS: &str = "`key`, `scope`, `algorithm`, `burst`, `cost`, `reserve`, `concurrency`, `exempt_when`, `error_message`, `crate`";
 
 /// What limits a request.
 pub(crate) enum LimitsArg {
@@ -42,6 +43,7 @@ pub(crate) struct Args {
     pub(crate) algorithm: Option<(kw::algorithm, Ident)>,
     pub(crate) burst: Option<(kw::burst, LitInt)>,
     pub(crate) cost: Option<(kw::cost, Expr)>,
+    pub(crate) reserve: Option<(kw::reserve, Expr)>,
     pub(crate) concurrency: Option<(kw::concurrency, LitInt)>,
     pub(crate) exempt_when: Option<(kw::exempt_when, Path)>,
     pub(crate) error_message: Option<(kw::error_message, LitStr)>,
@@ -122,6 +124,7 @@ impl Parse for Args {
             algorithm: None,
             burst: None,
             cost: None,
+            reserve: None,
             concurrency: None,
             exempt_when: None,
             error_message: None,
@@ -143,6 +146,8 @@ impl Parse for Args {
                 option(input, &mut args.burst, "burst", Parse::parse)?;
             } else if lookahead.peek(kw::cost) {
                 option(input, &mut args.cost, "cost", Parse::parse)?;
+            } else if lookahead.peek(kw::reserve) {
+                option(input, &mut args.reserve, "reserve", Parse::parse)?;
             } else if lookahead.peek(kw::concurrency) {
                 option(input, &mut args.concurrency, "concurrency", Parse::parse)?;
             } else if lookahead.peek(kw::exempt_when) {

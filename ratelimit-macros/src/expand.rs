@@ -43,6 +43,7 @@ pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
         })
         .collect();
     check_signature(&function.sig, &mut errors);
+    check_reservation(&options, &function.sig, &mut errors);
     if options.len() > MAX_ATTRIBUTES {
         errors.spanned(
             &function.sig.ident,
@@ -83,6 +84,50 @@ fn check_signature(sig: &Signature, errors: &mut Errors) {
     }
 }
 
+/// Whether `ty` names the reservation the handler settles (`Reservation`, however imported).
+fn is_reservation(ty: &syn::Type) -> bool {
+    matches!(ty, syn::Type::Path(p) if p.qself.is_none()
+        && p.path.segments.last().is_some_and(|s| s.ident == "Reservation" && s.arguments.is_none()))
+}
+
+/// The position of the handler's `Reservation` parameter, if any.
+fn reservation_parameter(sig: &Signature) -> Option<usize> {
+    sig.inputs
+        .iter()
+        .position(|input| matches!(input, FnArg::Typed(t) if is_reservation(&t.ty)))
+}
+
+/// `reserve =` on one attribute at most, and exactly then a `Reservation` parameter to
+/// settle it with.
+fn check_reservation(options: &[Options], sig: &Signature, errors: &mut Errors) {
+    let reserving: Vec<Span> = options.iter().filter_map(|o| o.reserves).collect();
+    for extra in reserving.iter().skip(1) {
+        errors.push(syn::Error::new(
+            *extra,
+            "`reserve` on one attribute of a handler only: the handler settles one reservation",
+        ));
+    }
+    let parameters: Vec<&FnArg> = sig
+        .inputs
+        .iter()
+        .filter(|input| matches!(input, FnArg::Typed(t) if is_reservation(&t.ty)))
+        .collect();
+    for extra in parameters.iter().skip(1) {
+        errors.spanned(extra, "one `Reservation` parameter per handler");
+    }
+    match (reserving.first(), parameters.first()) {
+        (Some(span), None) => errors.push(syn::Error::new(
+            *span,
+            "`reserve` needs the handler to settle what it used: add a parameter `reservation: ratelimit::Reservation` and call `reservation.settle(actual)`",
+        )),
+        (None, Some(parameter)) => errors.spanned(
+            parameter,
+            "a `Reservation` parameter is given by an attribute with `reserve = ESTIMATE`: add one, or remove the parameter",
+        ),
+        _ => {}
+    }
+}
+
 fn expand(options: &[Options], function: ItemFn) -> TokenStream {
     let private = match options.iter().find_map(|o| o.krate.as_ref()) {
         Some(krate) => quote!(#krate::__private),
@@ -93,10 +138,12 @@ fn expand(options: &[Options], function: ItemFn) -> TokenStream {
         .map(|i| format_ident!("__ratelimit_{}_{}", name, i))
         .collect();
     let bound = bound_names(&function.sig.inputs);
+    // A reservation is made by the check, which then runs where the handler can take it.
     let deferred = options.iter().any(|o| {
-        o.cost
-            .as_ref()
-            .is_some_and(|cost| mentions(cost.to_token_stream(), &bound))
+        o.reserves.is_some()
+            || o.cost
+                .as_ref()
+                .is_some_and(|cost| mentions(cost.to_token_stream(), &bound))
     });
     let spec_items: Vec<TokenStream> = options
         .iter()
@@ -179,6 +226,9 @@ fn gen_policy(options: &Options, handler: &Ident, private: &TokenStream) -> Toke
     }
     if let Some(message) = &options.error_message {
         policy = quote!(#policy.error_message(#message));
+    }
+    if options.reserves.is_some() {
+        policy = quote!(#policy.reserves());
     }
     if let Some(slots) = options.concurrency {
         let slots = slots.get();
@@ -307,6 +357,16 @@ fn gen_deferred(
         block,
     } = function;
     let guard_type = gen_guard_type("Deferred", specs, private);
+    // The reservation is no extractor: the check makes it, and binds it for the body.
+    let reservation = reservation_parameter(&sig).and_then(|at| {
+        let mut inputs: Vec<FnArg> = std::mem::take(&mut sig.inputs).into_iter().collect();
+        let taken = inputs.remove(at);
+        sig.inputs = inputs.into_iter().collect();
+        match taken {
+            FnArg::Typed(typed) => Some(typed),
+            FnArg::Receiver(_) => None,
+        }
+    });
     sig.inputs
         .insert(0, syn::parse_quote!(__ratelimit_guard: #guard_type));
     let body = match (&sig.output, contains_impl(&sig.output)) {
@@ -325,12 +385,22 @@ fn gen_deferred(
     sig.output = syn::parse_quote!(-> ::core::result::Result<#output, #private::Rejection>);
     let costs = options.iter().map(|options| gen_cost(options, private));
     let len = options.len();
+    let check = match &reservation {
+        Some(syn::PatType { pat, ty, .. }) => quote! {
+            let (__ratelimit_slots, __ratelimit_reservation) =
+                __ratelimit_guard.check_reserving(&__ratelimit_costs).await?;
+            let #pat: #ty = __ratelimit_reservation;
+        },
+        None => quote! {
+            let __ratelimit_slots = __ratelimit_guard.check(&__ratelimit_costs).await?;
+        },
+    };
     quote! {
         #(#attrs)*
         #vis #sig {
             let __ratelimit_costs: [u64; #len] = [#(#costs),*];
             // Holds the request's concurrency slots, if any, until the body completes.
-            let __ratelimit_slots = __ratelimit_guard.check(&__ratelimit_costs).await?;
+            #check
             let __ratelimit_output = #body.await;
             ::core::mem::drop(__ratelimit_slots);
             ::core::result::Result::Ok(__ratelimit_output)

@@ -41,7 +41,10 @@ pub(crate) struct Options {
     pub(crate) scope: Option<LitStr>,
     pub(crate) algorithm: Option<Spanned<Algorithm>>,
     pub(crate) burst: Option<NonZeroU64>,
+    /// The cost, or with `reserve =` the estimate to reserve.
     pub(crate) cost: Option<Expr>,
+    /// `reserve =`: where it was given; the handler settles the reservation.
+    pub(crate) reserves: Option<Span>,
     pub(crate) concurrency: Option<NonZeroU32>,
     pub(crate) exempt_when: Option<Path>,
     pub(crate) error_message: Option<LitStr>,
@@ -87,7 +90,19 @@ pub(crate) fn validate(args: Args, errors: &mut Errors) -> Options {
         }),
         algorithm,
         burst,
-        cost: args.cost.map(|(_, cost)| cost),
+        reserves: args.reserve.as_ref().map(|(keyword, _)| keyword.span),
+        cost: match (args.cost, args.reserve) {
+            (Some((_, cost)), Some((keyword, _))) => {
+                errors.spanned(
+                    keyword,
+                    "`reserve` is this request's cost as an estimate, settled by the handler: give `cost` or `reserve`, not both",
+                );
+                Some(cost)
+            }
+            (cost, reserve) => cost
+                .map(|(_, cost)| cost)
+                .or(reserve.map(|(_, estimate)| estimate)),
+        },
         concurrency: args.concurrency.and_then(|(_, slots)| {
             match slots.base10_parse::<u32>().ok().map(NonZeroU32::new) {
                 Some(Some(value)) => Some(value),

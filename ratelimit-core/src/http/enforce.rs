@@ -478,6 +478,14 @@ pub(crate) fn take_layer_state() -> LayerState {
         .unwrap_or_default()
 }
 
+/// The admission kept for the response headers, if any (outside the layer, none).
+pub(crate) fn admission() -> Option<Decision> {
+    REQUEST
+        .try_with(|request| request.admitted.get())
+        .ok()
+        .flatten()
+}
+
 /// Remembers an admission for the response headers (a no-op outside the layer).
 fn record(decision: Decision) {
     let _ = REQUEST.try_with(|request| {

@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
 
 use arrayvec::ArrayVec;
 use axum::extract::{FromRequestParts, MatchedPath};
@@ -17,7 +19,9 @@ use super::enforce::{
 use super::identity::{Identity, Who};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::Rejection;
+use crate::decision::Decision;
 use crate::limits::{Limits, LimitsRef};
+use crate::reservation::Reservation;
 
 /// What one `#[rate_limit]` attribute says, built once per attribute by the generated code.
 #[derive(Debug)]
@@ -28,6 +32,7 @@ pub struct Policy {
     scope: Option<&'static str>,
     error_message: Option<&'static str>,
     concurrency: Option<NonZeroU32>,
+    reserves: bool,
 }
 
 impl Policy {
@@ -41,7 +46,15 @@ impl Policy {
             scope: None,
             error_message: None,
             concurrency: None,
+            reserves: false,
         }
+    }
+
+    /// `reserve = EXPR`: the cost is an estimate, reserved and settled by the handler with
+    /// the [`Reservation`] it is given.
+    pub fn reserves(mut self) -> Policy {
+        self.reserves = true;
+        self
     }
 
     /// Fixed limits (without them, the spec's `limits` function answers per request).
@@ -429,6 +442,41 @@ impl<S: Specs> Deferred<S> {
             check(self.config, route, resolved, Some(costs), &self.layer)
         })
         .await
+    }
+
+    /// [`check`](Deferred::check), and the reservation of the attribute with `reserve =`
+    /// (its cost in `costs` is the estimate): the handler settles it.
+    pub async fn check_reserving(&self, costs: &[u64]) -> Result<(Leases, Reservation), Rejection> {
+        let leases = self.check(costs).await?;
+        let resolved = self.resolved.as_ref();
+        let (index, one) = resolved
+            .iter()
+            .enumerate()
+            .find(|(_, one)| one.policy.reserves)
+            .expect("the attribute with `reserve =` is one of the handler's");
+        let reservation = match &one.key {
+            None => Reservation::exempt(one.limits.clone()),
+            Some(key) => {
+                let route = self.route.as_ref().map(MatchedPath::as_str);
+                let scope = one.policy.scope.or(route).unwrap_or(one.policy.handler);
+                let reserved = costs.get(index).copied().unwrap_or(one.cost);
+                // The request's binding admission (what its headers describe); outside a
+                // layer, which keeps none, the limits' first rate as spent.
+                let admitted = enforce::admission().unwrap_or_else(|| {
+                    let rate = one.limits.limits().rates().next().expect("a rate");
+                    Decision::allowed(rate, 0, Duration::ZERO)
+                });
+                Reservation::new(
+                    self.config.limiter.clone(),
+                    Arc::from(scope),
+                    one.limits.clone(),
+                    Arc::from(key.as_bytes()),
+                    reserved,
+                    admitted,
+                )
+            }
+        };
+        Ok((leases, reservation))
     }
 }
 

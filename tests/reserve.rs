@@ -1,0 +1,148 @@
+//! `reserve = ESTIMATE` over real HTTP: the handler gets its `Reservation` and settles what
+//! the work really used, from its body or from inside a streamed response that outlives it.
+
+mod common;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::routing::post;
+use common::{client_from, serve};
+use ratelimit::{Limiter, Reservation, rate_limit};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+
+/// What the work will at most take, and what it took.
+#[derive(Deserialize)]
+struct Work {
+    estimate: u64,
+    used: u64,
+    /// The prompt's tokens, for the streamed route.
+    #[serde(default)]
+    prompt: u64,
+}
+
+#[rate_limit("100/minute", key = ip, reserve = work.estimate, algorithm = fixed_window)]
+async fn settled(reservation: Reservation, Json(work): Json<Work>) -> String {
+    let after = reservation.settle(work.used).await.unwrap();
+    after.remaining().to_string()
+}
+
+/// 64 a minute, by GCRA: one unit every 937.5 ms.
+#[rate_limit("64/minute", key = ip, reserve = work.estimate)]
+async fn indebted(reservation: Reservation, Json(work): Json<Work>) -> &'static str {
+    reservation.settle(work.used).await.unwrap();
+    "done"
+}
+
+/// The prompt, then one token every 20 ms up to `estimate - prompt`, streamed; the meter
+/// settles what was used when the stream ends or is dropped.
+#[rate_limit("2000/minute", key = ip, reserve = work.estimate, algorithm = fixed_window)]
+async fn streamed(reservation: Reservation, Json(work): Json<Work>) -> Body {
+    let mut meter = reservation.meter();
+    meter.add(work.prompt);
+    let tokens = work.estimate.saturating_sub(work.prompt);
+    let stream = futures_util::stream::unfold((meter, 0), move |(mut meter, i)| async move {
+        if i == tokens {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        meter.add(1);
+        Some((
+            Ok::<_, Infallible>(format!("data: {i}\n\n")),
+            (meter, i + 1),
+        ))
+    });
+    Body::from_stream(stream)
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/settled", post(settled))
+        .route("/indebted", post(indebted))
+        .route("/streamed", post(streamed))
+        .layer(Limiter::new().layer())
+}
+
+fn work(estimate: u64, used: u64) -> serde_json::Value {
+    json!({ "estimate": estimate, "used": used })
+}
+
+fn remaining(r: &reqwest::Response) -> u64 {
+    r.headers()["x-ratelimit-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_handler_settles_and_the_over_reserved_part_comes_back() {
+    let addr = serve(app()).await;
+    let c = client_from("127.0.30.1");
+    let url = format!("http://{addr}/settled");
+    let r = c.post(&url).json(&work(64, 10)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(remaining(&r), 36, "admitted with 64 reserved");
+    assert_eq!(r.text().await.unwrap(), "90", "settled to 10: 54 back");
+    // An estimate of nothing is a look at the budget.
+    let r = c.post(&url).json(&work(0, 0)).send().await.unwrap();
+    assert_eq!(remaining(&r), 90);
+    // A reservation larger than what is left is refused and reserves nothing.
+    let r = c.post(&url).json(&work(91, 0)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let r = c.post(&url).json(&work(90, 90)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_under_reserved_request_leaves_debt_that_the_next_one_waits_for() {
+    let addr = serve(app()).await;
+    let c = client_from("127.0.30.2");
+    let url = format!("http://{addr}/indebted");
+    let r = c.post(&url).json(&work(64, 100)).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the work is done: never refused"
+    );
+    let r = c.post(&url).json(&work(1, 1)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // 36 owed at 937.5 ms each and this request's own unit: 34.69 s, in whole seconds up.
+    assert_eq!(r.headers()["retry-after"], "35");
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_stream_pays_for_what_was_streamed() {
+    let addr = serve(app()).await;
+    let c = client_from("127.0.30.3");
+    let url = format!("http://{addr}/streamed");
+    let generate = json!({ "estimate": 10 + 512, "used": 0, "prompt": 10 });
+    let mut r = c.post(&url).json(&generate).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(remaining(&r), 2000 - 522, "the estimate is reserved");
+    let mut events = 0;
+    let mut text = String::new();
+    while events < 3 {
+        let chunk = r.chunk().await.unwrap().expect("more events");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        events = text.matches("\n\n").count();
+    }
+    drop(r); // the client goes away
+    // Charged the prompt and the tokens streamed before the server saw it go (3, or one
+    // more in flight), not the 512 reserved.
+    let mut left = 0;
+    for _ in 0..100 {
+        let r = c.post(&url).json(&work(0, 0)).send().await.unwrap();
+        left = remaining(&r);
+        if left >= 2000 - 15 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!((2000 - 15..=2000 - 13).contains(&left), "{left} left");
+}
