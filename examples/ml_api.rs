@@ -5,7 +5,7 @@
 //! | route | limit |
 //! |---|---|
 //! | `POST /models/lightweight/predict` | 100/minute per client IP |
-//! | `POST /models/heavy/predict` | 10/minute and 2 inference slots per client IP; inference takes `HEAVY_MS` more |
+//! | `POST /models/heavy/predict` | 10/minute and 2 inference slots per client IP; inference takes `HEAVY_MS` more, and each client may use `HEAVY_BUDGET_MS` (20,000) milliseconds of it a minute, charged by the time it took |
 //! | `POST /models/batch-process` | 2 per 5 minutes per client IP (a JSON list of inputs) |
 //! | `POST /predict` | by a known `X-API-Key`: free 20/minute, premium (`premium-user-key`) 100/minute; an unknown key 401; no key: the client IP at 20/minute |
 //! | `POST /predict/batch` | 50 items per minute per client IP: a batch of N costs N |
@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
@@ -49,7 +49,7 @@ use ratelimit::http::{
 };
 use ratelimit::observe::Metrics;
 use ratelimit::store::RedisStore;
-use ratelimit::{Algorithm, Limiter, Limits, Scale, StoreError, rate_limit};
+use ratelimit::{Algorithm, Limiter, Limits, Reservation, Scale, StoreError, rate_limit};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -77,12 +77,16 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// How much longer the heavy model takes than the light one.
     pub heavy: Duration,
+    /// Milliseconds of heavy inference each client may use per minute, charged by the time
+    /// measured after it ran.
+    pub heavy_budget_ms: u64,
     /// How long the model warms up after start, with limits at 1/5.
     pub warmup: Duration,
 }
 
 impl Config {
-    /// `REDIS_URL`, `HEAVY_MS` (default 200) and `WARMUP_SECS` (default 10).
+    /// `REDIS_URL`, `HEAVY_MS` (default 200), `HEAVY_BUDGET_MS` (default 20,000) and
+    /// `WARMUP_SECS` (default 10).
     pub fn from_env() -> Config {
         let number = |name: &str, default: u64| match std::env::var(name) {
             Ok(value) => value
@@ -96,6 +100,7 @@ impl Config {
                 .ok()
                 .filter(|url| !url.is_empty()),
             heavy: Duration::from_millis(number("HEAVY_MS", 200)),
+            heavy_budget_ms: number("HEAVY_BUDGET_MS", 20_000),
             warmup: Duration::from_secs(number("WARMUP_SECS", 10)),
         }
     }
@@ -225,16 +230,48 @@ async fn lightweight(
     Ok(Json(answer))
 }
 
+/// The heavy model's compute budget of each client: `HEAVY_BUDGET_MS` milliseconds of
+/// inference a minute, counted by GCRA.
+#[derive(Clone)]
+struct HeavyBudget(Arc<Limits>);
+
+impl HeavyBudget {
+    fn new(milliseconds: u64) -> HeavyBudget {
+        let limits = Limits::parse(&format!("{}/minute", milliseconds.max(1)))
+            .expect("a whole number of milliseconds a minute")
+            .with_algorithm(Algorithm::Gcra)
+            .with_label("compute-ms");
+        HeavyBudget(Arc::new(limits))
+    }
+}
+
+/// The compute budget the application was configured with (a request extension of the
+/// heavy route).
+fn heavy_budget(parts: &Parts) -> LimitsRef {
+    let budget = parts.extensions.get::<HeavyBudget>();
+    let budget = budget.cloned().unwrap_or_else(|| HeavyBudget::new(20_000));
+    LimitsRef::Shared(budget.0)
+}
+
 /// At most two inferences of one client at once: the slot is held while the model runs and
-/// given back when the answer is sent, or when the client hangs up.
+/// given back when the answer is sent, or when the client hangs up. Each inference reserves
+/// a millisecond of the client's compute budget and settles the time it took: the budget
+/// binds only when inference is slow, and a client over it waits until the debt is paid.
 #[rate_limit("10/minute", key = ip, concurrency = 2)]
+#[rate_limit(heavy_budget, key = ip, reserve = 1)]
 async fn heavy(
     State(model): Shared,
+    compute: Reservation,
     JsonBody(input): JsonBody<Input>,
 ) -> Result<Json<Value>, Detail> {
     let rows = rows(std::slice::from_ref(&input))?;
+    let started = Instant::now();
     tokio::time::sleep(model.heavy).await; // a large model's forward pass
     let mut answer = model.predict(&rows).remove(0);
+    let used = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if let Err(error) = compute.settle(used).await {
+        tracing::warn!(%error, "the compute budget could not be settled");
+    }
     answer["model"] = json!("heavy");
     Ok(Json(answer))
 }
@@ -388,7 +425,13 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
             "/models/lightweight/predict",
             post(lightweight).layer(input_limit()),
         )
-        .route("/models/heavy/predict", post(heavy).layer(input_limit()))
+        .route(
+            "/models/heavy/predict",
+            post(heavy).layer((
+                input_limit(),
+                Extension(HeavyBudget::new(config.heavy_budget_ms)),
+            )),
+        )
         .route(
             "/models/batch-process",
             post(batch_process).layer(batch_limit()),

@@ -32,6 +32,7 @@ async fn ml_api() -> SocketAddr {
     let config = ml_api::Config {
         redis_url: None,
         heavy: Duration::from_millis(1),
+        heavy_budget_ms: 20_000,
         warmup: Duration::ZERO,
     };
     serve(ml_api::app(&config).await.unwrap()).await

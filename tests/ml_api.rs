@@ -24,6 +24,7 @@ fn config() -> Config {
     Config {
         redis_url: None,
         heavy: Duration::from_millis(10),
+        heavy_budget_ms: 20_000,
         warmup: Duration::ZERO,
     }
 }
@@ -688,4 +689,39 @@ async fn api_keys_come_from_the_environment_and_a_file() {
     }
     server.stop();
     let _ = std::fs::remove_file(file);
+}
+
+/// `HEAVY_MS=3000 HEAVY_BUDGET_MS=5000`: two inferences of 3 s pass (the budget is charged
+/// after each, by the time it took), and the third waits until the debt is paid.
+#[tokio::test]
+async fn the_compute_budget_is_charged_by_measured_inference_time() {
+    let addr = start(Config {
+        heavy: Duration::from_millis(3000),
+        heavy_budget_ms: 5000,
+        ..config()
+    })
+    .await;
+    let client = client_from("127.0.8.30");
+    for _ in 0..2 {
+        let r = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let started = Instant::now();
+    let r = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "refused at once"
+    );
+    // The budget (5,000 ms, earned back at 1 ms every 12 ms) was full when the first
+    // inference started; 3,000 were used by 3 s, 250 earned back and 3,000 used by 6 s: 750
+    // owed, and this request's own millisecond: 751 × 12 ms = 9.01 s, 10 in whole seconds.
+    let retry: u64 = header(&r, "retry-after").parse().unwrap();
+    assert!((9..=10).contains(&retry), "Retry-After {retry}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["detail"], "Rate limit exceeded: 5000 per 1 minute");
+    // Another client has its own budget.
+    let other = client_from("127.0.8.31");
+    let r = post(&other, addr, "/models/heavy/predict", &input(SETOSA)).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }

@@ -153,6 +153,7 @@ async fn ml_api_on(url: &str, heavy_ms: u64, warmup: Duration) -> std::net::Sock
     let config = ml_api::Config {
         redis_url: Some(url.to_owned()),
         heavy: Duration::from_millis(heavy_ms),
+        heavy_budget_ms: 20_000,
         warmup,
     };
     serve(ml_api::app(&config).await.unwrap()).await
