@@ -27,19 +27,26 @@
 //! `cargo run --release --example ml_api` (`PORT`, default 8000; `RUST_LOG`, default
 //! `info`), then the README's walkthrough.
 
+#[path = "support/generator.rs"]
+mod generator;
 #[path = "support/json.rs"]
 mod json;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::HeaderMap;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use generator::Generator;
 use json::{Detail, JsonBody, json_fallbacks};
 use linfa::prelude::*;
 use linfa_logistic::{MultiFittedLogisticRegression, MultiLogisticRegression};
@@ -80,13 +87,15 @@ pub struct Config {
     /// Milliseconds of heavy inference each client may use per minute, charged by the time
     /// measured after it ran.
     pub heavy_budget_ms: u64,
+    /// How long the text generator takes a token when it streams (a decoding step).
+    pub token_delay: Duration,
     /// How long the model warms up after start, with limits at 1/5.
     pub warmup: Duration,
 }
 
 impl Config {
-    /// `REDIS_URL`, `HEAVY_MS` (default 200), `HEAVY_BUDGET_MS` (default 20,000) and
-    /// `WARMUP_SECS` (default 10).
+    /// `REDIS_URL`, `HEAVY_MS` (default 200), `HEAVY_BUDGET_MS` (default 20,000),
+    /// `TOKEN_MS` (default 20) and `WARMUP_SECS` (default 10).
     pub fn from_env() -> Config {
         let number = |name: &str, default: u64| match std::env::var(name) {
             Ok(value) => value
@@ -101,6 +110,7 @@ impl Config {
                 .filter(|url| !url.is_empty()),
             heavy: Duration::from_millis(number("HEAVY_MS", 200)),
             heavy_budget_ms: number("HEAVY_BUDGET_MS", 20_000),
+            token_delay: Duration::from_millis(number("TOKEN_MS", 20)),
             warmup: Duration::from_secs(number("WARMUP_SECS", 10)),
         }
     }
@@ -115,11 +125,14 @@ pub struct Model {
     ready: AtomicBool,
     started: Instant,
     limiter: Limiter,
+    /// The text generator of `/v1/generate`, and how long it takes a token when streaming.
+    generator: Generator,
+    token_delay: Duration,
 }
 
 impl Model {
     /// Trains the classifier on the iris data set that `linfa-datasets` ships.
-    fn train(heavy: Duration, limiter: Limiter) -> Model {
+    fn train(config: &Config, limiter: Limiter) -> Model {
         let dataset = linfa_datasets::iris();
         let classifier = MultiLogisticRegression::default()
             .max_iterations(100)
@@ -133,7 +146,9 @@ impl Model {
             classifier,
             trained_on: dataset.nsamples(),
             training_accuracy,
-            heavy,
+            heavy: config.heavy,
+            generator: Generator::train(),
+            token_delay: config.token_delay,
             ready: AtomicBool::new(false),
             started: Instant::now(),
             limiter,
@@ -381,6 +396,164 @@ async fn predict(
     Ok(Json(answer))
 }
 
+/// What `/v1/generate` takes.
+#[derive(Deserialize)]
+pub struct GenerateRequest {
+    /// The text to continue.
+    pub prompt: String,
+    /// At most this many tokens generated (1 to 512, default 64).
+    #[serde(default = "default_max_tokens", deserialize_with = "max_tokens")]
+    pub max_tokens: u64,
+    /// Tokens as server-sent events as they are generated, instead of one JSON answer.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+impl GenerateRequest {
+    /// The prompt's length in the generator's tokens.
+    fn prompt_tokens(&self) -> u64 {
+        generator::tokenize(&self.prompt).len() as u64
+    }
+}
+
+fn default_max_tokens() -> u64 {
+    64
+}
+
+fn max_tokens<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let n = u64::deserialize(deserializer)?;
+    if (1..=512).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "max_tokens must be between 1 and 512, got {n}"
+        )))
+    }
+}
+
+static FREE_TOKENS: LazyLock<Limits> = LazyLock::new(|| {
+    Limits::parse("2000/minute")
+        .expect("valid")
+        .with_label("free")
+});
+static PREMIUM_TOKENS: LazyLock<Limits> = LazyLock::new(|| {
+    Limits::parse("10000/minute")
+        .expect("valid")
+        .with_label("premium")
+});
+
+/// The token budget of a caller without a key (a known key brings its tier's).
+fn anonymous_tokens(_: &Parts) -> LimitsRef {
+    LimitsRef::from(&FREE_TOKENS)
+}
+
+/// Who calls, as for `/predict`, with the token budget of the caller's tier.
+async fn token_caller(parts: &Parts) -> Result<Identity, Rejection> {
+    let identity = API_KEYS.identify(parts).await?;
+    let premium = identity.limits().and_then(Limits::label) == Some("premium");
+    Ok(match (identity.limits().is_some(), premium) {
+        (false, _) => identity,
+        (true, true) => identity.with_limits(&PREMIUM_TOKENS),
+        (true, false) => identity.with_limits(&FREE_TOKENS),
+    })
+}
+
+/// Text generation, metered in tokens as the large-model APIs meter it: a request reserves
+/// its prompt and `max_tokens` of the caller's token budget and is settled to what it used
+/// (`usage.total_tokens`) once generation stops, at the end of a sentence or at
+/// `max_tokens`. Streamed, the tokens are counted as they are sent, and a client that goes
+/// away pays for those alone.
+#[rate_limit(anonymous_limits, key = caller)]
+#[rate_limit(
+    anonymous_tokens,
+    key = token_caller,
+    scope = "/v1/generate tokens",
+    reserve = request.prompt_tokens() + request.max_tokens
+)]
+async fn generate(
+    State(model): Shared,
+    tokens: Reservation,
+    JsonBody(request): JsonBody<GenerateRequest>,
+) -> Response {
+    let prompt_tokens = request.prompt_tokens();
+    if request.stream {
+        return stream_generation(model, tokens, request, prompt_tokens);
+    }
+    let mut generation = model
+        .generator
+        .generate(&request.prompt, request.max_tokens, 0);
+    let words: Vec<String> = generation.by_ref().collect();
+    let finish = generation.finish().unwrap_or(generator::Finish::Length);
+    let completion_tokens = words.len() as u64;
+    let total_tokens = prompt_tokens + completion_tokens;
+    if let Err(error) = tokens.settle(total_tokens).await {
+        tracing::warn!(%error, "a generation's tokens could not be settled");
+    }
+    Json(json!({
+        "text": generator::detokenize(words.iter().map(String::as_str)),
+        "finish_reason": finish.as_str(),
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": total_tokens,
+        },
+    }))
+    .into_response()
+}
+
+/// Tokens as server-sent events, one every `TOKEN_MS`; then the usage and why it stopped;
+/// then `[DONE]`. The meter counts the prompt, then each token as it is sent, and settles
+/// when the stream ends or is dropped.
+fn stream_generation(
+    model: Arc<Model>,
+    tokens: Reservation,
+    request: GenerateRequest,
+    prompt_tokens: u64,
+) -> Response {
+    let mut meter = tokens.meter();
+    meter.add(prompt_tokens);
+    // The generator is cheap and deterministic: the words are decided at once and sent one
+    // decoding step apart; what is metered is what was sent.
+    let mut generation = model
+        .generator
+        .generate(&request.prompt, request.max_tokens, 0);
+    let words: std::collections::VecDeque<String> = generation.by_ref().collect();
+    let finish = generation.finish().unwrap_or(generator::Finish::Length);
+    let delay = model.token_delay;
+    let events = futures_util::stream::unfold(
+        (words, meter, 0u64, false),
+        move |(mut words, mut meter, sent, done)| async move {
+            if done {
+                return None;
+            }
+            let Some(word) = words.pop_front() else {
+                let usage = json!({
+                    "finish_reason": finish.as_str(),
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": sent,
+                        "total_tokens": prompt_tokens + sent,
+                    },
+                });
+                let event = format!("data: {usage}\n\ndata: [DONE]\n\n");
+                return Some((Ok::<_, Infallible>(event), (words, meter, sent, true)));
+            };
+            tokio::time::sleep(delay).await;
+            meter.add(1);
+            let event = format!("data: {}\n\n", json!({ "token": word }));
+            Some((Ok(event), (words, meter, sent + 1, false)))
+        },
+    );
+    (
+        [
+            (CONTENT_TYPE, "text/event-stream"),
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(events),
+    )
+        .into_response()
+}
+
 /// A batch of N inputs costs N of the 50 per minute; a batch larger than 50 is refused with
 /// a 429 that says it can never pass.
 #[rate_limit("50/minute", key = ip, cost = batch.len())]
@@ -418,7 +591,7 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
         Some(url) => builder.store(RedisStore::connect(url).await?).build(),
         None => builder.build(),
     };
-    let model = Arc::new(Model::train(config.heavy, limiter.clone()));
+    let model = Arc::new(Model::train(config, limiter.clone()));
     warm_up(&model, config.warmup).await;
     let routes = Router::new()
         .route(
@@ -438,6 +611,10 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
         )
         .route("/predict", post(predict).layer(input_limit()))
         .route("/predict/batch", post(predict_batch).layer(batch_limit()))
+        .route(
+            "/v1/generate",
+            post(generate).layer(DefaultBodyLimit::max(INPUT_BODY_LIMIT)),
+        )
         .route("/model-info", get(model_info))
         .route("/metrics", metrics_json(metrics.clone()))
         .route("/metrics/prometheus", metrics_prometheus(metrics));

@@ -33,6 +33,7 @@ async fn ml_api() -> SocketAddr {
         redis_url: None,
         heavy: Duration::from_millis(1),
         heavy_budget_ms: 20_000,
+        token_delay: Duration::ZERO,
         warmup: Duration::ZERO,
     };
     serve(ml_api::app(&config).await.unwrap()).await

@@ -25,6 +25,7 @@ fn config() -> Config {
         redis_url: None,
         heavy: Duration::from_millis(10),
         heavy_budget_ms: 20_000,
+        token_delay: Duration::from_millis(5),
         warmup: Duration::ZERO,
     }
 }
@@ -724,4 +725,117 @@ async fn the_compute_budget_is_charged_by_measured_inference_time() {
     let other = client_from("127.0.8.31");
     let r = post(&other, addr, "/models/heavy/predict", &input(SETOSA)).await;
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// A non-streamed generation of `prompt` as `client` (max_tokens 64): its JSON and the
+/// tokens left in the caller's budget after it.
+async fn generate(client: &reqwest::Client, addr: SocketAddr, prompt: &str) -> (Value, u64) {
+    let r = post(
+        client,
+        addr,
+        "/v1/generate",
+        &json!({"prompt": prompt, "max_tokens": 64}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let left = header(&r, "x-ratelimit-remaining-tokens").parse().unwrap();
+    (r.json().await.unwrap(), left)
+}
+
+#[tokio::test]
+async fn generation_is_charged_the_tokens_it_used() {
+    let addr = start(config()).await;
+    let client = client_from("127.0.8.40");
+    let mut used = 0;
+    let mut left = 0;
+    for i in 0..15 {
+        let prompt = format!("The limiter counts request {i}");
+        let (answer, after) = generate(&client, addr, &prompt).await;
+        let usage = &answer["usage"];
+        let total = usage["total_tokens"].as_u64().unwrap();
+        assert_eq!(
+            total,
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+        );
+        assert!(["stop", "length"].contains(&answer["finish_reason"].as_str().unwrap()));
+        assert!(!answer["text"].as_str().unwrap().is_empty());
+        used += total;
+        left = after;
+    }
+    assert_eq!(
+        left,
+        2000 - used,
+        "the budget was charged what was used, not 64 a request"
+    );
+    // Both budgets are advertised: draft-11 with a policy each, and per budget as the
+    // large-model APIs name them.
+    let r = post(
+        &client,
+        addr,
+        "/v1/generate",
+        &json!({"prompt": "a", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(header(&r, "x-ratelimit-limit-requests"), "20");
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "4");
+    assert_eq!(header(&r, "x-ratelimit-limit-tokens"), "2000");
+    assert!(header(&r, "x-ratelimit-reset-tokens").ends_with('s'));
+    assert_eq!(
+        header(&r, "ratelimit-policy"),
+        "\"requests\";q=20;w=60, \"tokens\";q=2000;w=60"
+    );
+    // max_tokens outside 1..=512: a JSON 422.
+    let r = post(
+        &client,
+        addr,
+        "/v1/generate",
+        &json!({"prompt": "a", "max_tokens": 513}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn a_stream_whose_client_hangs_up_is_charged_what_was_sent() {
+    let addr = start(Config {
+        token_delay: Duration::from_millis(200),
+        ..config()
+    })
+    .await;
+    let client = client_from("127.0.8.41");
+    // The generator is deterministic: the same prompt gives the same words.
+    let prompt = "A client that";
+    let (answer, left) = generate(&client, addr, prompt).await;
+    let whole = answer["usage"]["total_tokens"].as_u64().unwrap();
+    let prompt_tokens = answer["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(whole - prompt_tokens > 6, "a long enough answer: {answer}");
+    assert_eq!(left, 2000 - whole);
+
+    let mut r = client
+        .post(format!("http://{addr}/v1/generate"))
+        .json(&json!({"prompt": prompt, "max_tokens": 64, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "content-type"), "text/event-stream");
+    // Reserved up front: the prompt and max_tokens.
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-tokens"),
+        (2000 - whole - prompt_tokens - 64).to_string()
+    );
+    let mut text = String::new();
+    while text.matches("\n\n").count() < 3 {
+        let chunk = r.chunk().await.unwrap().expect("more events");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(text.starts_with("data: {\"token\":"), "{text}");
+    drop(r); // the client goes away after three tokens
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, after) = generate(&client, addr, prompt).await;
+    // Left: 2,000 less the first and the last generation (the same words), less the stream.
+    let streamed = 2000 - 2 * whole - after;
+    assert!(
+        (3..=4).contains(&(streamed - prompt_tokens)),
+        "charged {streamed}: the prompt ({prompt_tokens}) and the 3 (or 4) tokens sent, not 64"
+    );
 }

@@ -154,6 +154,7 @@ async fn ml_api_on(url: &str, heavy_ms: u64, warmup: Duration) -> std::net::Sock
         redis_url: Some(url.to_owned()),
         heavy: Duration::from_millis(heavy_ms),
         heavy_budget_ms: 20_000,
+        token_delay: Duration::ZERO,
         warmup,
     };
     serve(ml_api::app(&config).await.unwrap()).await

@@ -87,8 +87,12 @@ async fn the_handler_settles_and_the_over_reserved_part_comes_back() {
     let url = format!("http://{addr}/settled");
     let r = c.post(&url).json(&work(64, 10)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(remaining(&r), 36, "admitted with 64 reserved");
-    assert_eq!(r.text().await.unwrap(), "90", "settled to 10: 54 back");
+    // Settled before the answer: its headers describe the budget after the settlement.
+    assert_eq!(remaining(&r), 90, "settled to 10: 54 back");
+    assert_eq!(r.headers()["x-ratelimit-remaining-tokens"], "90");
+    assert_eq!(r.headers()["x-ratelimit-limit-tokens"], "100");
+    assert_eq!(r.headers()["ratelimit-policy"], "\"tokens\";q=100;w=60");
+    assert_eq!(r.text().await.unwrap(), "90");
     // An estimate of nothing is a look at the budget.
     let r = c.post(&url).json(&work(0, 0)).send().await.unwrap();
     assert_eq!(remaining(&r), 90);

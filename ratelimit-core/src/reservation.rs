@@ -126,9 +126,17 @@ pub struct Reservation {
     key: Arc<[u8]>,
     reserved: u64,
     admitted: Decision,
+    /// Told the state after the settlement (the HTTP glue keeps it for the headers).
+    on_settle: Option<fn(&Decision)>,
 }
 
 impl Reservation {
+    /// `hook` is told the key's state after the settlement.
+    pub(crate) fn on_settle(mut self, hook: fn(&Decision)) -> Reservation {
+        self.on_settle = Some(hook);
+        self
+    }
+
     /// `reserved` units charged to `key` under `limits` in `scope`, admitted by `admitted`.
     pub(crate) fn new(
         limiter: Limiter,
@@ -145,6 +153,7 @@ impl Reservation {
             key,
             reserved,
             admitted,
+            on_settle: None,
         }
     }
 
@@ -159,6 +168,7 @@ impl Reservation {
             reserved: 0,
             admitted: Decision::allowed(rate, rate.amount(), std::time::Duration::ZERO),
             limits,
+            on_settle: None,
         }
     }
 
@@ -187,7 +197,7 @@ impl Reservation {
         let Some(limiter) = &self.limiter else {
             return Ok(self.admitted);
         };
-        limiter
+        let after = limiter
             .settle(
                 &self.scope,
                 self.limits.limits(),
@@ -195,7 +205,11 @@ impl Reservation {
                 self.reserved,
                 actual,
             )
-            .await
+            .await?;
+        if let Some(hook) = self.on_settle {
+            hook(&after);
+        }
+        Ok(after)
     }
 }
 

@@ -33,6 +33,16 @@ pub(crate) struct Entry<'r> {
     pub(crate) cost: u64,
     /// The attribute's `error_message`.
     pub(crate) message: Option<&'static str>,
+    /// Whether the cost is a reservation (`reserve =`): checked in a store call of its own,
+    /// so that its budget's state is known apart from the request limits'.
+    pub(crate) reserves: bool,
+}
+
+impl Entry<'_> {
+    /// Whether `other` goes in the same store call: the same key, and both reserving or not.
+    fn checked_with(&self, other: &Entry<'_>) -> bool {
+        self.reserves == other.reserves && self.key.as_bytes() == other.key.as_bytes()
+    }
 }
 
 /// Checks every entry as one: grouped by key, one store call per key, in order; when a key
@@ -50,7 +60,15 @@ pub(crate) async fn enforce(
 ) -> Result<Option<Decision>, Rejection> {
     // Timed only for an observer (the latency histogram of `Metrics`).
     let started = Started::now(config);
-    if let ([entry], []) = (entries, charged) {
+    if let (
+        [
+            entry @ Entry {
+                reserves: false, ..
+            },
+        ],
+        [],
+    ) = (entries, charged)
+    {
         // One limit and nothing charged before it: nothing to group or give back.
         let charge = config.limiter.charge(entry.scope, entry.limits, entry.cost);
         let key = entry.key.as_bytes();
@@ -63,17 +81,23 @@ pub(crate) async fn enforce(
         };
     }
     let mut admitted: Option<(Decision, usize)> = None;
+    let mut reserved: Option<(Decision, usize)> = None;
     for first in 0..entries.len() {
         let key = entries[first].key.as_bytes();
-        if entries[..first].iter().any(|e| e.key.as_bytes() == key) {
-            continue; // checked with its key's group
+        if entries[..first]
+            .iter()
+            .any(|e| e.checked_with(&entries[first]))
+        {
+            continue; // checked with its group
         }
         let (charges, members) = group(config, entries, first);
         let outcome = check(config, key, &charges, Mode::Charge).await;
         let refusal = match outcome {
             Ok(decision) if decision.is_allowed() => {
                 let entry = members[decision.charge_index().min(members.len() - 1)];
-                if admitted.is_none_or(|(best, _)| decision.binds_harder_than(&best)) {
+                if entries[first].reserves {
+                    reserved = Some((decision, entry));
+                } else if admitted.is_none_or(|(best, _)| decision.binds_harder_than(&best)) {
                     admitted = Some((decision, entry));
                 }
                 continue;
@@ -89,11 +113,7 @@ pub(crate) async fn enforce(
         // earlier stage charged.
         let earlier: ArrayVec<Entry<'_>, MAX_ENTRIES> = entries
             .iter()
-            .filter(|e| {
-                entries[..first]
-                    .iter()
-                    .any(|f| f.key.as_bytes() == e.key.as_bytes())
-            })
+            .filter(|e| entries[..first].iter().any(|f| f.checked_with(e)))
             .copied()
             .collect();
         refund(config, &earlier).await;
@@ -103,7 +123,20 @@ pub(crate) async fn enforce(
             Err(error) => store_failed(config, route, &entries[first], error, started),
         });
     }
-    Ok(admitted.map(|(decision, entry)| admit(config, route, &entries[entry], decision, started)))
+    // One observation per request: the reservation's admission is kept for the headers only,
+    // unless it is all the request had to pass.
+    match (admitted, reserved) {
+        (admitted, Some((decision, entry))) => {
+            record_reserved(decision);
+            if admitted.is_none() {
+                observe_admission(config, route, &entries[entry], &decision, started);
+            }
+            Ok(admitted
+                .map(|(decision, entry)| admit(config, route, &entries[entry], decision, started)))
+        }
+        (admitted, None) => Ok(admitted
+            .map(|(decision, entry)| admit(config, route, &entries[entry], decision, started))),
+    }
 }
 
 /// When a check started, for an observer; nothing read without one.
@@ -133,16 +166,27 @@ fn admit(
     decision: Decision,
     started: Started,
 ) -> Decision {
+    observe_admission(config, route, entry, &decision, started);
+    record(decision);
+    decision
+}
+
+#[inline]
+fn observe_admission(
+    config: &HttpConfig,
+    route: &str,
+    entry: &Entry<'_>,
+    decision: &Decision,
+    started: Started,
+) {
     if config.limiter.is_observed() {
         config.limiter.observe(
             &Observation::new(route, entry.key.as_bytes(), Outcome::Allowed)
-                .with_decision(&decision)
+                .with_decision(decision)
                 .with_label(entry.limits.label())
                 .with_elapsed(started.elapsed()),
         );
     }
-    record(decision);
-    decision
 }
 
 #[cold]
@@ -166,7 +210,10 @@ fn store_failed(
 pub(crate) async fn refund(config: &HttpConfig, charged: &[Entry<'_>]) {
     for first in 0..charged.len() {
         let key = charged[first].key.as_bytes();
-        if charged[..first].iter().any(|e| e.key.as_bytes() == key) {
+        if charged[..first]
+            .iter()
+            .any(|e| e.checked_with(&charged[first]))
+        {
             continue;
         }
         let (charges, _) = group(config, charged, first);
@@ -179,13 +226,12 @@ type Group<'r> = (
     ArrayVec<usize, MAX_ENTRIES>,
 );
 
-/// The charges of every entry with the key of `entries[first]`, and their positions.
+/// The charges of every entry checked with `entries[first]`, and their positions.
 fn group<'r>(config: &HttpConfig, entries: &[Entry<'r>], first: usize) -> Group<'r> {
-    let key = entries[first].key.as_bytes();
     let mut charges = ArrayVec::new();
     let mut members = ArrayVec::new();
     for (i, entry) in entries.iter().enumerate().skip(first) {
-        if entry.key.as_bytes() == key {
+        if entry.checked_with(&entries[first]) {
             charges.push(config.limiter.charge(entry.scope, entry.limits, entry.cost));
             members.push(i);
         }
@@ -369,6 +415,9 @@ pub(crate) struct RequestContext {
     record_route: bool,
     /// A request body dropped before it was read to its end, for the layer to drain.
     unread: RefCell<Option<Body>>,
+    /// The reservation's admission (`reserve =`), and its state once settled.
+    reserved: Cell<Option<Decision>>,
+    settled: Cell<Option<Decision>>,
 }
 
 /// What the layer learns when the request's future completes.
@@ -379,6 +428,8 @@ pub(crate) struct Finished {
     pub(crate) attributed: bool,
     /// The request body, when it was dropped before its end.
     pub(crate) unread: Option<Body>,
+    /// The reserved budget's state: as settled, or as reserved.
+    pub(crate) reserved: Option<Decision>,
 }
 
 /// What the layer did about its default and application limits before the handler ran.
@@ -419,6 +470,8 @@ impl RequestContext {
             attributed: Cell::new(false),
             record_route,
             unread: RefCell::new(None),
+            reserved: Cell::new(None),
+            settled: Cell::new(None),
         }
     }
 
@@ -428,6 +481,7 @@ impl RequestContext {
             admitted: self.admitted.get(),
             attributed: self.attributed.get(),
             unread: self.unread.into_inner(),
+            reserved: self.settled.get().or(self.reserved.get()),
         }
     }
 
@@ -478,12 +532,23 @@ pub(crate) fn take_layer_state() -> LayerState {
         .unwrap_or_default()
 }
 
-/// The admission kept for the response headers, if any (outside the layer, none).
-pub(crate) fn admission() -> Option<Decision> {
+/// Keeps the reservation's admission for the response headers.
+fn record_reserved(decision: Decision) {
+    let _ = REQUEST.try_with(|request| request.reserved.set(Some(decision)));
+}
+
+/// The reservation's admission in this request, if any.
+pub(crate) fn reserved_admission() -> Option<Decision> {
     REQUEST
-        .try_with(|request| request.admitted.get())
+        .try_with(|request| request.reserved.get())
         .ok()
         .flatten()
+}
+
+/// Keeps a reservation's settlement for the response headers (when the handler settles
+/// before it answers).
+pub(crate) fn record_settled(decision: &Decision) {
+    let _ = REQUEST.try_with(|request| request.settled.set(Some(*decision)));
 }
 
 /// Remembers an admission for the response headers (a no-op outside the layer).

@@ -271,6 +271,7 @@ impl LayerPart {
                         limits: defaults,
                         cost: 1,
                         message: None,
+                        reserves: false,
                     };
                     enforce::refund(config, &[entry]).await;
                 }
@@ -315,6 +316,7 @@ async fn check(
             limits: one.limits.limits(),
             cost: costs.and_then(|c| c.get(i).copied()).unwrap_or(one.cost),
             message: one.policy.error_message,
+            reserves: one.policy.reserves,
         });
     }
     let application = config.application_limits.as_deref();
@@ -348,6 +350,7 @@ fn application_entry<'r>(key: &'r Key, limits: &'r Limits) -> Entry<'r> {
         limits,
         cost: 1,
         message: None,
+        reserves: false,
     }
 }
 
@@ -460,9 +463,9 @@ impl<S: Specs> Deferred<S> {
                 let route = self.route.as_ref().map(MatchedPath::as_str);
                 let scope = one.policy.scope.or(route).unwrap_or(one.policy.handler);
                 let reserved = costs.get(index).copied().unwrap_or(one.cost);
-                // The request's binding admission (what its headers describe); outside a
-                // layer, which keeps none, the limits' first rate as spent.
-                let admitted = enforce::admission().unwrap_or_else(|| {
+                // The reservation's own admission; outside a layer, which keeps none, the
+                // limits' first rate as spent.
+                let admitted = enforce::reserved_admission().unwrap_or_else(|| {
                     let rate = one.limits.limits().rates().next().expect("a rate");
                     Decision::allowed(rate, 0, Duration::ZERO)
                 });
@@ -474,6 +477,7 @@ impl<S: Specs> Deferred<S> {
                     reserved,
                     admitted,
                 )
+                .on_settle(enforce::record_settled)
             }
         };
         Ok((leases, reservation))

@@ -21,7 +21,7 @@ use super::config::{AsLimits, DrainPolicy, HttpConfig};
 use super::drain::{Drain, Watched};
 use super::enforce::{Entry, Finished, LayerState, RequestContext, enforce, now_or_never};
 use super::key::{Key, KeySource, missing_connect_info};
-use super::response::{HeaderStyle, RateLimited, Rejection, insert_headers};
+use super::response::{HeaderStyle, RateLimited, Rejection, insert_budget_headers, insert_headers};
 use crate::decision::Decision;
 use crate::limiter::Limiter;
 
@@ -423,6 +423,7 @@ where
             admitted,
             attributed,
             unread,
+            reserved,
         } = context.finish();
         if let Some(route) = this.route {
             match attributed {
@@ -441,8 +442,17 @@ where
             Ok(response) => response,
             Err(error) => return Poll::Ready(Err(error)),
         };
-        if let Some(decision) = admitted {
-            insert_headers(response.headers_mut(), &decision, *this.style);
+        match (admitted, reserved) {
+            (admitted, Some(reserved)) => insert_budget_headers(
+                response.headers_mut(),
+                admitted.as_ref(),
+                Some(&reserved),
+                *this.style,
+            ),
+            (Some(decision), None) => {
+                insert_headers(response.headers_mut(), &decision, *this.style)
+            }
+            (None, None) => {}
         }
         match unread {
             None => Poll::Ready(Ok(response)),
@@ -530,6 +540,7 @@ async fn layer_limits_of(
             limits: application,
             cost: 1,
             message: None,
+            reserves: false,
         });
     }
     if let Some(defaults) = &config.default_limits {
@@ -539,6 +550,7 @@ async fn layer_limits_of(
             limits: defaults,
             cost: 1,
             message: None,
+            reserves: false,
         });
     }
     let admitted = enforce(config, path, &entries, &[]).await?;

@@ -27,6 +27,11 @@ pub enum HeaderStyle {
     /// Only the legacy `X-RateLimit-*` fields (`X-RateLimit-Reset` in Unix seconds, as
     /// slowapi and GitHub send it).
     Legacy,
+    /// Only the fields large-model API clients read, one set per budget of a route that
+    /// reserves (`reserve =`): `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests`,
+    /// `x-ratelimit-reset-requests` (`1s`, `6m0s`) and the same with `-tokens` for the
+    /// reserved budget. (`Both` sends them too, beside the others.)
+    OpenAi,
     /// No rate limit headers (a 429 still carries `Retry-After`).
     None,
 }
@@ -207,6 +212,7 @@ pub(crate) fn insert_headers(headers: &mut HeaderMap, decision: &Decision, style
         HeaderStyle::Both => (true, true),
         HeaderStyle::Draft => (true, false),
         HeaderStyle::Legacy => (false, true),
+        HeaderStyle::OpenAi => return insert_budget_headers(headers, Some(decision), None, style),
         HeaderStyle::None => return,
     };
     headers.reserve(if draft && legacy { 5 } else { 3 });
@@ -252,6 +258,94 @@ pub(crate) fn insert_headers(headers: &mut HeaderMap, decision: &Decision, style
             X_RESET.clone(),
             HeaderValue::from(whole_seconds(now.saturating_add(decision.reset_after()))),
         );
+    }
+}
+
+/// The rate limit fields of a route that reserves: two budgets, the request limits (the
+/// binding one of them, when any) as `requests` and the reserved budget (as settled, when
+/// the handler settled before answering) as `tokens`. Draft-11 names a policy per budget;
+/// the legacy fields describe the requests; large-model clients read one set per budget.
+#[cold]
+pub(crate) fn insert_budget_headers(
+    headers: &mut HeaderMap,
+    requests: Option<&Decision>,
+    tokens: Option<&Decision>,
+    style: HeaderStyle,
+) {
+    let (draft, legacy, per_budget) = match style {
+        HeaderStyle::Both => (true, true, true),
+        HeaderStyle::Draft => (true, false, false),
+        HeaderStyle::Legacy => (false, true, false),
+        HeaderStyle::OpenAi => (false, false, true),
+        HeaderStyle::None => return,
+    };
+    let budgets: Vec<(&str, &Decision)> = [("requests", requests), ("tokens", tokens)]
+        .into_iter()
+        .filter_map(|(name, d)| Some((name, d?)))
+        .collect();
+    let field = |text: String| HeaderValue::from_str(&text).ok();
+    if draft {
+        let list = |each: &dyn Fn(&str, &Decision) -> String| {
+            let items: Vec<String> = budgets.iter().map(|(n, d)| each(n, d)).collect();
+            items.join(", ")
+        };
+        let policy = list(&|name, d| {
+            let rate = d.rate();
+            let window = whole_seconds(rate.period()).max(1);
+            format!("\"{name}\";q={};w={window}", rate.amount())
+        });
+        let current = list(&|name, d| {
+            let reset = whole_seconds(d.reset_after());
+            format!("\"{name}\";r={};t={reset}", d.remaining())
+        });
+        if let (Some(policy), Some(current)) = (field(policy), field(current)) {
+            headers.insert(RATELIMIT_POLICY.clone(), policy);
+            headers.insert(RATELIMIT.clone(), current);
+        }
+    }
+    if let (true, Some(d)) = (legacy, requests.or(tokens)) {
+        insert_headers(headers, d, HeaderStyle::Legacy);
+    }
+    if per_budget {
+        for (name, d) in &budgets {
+            let fields = [
+                ("limit", d.rate().amount().to_string()),
+                ("remaining", d.remaining().to_string()),
+                ("reset", go_duration(d.reset_after())),
+            ];
+            for (what, value) in fields {
+                let name = HeaderName::try_from(format!("x-ratelimit-{what}-{name}"));
+                if let (Ok(name), Some(value)) = (name, field(value)) {
+                    headers.insert(name, value);
+                }
+            }
+        }
+    }
+}
+
+/// A duration as Go prints it, the way large-model APIs send resets: `0s`, `17ms`, `1s`,
+/// `1.5s`, `6m0s`, `1h2m3s` (to the millisecond).
+fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (hours, minutes) = (ms / 3_600_000, ms / 60_000 % 60);
+    let seconds = ms % 60_000;
+    let seconds = match seconds % 1000 {
+        0 => format!("{}s", seconds / 1000),
+        frac => {
+            let text = format!("{}.{frac:03}", seconds / 1000);
+            format!("{}s", text.trim_end_matches('0'))
+        }
+    };
+    match (hours, minutes) {
+        (0, 0) => seconds,
+        (0, m) => format!("{m}m{seconds}"),
+        (h, m) => format!("{h}h{m}m{seconds}"),
     }
 }
 
