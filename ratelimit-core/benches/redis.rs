@@ -178,6 +178,58 @@ fn main() {
             (after.1 - before.1) as f64 / 1_000.0,
         );
 
+        // A settlement beside the check that reserved: over-reserved (a refund) and
+        // under-reserved (debt), at concurrency 1, interleaved with checks.
+        let tokens = Arc::new(Limits::parse("1000000000/second").unwrap());
+        let (mut checks, mut refunds, mut debts) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let (l, t) = (limiter.clone(), tokens.clone());
+            checks.push(
+                run(1, move |_, i| {
+                    let (l, t) = (l.clone(), t.clone());
+                    async move {
+                        let key = format!("s{round}-{i}");
+                        assert!(l.check(&t, &key, 64).await.unwrap().is_allowed());
+                    }
+                })
+                .await,
+            );
+            for (actual, into) in [(10, &mut refunds), (100, &mut debts)] {
+                let (l, t) = (limiter.clone(), tokens.clone());
+                into.push(
+                    run(1, move |_, i| {
+                        let (l, t) = (l.clone(), t.clone());
+                        async move {
+                            let key = format!("s{round}-{i}");
+                            l.settle("", &t, key.as_bytes(), 64, actual).await.unwrap();
+                        }
+                    })
+                    .await,
+                );
+            }
+        }
+        let p50 = |runs: &[Run]| median(runs.iter().map(|r| r.p50.as_secs_f64() * 1e6).collect());
+        println!(
+            "redis/settle beside check (concurrency 1, medians of {ROUNDS} rounds): check p50 {:.1} µs; settle over-reserved p50 {:.1} µs ({:.2}); under-reserved p50 {:.1} µs ({:.2})",
+            p50(&checks),
+            p50(&refunds),
+            p50(&refunds) / p50(&checks),
+            p50(&debts),
+            p50(&debts) / p50(&checks),
+        );
+        let before = commands(&url).await;
+        for i in 0..1_000 {
+            limiter
+                .settle("", &tokens, format!("c{i}").as_bytes(), 64, 100)
+                .await
+                .unwrap();
+        }
+        let after = commands(&url).await;
+        println!(
+            "redis/commands per settlement (1,000): {:.3} sent by the client",
+            (after.0 - before.0) as f64 / 1_000.0
+        );
+
         // A refused key, with the blocked-key cache (the default) and without.
         let blocked = Limits::parse("1/hour").unwrap();
         let uncached = Limiter::builder()

@@ -200,6 +200,13 @@ impl Limiter {
     }
 
     /// Shows a decision on `limits` to the observer.
+    /// Shows a settled reservation to the observer, if any.
+    pub(crate) fn observe_settlement(&self, seen: &crate::observe::Settlement<'_>) {
+        if let Some(observer) = &self.inner.observer {
+            observer.settled(seen);
+        }
+    }
+
     fn observe_decision(&self, route: &str, key: &[u8], limits: &Limits, decision: &Decision) {
         if self.is_observed() {
             let outcome = if decision.is_allowed() {

@@ -122,11 +122,57 @@ impl<'a> Observation<'a> {
 pub trait Observer: Send + Sync + 'static {
     /// Called once per request with what became of it.
     fn observe(&self, seen: &Observation<'_>);
+
+    /// Called once per reservation when it is settled (or dropped unsettled, keeping its
+    /// estimate): what was reserved and what the work used.
+    fn settled(&self, seen: &Settlement<'_>) {
+        let _ = seen;
+    }
 }
 
 impl<O: Observer> Observer for Arc<O> {
     fn observe(&self, seen: &Observation<'_>) {
         (**self).observe(seen);
+    }
+
+    fn settled(&self, seen: &Settlement<'_>) {
+        (**self).settled(seen);
+    }
+}
+
+/// A reservation settled, as an [`Observer`] sees it.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Settlement<'a> {
+    /// Where the request went: the matched route for HTTP, the scope otherwise.
+    pub route: &'a str,
+    /// The label of the reserved limits (the tier).
+    pub label: Option<&'a str>,
+    /// Units reserved up front.
+    pub reserved: u64,
+    /// Units the work used: what stays charged.
+    pub settled: u64,
+}
+
+impl<'a> Settlement<'a> {
+    /// `reserved` units on `route`, settled to `settled`.
+    pub fn new(route: &'a str, label: Option<&'a str>, reserved: u64, settled: u64) -> Self {
+        Settlement {
+            route,
+            label,
+            reserved,
+            settled,
+        }
+    }
+
+    /// What was given back: reserved beyond what was used.
+    pub fn refunded(&self) -> u64 {
+        self.reserved.saturating_sub(self.settled)
+    }
+
+    /// What was charged as debt: used beyond what was reserved.
+    pub fn debt(&self) -> u64 {
+        self.settled.saturating_sub(self.reserved)
     }
 }
 
@@ -137,6 +183,10 @@ struct Counts {
     limited: AtomicU64,
     no_slot: AtomicU64,
     store_failed: AtomicU64,
+    reserved: AtomicU64,
+    settled: AtomicU64,
+    refunded: AtomicU64,
+    debt: AtomicU64,
 }
 
 impl Counts {
@@ -151,12 +201,54 @@ impl Counts {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn settle(&self, seen: &Settlement<'_>) {
+        for (counter, units) in [
+            (&self.reserved, seen.reserved),
+            (&self.settled, seen.settled),
+            (&self.refunded, seen.refunded()),
+            (&self.debt, seen.debt()),
+        ] {
+            counter.fetch_add(units, Ordering::Relaxed);
+        }
+    }
+
     fn read(&self) -> Counted {
         Counted {
             allowed: self.allowed.load(Ordering::Relaxed),
             limited: self.limited.load(Ordering::Relaxed),
             no_slot: self.no_slot.load(Ordering::Relaxed),
             store_failed: self.store_failed.load(Ordering::Relaxed),
+            units: Units {
+                reserved: self.reserved.load(Ordering::Relaxed),
+                settled: self.settled.load(Ordering::Relaxed),
+                refunded: self.refunded.load(Ordering::Relaxed),
+                debt: self.debt.load(Ordering::Relaxed),
+            },
+        }
+    }
+}
+
+/// Units of reserved budgets (`reserve =`: tokens, milliseconds) of one route or label.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Units {
+    /// Reserved up front.
+    pub reserved: u64,
+    /// Charged once settled: what the work used.
+    pub settled: u64,
+    /// Given back: reserved beyond what was used.
+    pub refunded: u64,
+    /// Charged as debt: used beyond what was reserved.
+    pub debt: u64,
+}
+
+impl Units {
+    fn plus(self, other: Units) -> Units {
+        Units {
+            reserved: self.reserved + other.reserved,
+            settled: self.settled + other.settled,
+            refunded: self.refunded + other.refunded,
+            debt: self.debt + other.debt,
         }
     }
 }
@@ -173,6 +265,8 @@ pub struct Counted {
     pub no_slot: u64,
     /// Refused because the store failed.
     pub store_failed: u64,
+    /// Units of reserved budgets, as reservations were settled.
+    pub units: Units,
 }
 
 impl Counted {
@@ -200,6 +294,7 @@ impl Counted {
         self.limited += other.limited;
         self.no_slot += other.no_slot;
         self.store_failed += other.store_failed;
+        self.units = self.units.plus(other.units);
         self
     }
 }
@@ -278,6 +373,18 @@ struct MetricsInner {
 const MAX_NAMES: usize = 10_000;
 
 impl MetricsInner {
+    fn entry<'t>(
+        table: &'t DashMap<Box<str>, Counts, foldhash::fast::RandomState>,
+        name: &str,
+    ) -> dashmap::mapref::one::RefMut<'t, Box<str>, Counts> {
+        let name = if table.len() >= MAX_NAMES && !table.contains_key(name) {
+            "other"
+        } else {
+            name
+        };
+        table.entry(name.into()).or_default()
+    }
+
     #[inline]
     fn count(
         table: &DashMap<Box<str>, Counts, foldhash::fast::RandomState>,
@@ -306,6 +413,13 @@ impl Observer for Metrics {
         }
         if seen.elapsed > Duration::ZERO {
             self.inner.latency.record(seen.elapsed);
+        }
+    }
+
+    fn settled(&self, seen: &Settlement<'_>) {
+        MetricsInner::entry(&self.inner.routes, seen.route).settle(seen);
+        if let Some(label) = seen.label {
+            MetricsInner::entry(&self.inner.labels, label).settle(seen);
         }
     }
 }
@@ -408,6 +522,28 @@ impl prometheus_client::collector::Collector for Metrics {
                 }
             }
         }
+        let mut family = encoder.encode_descriptor(
+            "ratelimit_units",
+            "Units of reserved budgets (tokens, milliseconds) by route and kind: reserved up front, settled to what the work used, refunded, and charged as debt",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, counted) in &snapshot.routes {
+            let u = counted.units;
+            for (kind, n) in [
+                ("reserved", u.reserved),
+                ("settled", u.settled),
+                ("refunded", u.refunded),
+                ("debt", u.debt),
+            ] {
+                if u == Units::default() {
+                    break;
+                }
+                let labels = [("route", name.as_str()), ("kind", kind)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        drop(family);
         let latency = &self.inner.latency;
         // Per bucket: the encoder sums them into Prometheus's cumulative buckets.
         let mut count = 0;

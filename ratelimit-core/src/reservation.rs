@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::decision::Decision;
 use crate::limiter::Limiter;
 use crate::limits::{Limits, LimitsRef};
+use crate::observe::Settlement;
 use crate::store::{Mode, StoreError};
 
 impl Limiter {
@@ -128,6 +129,10 @@ pub struct Reservation {
     admitted: Decision,
     /// Told the state after the settlement (the HTTP glue keeps it for the headers).
     on_settle: Option<fn(&Decision)>,
+    /// Where the request went, for the observer: the scope, or the matched route.
+    route: Arc<str>,
+    /// Whether it was settled (or handed to a meter, which settles it).
+    done: bool,
 }
 
 impl Reservation {
@@ -135,6 +140,24 @@ impl Reservation {
     pub(crate) fn on_settle(mut self, hook: fn(&Decision)) -> Reservation {
         self.on_settle = Some(hook);
         self
+    }
+
+    /// Observed under `route` (the matched route) rather than the scope.
+    pub(crate) fn on_route(mut self, route: &str) -> Reservation {
+        self.route = Arc::from(route);
+        self
+    }
+
+    /// Shows the settlement to the limiter's observer.
+    fn observe(&self, actual: u64) {
+        if let Some(limiter) = &self.limiter {
+            limiter.observe_settlement(&Settlement::new(
+                &self.route,
+                self.limits.limits().label(),
+                self.reserved,
+                actual,
+            ));
+        }
     }
 
     /// `reserved` units charged to `key` under `limits` in `scope`, admitted by `admitted`.
@@ -148,12 +171,14 @@ impl Reservation {
     ) -> Reservation {
         Reservation {
             limiter: Some(limiter),
+            route: scope.clone(),
             scope,
             limits,
             key,
             reserved,
             admitted,
             on_settle: None,
+            done: false,
         }
     }
 
@@ -169,6 +194,8 @@ impl Reservation {
             admitted: Decision::allowed(rate, rate.amount(), std::time::Duration::ZERO),
             limits,
             on_settle: None,
+            route: Arc::from(""),
+            done: false,
         }
     }
 
@@ -193,7 +220,8 @@ impl Reservation {
 
     /// Settles the reservation to the `actual` amount ([`Limiter::settle`]): the key's state
     /// after it (for an exempt request, the admission, unchanged).
-    pub async fn settle(self, actual: u64) -> Result<Decision, StoreError> {
+    pub async fn settle(mut self, actual: u64) -> Result<Decision, StoreError> {
+        self.done = true;
         let Some(limiter) = &self.limiter else {
             return Ok(self.admitted);
         };
@@ -209,6 +237,7 @@ impl Reservation {
         if let Some(hook) = self.on_settle {
             hook(&after);
         }
+        self.observe(actual);
         Ok(after)
     }
 }
@@ -218,7 +247,8 @@ impl Reservation {
     /// as it is used (tokens as they are streamed), and the reservation is settled to that
     /// when the meter is settled or dropped (a client that goes away mid-stream pays for what
     /// was produced, not for the estimate).
-    pub fn meter(self) -> Meter {
+    pub fn meter(mut self) -> Meter {
+        self.done = true;
         Meter {
             reservation: Some(self),
             used: 0,
@@ -231,6 +261,7 @@ impl Reservation {
         let Some(limiter) = &self.limiter else {
             return;
         };
+        self.observe(actual);
         let (mode, units) = settlement(self.reserved, actual);
         let charge = limiter.charge(&self.scope, self.limits.limits(), units);
         if let Some(answer) =
@@ -244,7 +275,17 @@ impl Reservation {
         #[cfg(any(feature = "axum", feature = "redis"))]
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(error) = self.settle(actual).await {
+                let settled = self.limiter.as_ref().map(|limiter| {
+                    limiter.settle(
+                        &self.scope,
+                        self.limits.limits(),
+                        &self.key,
+                        self.reserved,
+                        actual,
+                    )
+                });
+                let Some(settled) = settled else { return };
+                if let Err(error) = settled.await {
                     tracing::warn!(%error, "a reservation could not be settled");
                 }
             });
@@ -255,6 +296,15 @@ impl Reservation {
             actual,
             "a reservation dropped outside a Tokio runtime keeps its estimate"
         );
+    }
+}
+
+impl Drop for Reservation {
+    /// Unsettled: the estimate stays charged, and is shown to the observer as settled.
+    fn drop(&mut self) {
+        if !self.done {
+            self.observe(self.reserved);
+        }
     }
 }
 

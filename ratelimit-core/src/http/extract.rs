@@ -478,6 +478,7 @@ impl<S: Specs> Deferred<S> {
                     admitted,
                 )
                 .on_settle(enforce::record_settled)
+                .on_route(route.unwrap_or(one.policy.handler))
             }
         };
         Ok((leases, reservation))

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use serde_json::{Map, Value, json};
 
-use crate::observe::{Counted, Metrics};
+use crate::observe::{Counted, Metrics, Units};
 
 /// `GET` answering the counts as JSON:
 ///
@@ -20,7 +20,9 @@ use crate::observe::{Counted, Metrics};
 ///
 /// `limited` counts every 429 (a rate, or no concurrency slot); `rejected` says why, and
 /// store failures (503) are counted there too. `tiers` holds the labels of the limits
-/// ([`Limits::with_label`](crate::Limits::with_label)).
+/// ([`Limits::with_label`](crate::Limits::with_label)). A route or tier with reserved
+/// budgets (`reserve =`) has `units`: `reserved`, `settled` (what the work used), `refunded`
+/// and `debt`.
 ///
 /// ```
 /// use axum::Router;
@@ -80,7 +82,7 @@ fn to_json(metrics: &Metrics) -> Value {
 }
 
 fn counts_json(counted: &Counted) -> Value {
-    json!({
+    let mut counts = json!({
         "total": counted.total(),
         "limited": counted.limited + counted.no_slot,
         "allowed": counted.allowed,
@@ -89,5 +91,15 @@ fn counts_json(counted: &Counted) -> Value {
             "slots": counted.no_slot,
             "store_failure": counted.store_failed,
         },
-    })
+    });
+    let units = counted.units;
+    if units != Units::default() {
+        counts["units"] = json!({
+            "reserved": units.reserved,
+            "settled": units.settled,
+            "refunded": units.refunded,
+            "debt": units.debt,
+        });
+    }
+    counts
 }
