@@ -60,8 +60,24 @@ async fn streamed(reservation: Reservation, Json(work): Json<Work>) -> Body {
     Body::from_stream(stream)
 }
 
+/// 2 requests a minute and 100 tokens, the tokens shared with `/tokens` (a look at them).
+#[rate_limit("2/minute", key = ip, algorithm = fixed_window)]
+#[rate_limit("100/minute", key = ip, scope = "tokens", reserve = work.estimate, algorithm = fixed_window)]
+async fn both(tokens: Reservation, Json(work): Json<Work>) -> &'static str {
+    tokens.settle(work.used).await.unwrap();
+    "done"
+}
+
+#[rate_limit("100/minute", key = ip, scope = "tokens", reserve = 0, algorithm = fixed_window)]
+async fn tokens_left(tokens: Reservation) -> &'static str {
+    tokens.settle(0).await.unwrap();
+    "looked"
+}
+
 fn app() -> Router {
     Router::new()
+        .route("/both", post(both))
+        .route("/tokens", post(tokens_left))
         .route("/settled", post(settled))
         .route("/indebted", post(indebted))
         .route("/streamed", post(streamed))
@@ -149,4 +165,43 @@ async fn a_client_that_hangs_up_mid_stream_pays_for_what_was_streamed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!((2000 - 15..=2000 - 13).contains(&left), "{left} left");
+}
+
+/// Refused by its token budget: no request is charged; refused by the request limit: no
+/// token is reserved.
+#[tokio::test]
+async fn a_refusal_by_either_budget_charges_neither() {
+    let addr = serve(app()).await;
+    let c = client_from("127.0.30.4");
+    let both = format!("http://{addr}/both");
+    let tokens = || async {
+        let r = c
+            .post(format!("http://{addr}/tokens"))
+            .send()
+            .await
+            .unwrap();
+        r.headers()["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    // More tokens than the budget holds: refused, and no request counted.
+    let r = c.post(&both).json(&work(101, 0)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let r = c.post(&both).json(&work(10, 10)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["x-ratelimit-remaining-requests"],
+        "1",
+        "one request, not two"
+    );
+    assert_eq!(r.headers()["x-ratelimit-remaining-tokens"], "90");
+    let r = c.post(&both).json(&work(10, 10)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(tokens().await, 80);
+    // The request limit is spent: refused, and no token reserved.
+    let r = c.post(&both).json(&work(50, 0)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(tokens().await, 80);
 }

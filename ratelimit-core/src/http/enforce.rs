@@ -415,9 +415,8 @@ pub(crate) struct RequestContext {
     record_route: bool,
     /// A request body dropped before it was read to its end, for the layer to drain.
     unread: RefCell<Option<Body>>,
-    /// The reservation's admission (`reserve =`), and its state once settled.
+    /// The reserved budget's state (`reserve =`): as reserved, then as settled.
     reserved: Cell<Option<Decision>>,
-    settled: Cell<Option<Decision>>,
 }
 
 /// What the layer learns when the request's future completes.
@@ -471,7 +470,6 @@ impl RequestContext {
             record_route,
             unread: RefCell::new(None),
             reserved: Cell::new(None),
-            settled: Cell::new(None),
         }
     }
 
@@ -481,7 +479,7 @@ impl RequestContext {
             admitted: self.admitted.get(),
             attributed: self.attributed.get(),
             unread: self.unread.into_inner(),
-            reserved: self.settled.get().or(self.reserved.get()),
+            reserved: self.reserved.get(),
         }
     }
 
@@ -548,7 +546,7 @@ pub(crate) fn reserved_admission() -> Option<Decision> {
 /// Keeps a reservation's settlement for the response headers (when the handler settles
 /// before it answers).
 pub(crate) fn record_settled(decision: &Decision) {
-    let _ = REQUEST.try_with(|request| request.settled.set(Some(*decision)));
+    let _ = REQUEST.try_with(|request| request.reserved.set(Some(*decision)));
 }
 
 /// Remembers an admission for the response headers (a no-op outside the layer).
