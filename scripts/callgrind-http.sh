@@ -7,7 +7,9 @@
 # in each, and the median per case: how the kernel splits reads moves a single figure by up
 # to 3%.
 #   scripts/callgrind-http.sh                 (N=2000 WARMUP=200 ROUNDS=3 by default; CASES;
-#                                              BODY_BYTES pads the JSON body with spaces)
+#                                              BODY_BYTES pads the JSON body with spaces;
+#                                              BEFORE=path/to/an/older/bench_server measures
+#                                              each case on it too, interleaved, as "before:")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-2000}
@@ -42,10 +44,10 @@ PY
 }
 
 measure() {
-  local mode=$1 path=$2
+  local mode=$1 path=$2 binary=${3:-./target/release/examples/bench_server}
   PORT=$((PORT + 1)) # a fresh port: the previous server may still be letting go of its own
   MODE=$mode PORT=$PORT valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out.%p" \
-    ./target/release/examples/bench_server >/dev/null 2>&1 &
+    "$binary" >/dev/null 2>&1 &
   local server=$!
   for _ in $(seq 200); do curl -s -o /dev/null "localhost:$PORT" && break; sleep 0.1; done
   send "$path" "$WARMUP" || { echo "$mode $path: the warm-up failed" >&2; kill "$server"; return 1; }
@@ -74,8 +76,16 @@ for round in $(seq "$ROUNDS"); do
     line=$(measure "${case%%:*}" "${case#*:}")
     echo "round $round: $line"
     results[$case]+="${line##* } "
+    if [ -n "${BEFORE:-}" ]; then
+      line=$(measure "${case%%:*}" "${case#*:}" "$BEFORE")
+      echo "round $round: before $line"
+      results[before:$case]+="${line##* } "
+    fi
   done
 done
+if [ -n "${BEFORE:-}" ]; then
+  for case in "${cases[@]}"; do cases+=("before:$case"); done
+fi
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 bare=$(echo "${results[bare:/plain]}" | median)
 echo "== instructions per request, medians of $ROUNDS rounds (N=$N after $WARMUP warm-up)"
