@@ -45,7 +45,8 @@ impl Entry<'_> {
     }
 }
 
-/// Checks every entry as one: grouped by key, one store call per key, in order; when a key
+/// Checks every entry as one: grouped by key, one store call per key (a reservation, `reserve
+/// =`, in a call of its own, so that its budget's state is known apart), in order; when a key
 /// refuses, the keys already charged are given back (with `charged`, what an earlier stage
 /// of the same request charged), so the request is charged by all or none.
 ///
@@ -125,18 +126,13 @@ pub(crate) async fn enforce(
     }
     // One observation per request: the reservation's admission is kept for the headers only,
     // unless it is all the request had to pass.
-    match (admitted, reserved) {
-        (admitted, Some((decision, entry))) => {
-            record_reserved(decision);
-            if admitted.is_none() {
-                observe_admission(config, route, &entries[entry], &decision, started);
-            }
-            Ok(admitted
-                .map(|(decision, entry)| admit(config, route, &entries[entry], decision, started)))
+    if let Some((decision, entry)) = reserved {
+        record_reserved(decision);
+        if admitted.is_none() {
+            observe_admission(config, route, &entries[entry], &decision, started);
         }
-        (admitted, None) => Ok(admitted
-            .map(|(decision, entry)| admit(config, route, &entries[entry], decision, started))),
     }
+    Ok(admitted.map(|(decision, entry)| admit(config, route, &entries[entry], decision, started)))
 }
 
 /// When a check started, for an observer; nothing read without one.
