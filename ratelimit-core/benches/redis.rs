@@ -13,6 +13,8 @@
 
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
+#[path = "../tests/support/redis_stats.rs"]
+mod redis_stats;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use ratelimit_core::store::RedisStore;
 use ratelimit_core::{Limiter, Limits};
 use redis_server::RedisServer;
+use redis_stats::commands;
 
 const ROUNDS: usize = 5;
 /// Calls per task and case in a round.
@@ -69,39 +72,6 @@ where
 fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]
-}
-
-/// Commands clients sent (`EVALSHA`, `EVAL`, `SCRIPT`), and all commands Redis ran, the
-/// script's own `TIME`, `GET` and `SET` included (`INFO commandstats` counts both).
-async fn commands(url: &str) -> (u64, u64) {
-    let client = redis::Client::open(url).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    let calls = |l: &str| {
-        l.split("calls=")
-            .nth(1)?
-            .split(',')
-            .next()?
-            .parse::<u64>()
-            .ok()
-    };
-    let sent = ["cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_script"];
-    let stats: Vec<&str> = info.lines().filter(|l| l.starts_with("cmdstat_")).collect();
-    let client_sent = stats
-        .iter()
-        .filter(|l| sent.iter().any(|s| l.starts_with(s)))
-        .filter_map(|l| calls(l))
-        .sum();
-    let all = stats
-        .iter()
-        .filter(|l| !l.starts_with("cmdstat_info:"))
-        .filter_map(|l| calls(l))
-        .sum();
-    (client_sent, all)
 }
 
 fn main() {

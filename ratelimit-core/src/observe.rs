@@ -522,6 +522,36 @@ impl prometheus_client::collector::Collector for Metrics {
                 }
             }
         }
+        self.encode_units(&snapshot, &mut encoder)?;
+        let latency = &self.inner.latency;
+        // Per bucket: the encoder sums them into Prometheus's cumulative buckets.
+        let mut count = 0;
+        let mut buckets = Vec::with_capacity(LATENCY_BOUNDS.len() + 1);
+        for (i, bucket) in latency.buckets.iter().enumerate() {
+            let n = bucket.load(Ordering::Relaxed);
+            count += n;
+            let bound = LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY);
+            buckets.push((bound, n));
+        }
+        let sum = latency.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let metric = encoder.encode_descriptor(
+            "ratelimit_check_duration_seconds",
+            "Time the rate limit check of a request took, store calls included",
+            None,
+            MetricType::Histogram,
+        )?;
+        let mut metric = metric;
+        metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+impl Metrics {
+    /// `ratelimit_units_total{route, kind}`: the units of reserved budgets.
+    fn encode_units(
+        &self,
+        snapshot: &MetricsSnapshot,
+        encoder: &mut DescriptorEncoder<'_>,
+    ) -> Result<(), fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "ratelimit_units",
             "Units of reserved budgets (tokens, milliseconds) by route and kind: reserved up front, settled to what the work used, refunded, and charged as debt",
@@ -543,26 +573,7 @@ impl prometheus_client::collector::Collector for Metrics {
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
-        drop(family);
-        let latency = &self.inner.latency;
-        // Per bucket: the encoder sums them into Prometheus's cumulative buckets.
-        let mut count = 0;
-        let mut buckets = Vec::with_capacity(LATENCY_BOUNDS.len() + 1);
-        for (i, bucket) in latency.buckets.iter().enumerate() {
-            let n = bucket.load(Ordering::Relaxed);
-            count += n;
-            let bound = LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY);
-            buckets.push((bound, n));
-        }
-        let sum = latency.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let metric = encoder.encode_descriptor(
-            "ratelimit_check_duration_seconds",
-            "Time the rate limit check of a request took, store calls included",
-            None,
-            MetricType::Histogram,
-        )?;
-        let mut metric = metric;
-        metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+        Ok(())
     }
 }
 

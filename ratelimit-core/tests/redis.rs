@@ -7,6 +7,8 @@
 mod model;
 #[path = "support/redis_server.rs"]
 mod redis_server;
+#[path = "support/redis_stats.rs"]
+mod redis_stats;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use ratelimit_core::store::{FailurePolicy, Mode, RedisStore};
 use ratelimit_core::{Algorithm, Decision, FakeClock, Limiter, Limits, MemoryStore};
 use redis_server::{RedisCluster, RedisServer, free_port};
+use redis_stats::script_calls;
 
 /// A small deterministic generator for the request sequences.
 struct Lcg(u64);
@@ -361,28 +364,6 @@ async fn without_redis_each_policy_answers_as_it_says() {
         .on_failure(FailurePolicy::FailClosed);
     let limiter = Limiter::builder().store(closed).build();
     assert!(limiter.check(&limits, "k", 1).await.is_err());
-}
-
-/// How many scripts Redis has run (`INFO commandstats`).
-async fn script_calls(url: &str) -> u64 {
-    let client = redis::Client::open(url).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
 }
 
 #[tokio::test]

@@ -5,6 +5,9 @@
 #[path = "support/redis_server.rs"]
 #[cfg(feature = "redis")]
 mod redis_server;
+#[path = "support/redis_stats.rs"]
+#[cfg(feature = "redis")]
+mod redis_stats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,26 +247,6 @@ async fn concurrent_settlements_leave_exactly_what_was_settled() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settlement_is_one_command_sent_to_redis() {
-    async fn scripts_run(url: &str) -> u64 {
-        let client = redis::Client::open(url).unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        info.lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
-    }
     let server = redis_server::RedisServer::start();
     let backend = Backend::Redis(server);
     let Backend::Redis(server) = &backend else {
@@ -276,9 +259,13 @@ async fn a_settlement_is_one_command_sent_to_redis() {
     for actual in [10, 100] {
         let reservation = limiter.reserve("", limits.clone(), "k", 64).await;
         let reservation = reservation.unwrap().unwrap();
-        let before = scripts_run(&url).await;
+        let before = redis_stats::script_calls(&url).await;
         reservation.settle(actual).await.unwrap();
-        assert_eq!(scripts_run(&url).await - before, 1, "settled to {actual}");
+        assert_eq!(
+            redis_stats::script_calls(&url).await - before,
+            1,
+            "settled to {actual}"
+        );
     }
 }
 
