@@ -28,6 +28,8 @@
 pub mod rate;
 
 mod algorithm;
+#[cfg(feature = "axum")]
+mod capacity;
 #[cfg(feature = "runtime")]
 mod clock;
 #[cfg(feature = "runtime")]
@@ -47,6 +49,8 @@ pub mod store;
 pub mod http;
 
 pub use algorithm::{Algorithm, UnknownAlgorithm};
+#[cfg(feature = "axum")]
+pub use capacity::{CapacityLimit, CapacityStats, QUEUE_PER_CLIENT, QUEUE_TOTAL, Shed};
 #[cfg(feature = "runtime")]
 pub use algorithm::{InvalidScale, RateParams, Scale};
 #[cfg(feature = "runtime")]
@@ -56,7 +60,7 @@ pub use decision::Decision;
 #[cfg(feature = "runtime")]
 pub use limiter::{Check, Limiter, LimiterBuilder, SlotLease};
 #[cfg(feature = "runtime")]
-pub use limits::{Limits, LimitsRef};
+pub use limits::{Limits, LimitsRef, Priority};
 pub use rate::{ParseError, Rate, Unit};
 #[cfg(feature = "runtime")]
 pub use reservation::{Meter, Reservation};

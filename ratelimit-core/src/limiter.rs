@@ -11,6 +11,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::algorithm::{Algorithm, Scale};
+#[cfg(feature = "axum")]
+use crate::capacity::{Capacity, CapacityLimit, CapacityStats};
 use crate::decision::Decision;
 use crate::limits::Limits;
 use crate::observe::{Observation, Observer, Outcome};
@@ -46,6 +48,12 @@ struct Inner {
     algorithm: Algorithm,
     prefix: String,
     observer: Option<Box<dyn Observer>>,
+    /// Each route's capacity in this instance (`capacity =`), made on its first request.
+    #[cfg(feature = "axum")]
+    capacities: dashmap::DashMap<Box<str>, Arc<Capacity>, foldhash::fast::RandomState>,
+    /// Capacities set on the builder, overriding the attribute's.
+    #[cfg(feature = "axum")]
+    capacity_overrides: Vec<(Box<str>, CapacityLimit)>,
 }
 
 /// The default store is called directly, so its checks inline into the caller; any other
@@ -381,6 +389,48 @@ impl Limiter {
     }
 }
 
+#[cfg(feature = "axum")]
+impl Limiter {
+    /// What the capacity of the route (or `scope`) named `scope` holds now: its limit,
+    /// requests in flight and waiting, latency. `None` before its first request, or when its
+    /// attribute has no `capacity`.
+    pub fn capacity(&self, scope: &str) -> Option<CapacityStats> {
+        self.inner.capacities.get(scope).map(|c| c.stats())
+    }
+
+    /// Every capacity made so far, by scope.
+    pub fn capacities(&self) -> Vec<(String, CapacityStats)> {
+        let mut all: Vec<(String, CapacityStats)> = self
+            .inner
+            .capacities
+            .iter()
+            .map(|entry| (entry.key().to_string(), entry.value().stats()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// The capacity of `scope`, made under `spec` (or the builder's override) on first use.
+    pub(crate) fn capacity_of(&self, scope: &str, spec: CapacityLimit) -> Arc<Capacity> {
+        if let Some(capacity) = self.inner.capacities.get(scope) {
+            return Arc::clone(&capacity);
+        }
+        let spec = self
+            .inner
+            .capacity_overrides
+            .iter()
+            .find(|(s, _)| &**s == scope)
+            .map_or(spec, |(_, limit)| *limit);
+        Arc::clone(
+            &self
+                .inner
+                .capacities
+                .entry(scope.into())
+                .or_insert_with(|| Arc::new(Capacity::new(spec))),
+        )
+    }
+}
+
 /// The future of [`Limiter::check_charges`]: one store call.
 ///
 /// With the in-memory store it is ready at its first poll: the check runs inside `poll`, so
@@ -489,6 +539,8 @@ pub struct LimiterBuilder {
     algorithm: Algorithm,
     prefix: String,
     observer: Option<Box<dyn Observer>>,
+    #[cfg(feature = "axum")]
+    capacities: Vec<(Box<str>, CapacityLimit)>,
 }
 
 impl Default for LimiterBuilder {
@@ -498,11 +550,32 @@ impl Default for LimiterBuilder {
             algorithm: Algorithm::Gcra,
             prefix: "ratelimit".to_owned(),
             observer: None,
+            #[cfg(feature = "axum")]
+            capacities: Vec::new(),
         }
     }
 }
 
 impl LimiterBuilder {
+    /// The capacity of the route (or `scope`) named `scope`, instead of what its attribute's
+    /// `capacity =` says: how a deployment sizes a model's capacity from its configuration.
+    /// Applies only to routes whose attribute has a `capacity`.
+    ///
+    /// ```
+    /// use ratelimit_core::{CapacityLimit, Limiter};
+    ///
+    /// let limiter = Limiter::builder()
+    ///     .capacity("/models/heavy", CapacityLimit::fixed(8))
+    ///     .build();
+    /// assert_eq!(limiter.capacity("/models/heavy"), None); // made on its first request
+    /// ```
+    #[cfg(feature = "axum")]
+    pub fn capacity(mut self, scope: &str, limit: CapacityLimit) -> LimiterBuilder {
+        self.capacities.retain(|(s, _)| &**s != scope);
+        self.capacities.push((scope.into(), limit));
+        self
+    }
+
     /// Where state lives (default: a new [`MemoryStore`]).
     pub fn store<S: Store>(mut self, store: S) -> LimiterBuilder {
         // The default store is kept by its own type, so its checks are direct calls that
@@ -554,6 +627,10 @@ impl LimiterBuilder {
                 algorithm: self.algorithm,
                 prefix: self.prefix,
                 observer: self.observer,
+                #[cfg(feature = "axum")]
+                capacities: Default::default(),
+                #[cfg(feature = "axum")]
+                capacity_overrides: self.capacities,
             }),
         }
     }

@@ -29,6 +29,40 @@ pub struct Limits {
     burst: Option<NonZeroU64>,
     shape: u64,
     label: Option<&'static str>,
+    priority: Priority,
+}
+
+/// How soon a request is served when a route's capacity is short (`capacity =` on the
+/// attribute): waiting requests of a higher priority are served first and shed last. Set by
+/// [`Limits::with_priority`], typically on a tier's limits (premium first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Served after every other waiting request, shed first.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Served before every other waiting request, shed last.
+    High,
+}
+
+impl Priority {
+    /// Every priority, lowest first.
+    pub const ALL: [Priority; 3] = [Priority::Low, Priority::Normal, Priority::High];
+
+    /// The position in [`Priority::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// `"low"`, `"normal"` or `"high"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
 }
 
 impl Limits {
@@ -48,6 +82,7 @@ impl Limits {
             burst: None,
             shape,
             label: None,
+            priority: Priority::Normal,
         })
     }
 
@@ -86,6 +121,19 @@ impl Limits {
     /// The label, when one was given.
     pub fn label(&self) -> Option<&'static str> {
         self.label
+    }
+
+    /// Serves requests under these limits ahead of others while a route's capacity is short
+    /// (`capacity =` on the attribute): with [`Priority::High`], a premium tier's requests
+    /// leave the queue first and are shed last. Not part of the state's name.
+    pub fn with_priority(mut self, priority: Priority) -> Limits {
+        self.priority = priority;
+        self
+    }
+
+    /// The priority of requests under these limits ([`Priority::Normal`] unless set).
+    pub fn priority(&self) -> Priority {
+        self.priority
     }
 
     /// The rates, in the order they were given.
