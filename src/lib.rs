@@ -135,7 +135,8 @@ pub mod __private {
     pub use ratelimit_core::http::{
         Deferred, Guard, Identity, KeySource, LimitsRef, Policy, Rejection, Spec,
     };
-    pub use ratelimit_core::{Algorithm, Limits};
+    pub use ratelimit_core::{Algorithm, CapacityLimit, Limits};
+    pub use std::time::Duration;
     pub use std::borrow::Cow;
     pub use std::num::{NonZeroU32, NonZeroU64};
     pub use std::sync::LazyLock;

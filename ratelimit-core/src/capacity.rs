@@ -248,11 +248,6 @@ impl Capacity {
         }
     }
 
-    /// The limit this capacity follows.
-    pub fn spec(&self) -> CapacityLimit {
-        self.spec
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing panics under the lock; were it poisoned, its counts are still whole.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -373,8 +368,8 @@ impl Capacity {
 
     /// Feeds one latency sample, as a request completing with `in_flight` in flight at `now`
     /// would (for tests of the limit's arithmetic).
-    #[doc(hidden)]
-    pub fn sample(&self, latency: Duration, in_flight: usize, now: Instant) {
+    #[cfg(test)]
+    fn sample(&self, latency: Duration, in_flight: usize, now: Instant) {
         let mut state = self.lock();
         state.sample(&self.spec, latency, in_flight, now);
     }

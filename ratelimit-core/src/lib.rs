@@ -59,6 +59,8 @@ pub use clock::{Clock, FakeClock, MonotonicClock};
 pub use decision::Decision;
 #[cfg(feature = "runtime")]
 pub use limiter::{Check, Limiter, LimiterBuilder, SlotLease};
+#[cfg(feature = "axum")]
+pub use limiter::Capacities;
 #[cfg(feature = "runtime")]
 pub use limits::{Limits, LimitsRef, Priority};
 pub use rate::{ParseError, Rate, Unit};

@@ -389,6 +389,35 @@ impl Limiter {
     }
 }
 
+/// The capacities of a limiter's routes (`capacity =`), as its observer reads them
+/// ([`Observer::attached`]): held weakly, so an observer does not keep its limiter alive.
+#[cfg(feature = "axum")]
+#[derive(Clone)]
+pub struct Capacities(std::sync::Weak<Inner>);
+
+#[cfg(feature = "axum")]
+impl Capacities {
+    /// Every capacity made so far, by scope; nothing once the limiter is gone.
+    pub fn read(&self) -> Vec<(String, CapacityStats)> {
+        self.0
+            .upgrade()
+            .map(|inner| Limiter { inner }.capacities())
+            .unwrap_or_default()
+    }
+
+    /// Whether the limiter is gone.
+    pub fn is_gone(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+}
+
+#[cfg(feature = "axum")]
+impl fmt::Debug for Capacities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.read()).finish()
+    }
+}
+
 #[cfg(feature = "axum")]
 impl Limiter {
     /// What the capacity of the route (or `scope`) named `scope` holds now: its limit,
@@ -617,7 +646,7 @@ impl LimiterBuilder {
 
     /// Builds the limiter.
     pub fn build(self) -> Limiter {
-        Limiter {
+        let limiter = Limiter {
             inner: Arc::new(Inner {
                 backend: self
                     .store
@@ -632,7 +661,12 @@ impl LimiterBuilder {
                 #[cfg(feature = "axum")]
                 capacity_overrides: self.capacities,
             }),
+        };
+        #[cfg(feature = "axum")]
+        if let Some(observer) = &limiter.inner.observer {
+            observer.attached(Capacities(Arc::downgrade(&limiter.inner)));
         }
+        limiter
     }
 }
 

@@ -29,16 +29,23 @@ pub enum Outcome {
     NoSlot,
     /// The store failed and its policy refused (503).
     StoreFailed,
+    /// The route (the model) was at capacity and the request was shed (503): the queue was
+    /// full or its wait passed its bound. Its rates admitted it first (and were given back),
+    /// so it follows that request's [`Allowed`](Outcome::Allowed) observation, which it
+    /// replaces.
+    Overloaded,
 }
 
 impl Outcome {
-    /// `allowed`, `limited`, `no_slot` or `store_failed`: the label value in metrics.
+    /// `allowed`, `limited`, `no_slot`, `store_failed` or `overloaded`: the label value in
+    /// metrics.
     pub fn name(self) -> &'static str {
         match self {
             Outcome::Allowed => "allowed",
             Outcome::Limited => "limited",
             Outcome::NoSlot => "no_slot",
             Outcome::StoreFailed => "store_failed",
+            Outcome::Overloaded => "overloaded",
         }
     }
 }
@@ -128,6 +135,13 @@ pub trait Observer: Send + Sync + 'static {
     fn settled(&self, seen: &Settlement<'_>) {
         let _ = seen;
     }
+
+    /// Called once, when the limiter this observer watches is built: its routes'
+    /// capacities (`capacity =`), to report with the counts.
+    #[cfg(feature = "axum")]
+    fn attached(&self, capacities: crate::Capacities) {
+        let _ = capacities;
+    }
 }
 
 impl<O: Observer> Observer for Arc<O> {
@@ -137,6 +151,11 @@ impl<O: Observer> Observer for Arc<O> {
 
     fn settled(&self, seen: &Settlement<'_>) {
         (**self).settled(seen);
+    }
+
+    #[cfg(feature = "axum")]
+    fn attached(&self, capacities: crate::Capacities) {
+        (**self).attached(capacities);
     }
 }
 
@@ -183,6 +202,7 @@ struct Counts {
     limited: AtomicU64,
     no_slot: AtomicU64,
     store_failed: AtomicU64,
+    overloaded: AtomicU64,
     reserved: AtomicU64,
     settled: AtomicU64,
     refunded: AtomicU64,
@@ -197,6 +217,13 @@ impl Counts {
             Outcome::Limited => &self.limited,
             Outcome::NoSlot => &self.no_slot,
             Outcome::StoreFailed => &self.store_failed,
+            Outcome::Overloaded => {
+                // Replaces the request's admission by its rates.
+                let _ = self
+                    .allowed
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                &self.overloaded
+            }
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -218,6 +245,7 @@ impl Counts {
             limited: self.limited.load(Ordering::Relaxed),
             no_slot: self.no_slot.load(Ordering::Relaxed),
             store_failed: self.store_failed.load(Ordering::Relaxed),
+            overloaded: self.overloaded.load(Ordering::Relaxed),
             units: Units {
                 reserved: self.reserved.load(Ordering::Relaxed),
                 settled: self.settled.load(Ordering::Relaxed),
@@ -265,6 +293,8 @@ pub struct Counted {
     pub no_slot: u64,
     /// Refused because the store failed.
     pub store_failed: u64,
+    /// Shed because the route was at capacity (503).
+    pub overloaded: u64,
     /// Units of reserved budgets, as reservations were settled.
     pub units: Units,
 }
@@ -277,7 +307,7 @@ impl Counted {
 
     /// Every request refused, whatever the reason.
     pub fn refused(&self) -> u64 {
-        self.limited + self.no_slot + self.store_failed
+        self.limited + self.no_slot + self.store_failed + self.overloaded
     }
 
     fn of(&self, outcome: Outcome) -> u64 {
@@ -286,6 +316,7 @@ impl Counted {
             Outcome::Limited => self.limited,
             Outcome::NoSlot => self.no_slot,
             Outcome::StoreFailed => self.store_failed,
+            Outcome::Overloaded => self.overloaded,
         }
     }
 
@@ -294,6 +325,7 @@ impl Counted {
         self.limited += other.limited;
         self.no_slot += other.no_slot;
         self.store_failed += other.store_failed;
+        self.overloaded += other.overloaded;
         self.units = self.units.plus(other.units);
         self
     }
@@ -366,6 +398,9 @@ struct MetricsInner {
     routes: DashMap<Box<str>, Counts, foldhash::fast::RandomState>,
     labels: DashMap<Box<str>, Counts, foldhash::fast::RandomState>,
     latency: Latency,
+    /// The capacities of the limiters this observes.
+    #[cfg(feature = "axum")]
+    capacities: std::sync::Mutex<Vec<crate::Capacities>>,
 }
 
 /// The most distinct routes and labels counted: beyond, they count under `other`, so that a
@@ -422,6 +457,17 @@ impl Observer for Metrics {
             MetricsInner::entry(&self.inner.labels, label).settle(seen);
         }
     }
+
+    #[cfg(feature = "axum")]
+    fn attached(&self, capacities: crate::Capacities) {
+        let mut all = self
+            .inner
+            .capacities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        all.retain(|c| !c.is_gone());
+        all.push(capacities);
+    }
 }
 
 /// What [`Metrics`] counted, at one instant.
@@ -434,6 +480,9 @@ pub struct MetricsSnapshot {
     pub routes: std::collections::BTreeMap<String, Counted>,
     /// Per label of the binding limits (the tier).
     pub labels: std::collections::BTreeMap<String, Counted>,
+    /// The capacity of each route with one (`capacity =`), now.
+    #[cfg(feature = "axum")]
+    pub capacity: std::collections::BTreeMap<String, crate::CapacityStats>,
 }
 
 impl Metrics {
@@ -458,6 +507,15 @@ impl Metrics {
             total,
             routes,
             labels: read(&self.inner.labels),
+            #[cfg(feature = "axum")]
+            capacity: self
+                .inner
+                .capacities
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .flat_map(crate::Capacities::read)
+                .collect(),
         }
     }
 
@@ -489,11 +547,12 @@ impl fmt::Debug for Metrics {
     }
 }
 
-const OUTCOMES: [Outcome; 4] = [
+const OUTCOMES: [Outcome; 5] = [
     Outcome::Allowed,
     Outcome::Limited,
     Outcome::NoSlot,
     Outcome::StoreFailed,
+    Outcome::Overloaded,
 ];
 
 impl prometheus_client::collector::Collector for Metrics {
@@ -523,6 +582,8 @@ impl prometheus_client::collector::Collector for Metrics {
             }
         }
         self.encode_units(&snapshot, &mut encoder)?;
+        #[cfg(feature = "axum")]
+        encode_capacity(&snapshot, &mut encoder)?;
         let latency = &self.inner.latency;
         // Per bucket: the encoder sums them into Prometheus's cumulative buckets.
         let mut count = 0;
@@ -575,6 +636,58 @@ impl Metrics {
         }
         Ok(())
     }
+}
+
+/// `ratelimit_capacity_*{route}`: each capacity's limit, requests in flight and waiting,
+/// latency, and requests shed.
+#[cfg(feature = "axum")]
+fn encode_capacity(
+    snapshot: &MetricsSnapshot,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), fmt::Error> {
+    use prometheus_client::metrics::gauge::ConstGauge;
+    type Read = fn(&crate::CapacityStats) -> f64;
+    let gauges: [(&str, &str, Read); 5] = [
+        (
+            "ratelimit_capacity_limit",
+            "The limit on requests in flight across clients (adaptive or fixed)",
+            |s| s.limit.map_or(f64::INFINITY, f64::from),
+        ),
+        ("ratelimit_capacity_in_flight", "Requests in flight", |s| {
+            f64::from(s.in_flight)
+        }),
+        ("ratelimit_capacity_queued", "Requests waiting", |s| {
+            f64::from(s.queued)
+        }),
+        (
+            "ratelimit_capacity_latency_seconds",
+            "The handler's latency, a moving average",
+            |s| s.latency.as_secs_f64(),
+        ),
+        (
+            "ratelimit_capacity_no_load_latency_seconds",
+            "The handler's latency without a queue, as the adaptive limit measured it",
+            |s| s.no_load_latency.unwrap_or_default().as_secs_f64(),
+        ),
+    ];
+    for (metric, help, read) in gauges {
+        let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+        for (route, stats) in &snapshot.capacity {
+            let labels = [("route", route.as_str())];
+            ConstGauge::new(read(stats)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "ratelimit_capacity_shed",
+        "Requests shed (503) because the route was at capacity",
+        None,
+        MetricType::Counter,
+    )?;
+    for (route, stats) in &snapshot.capacity {
+        let labels = [("route", route.as_str())];
+        ConstCounter::new(stats.shed).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 impl fmt::Debug for Counts {

@@ -228,6 +228,44 @@ impl FromStr for Rate {
     }
 }
 
+/// Parses a wait such as `"2s"`, `"500ms"` or `"2 seconds"` (`queue = "2s"` on the
+/// attribute): a whole number and a unit of the grammar, at most a day.
+///
+/// ```
+/// use std::time::Duration;
+/// use ratelimit_core::rate::parse_wait;
+///
+/// assert_eq!(parse_wait("2s"), Ok(Duration::from_secs(2)));
+/// assert_eq!(parse_wait("750 ms"), Ok(Duration::from_millis(750)));
+/// assert!(parse_wait("2 fortnights").unwrap_err().contains("unknown unit"));
+/// ```
+pub fn parse_wait(input: &str) -> Result<std::time::Duration, String> {
+    let text = input.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!(
+            "expected a whole number and a unit, such as \"2s\" or \"500ms\", not {input:?}"
+        ));
+    }
+    let amount: u64 = text[..digits]
+        .parse()
+        .map_err(|_| format!("{:?} is too large", &text[..digits]))?;
+    let unit = text[digits..].trim();
+    let unit = Unit::from_name(unit).ok_or_else(|| {
+        format!(
+            "unknown unit {unit:?}: expected one of ms, s, second, minute (such as \"2s\")"
+        )
+    })?;
+    let nanos = amount
+        .checked_mul(unit.nanos())
+        .filter(|&n| n <= Unit::Day.nanos())
+        .ok_or_else(|| format!("{input:?} is longer than a day: a request cannot wait that long"))?;
+    if nanos == 0 {
+        return Err("a wait of zero: leave `queue` out to refuse at once".to_owned());
+    }
+    Ok(std::time::Duration::from_nanos(nanos))
+}
+
 /// Parses one or more rates joined by `;`, `,` or `|`.
 ///
 /// Every rate must pass for a request to pass, so `"10/minute;100/hour"` admits at most ten

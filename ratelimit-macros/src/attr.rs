@@ -12,12 +12,17 @@ pub(crate) mod kw {
     syn::custom_keyword!(cost);
     syn::custom_keyword!(reserve);
     syn::custom_keyword!(concurrency);
+    syn::custom_keyword!(capacity);
+    syn::custom_keyword!(queue);
+    syn::custom_keyword!(adaptive);
+    syn::custom_keyword!(min);
+    syn::custom_keyword!(max);
     syn::custom_keyword!(exempt_when);
     syn::custom_keyword!(error_message);
     syn::custom_keyword!(header);
 }
 
-const OPTIONS: &str = "`key`, `scope`, `algorithm`, `burst`, `cost`, `reserve`, `concurrency`, `exempt_when`, `error_message`, `crate`";
+const OPTIONS: &str = "`key`, `scope`, `algorithm`, `burst`, `cost`, `reserve`, `concurrency`, `capacity`, `queue`, `exempt_when`, `error_message`, `crate`";
 
 /// What limits a request.
 pub(crate) enum LimitsArg {
@@ -35,6 +40,18 @@ pub(crate) enum KeyArg {
     Function(Path),
 }
 
+/// A route's capacity across clients, as written.
+pub(crate) enum CapacityArg {
+    /// `adaptive`, or `adaptive(min = A, max = B)`.
+    Adaptive {
+        keyword: kw::adaptive,
+        min: Option<LitInt>,
+        max: Option<LitInt>,
+    },
+    /// `N`: a fixed limit.
+    Fixed(LitInt),
+}
+
 /// One attribute's arguments, as written.
 pub(crate) struct Args {
     pub(crate) limits: LimitsArg,
@@ -45,6 +62,8 @@ pub(crate) struct Args {
     pub(crate) cost: Option<(kw::cost, Expr)>,
     pub(crate) reserve: Option<(kw::reserve, Expr)>,
     pub(crate) concurrency: Option<(kw::concurrency, LitInt)>,
+    pub(crate) capacity: Option<(kw::capacity, CapacityArg)>,
+    pub(crate) queue: Option<(kw::queue, LitStr)>,
     pub(crate) exempt_when: Option<(kw::exempt_when, Path)>,
     pub(crate) error_message: Option<(kw::error_message, LitStr)>,
     pub(crate) krate: Option<(Token![crate], Path)>,
@@ -126,6 +145,8 @@ impl Parse for Args {
             cost: None,
             reserve: None,
             concurrency: None,
+            capacity: None,
+            queue: None,
             exempt_when: None,
             error_message: None,
             krate: None,
@@ -150,6 +171,10 @@ impl Parse for Args {
                 option(input, &mut args.reserve, "reserve", Parse::parse)?;
             } else if lookahead.peek(kw::concurrency) {
                 option(input, &mut args.concurrency, "concurrency", Parse::parse)?;
+            } else if lookahead.peek(kw::capacity) {
+                option(input, &mut args.capacity, "capacity", parse_capacity)?;
+            } else if lookahead.peek(kw::queue) {
+                option(input, &mut args.queue, "queue", Parse::parse)?;
             } else if lookahead.peek(kw::exempt_when) {
                 option(input, &mut args.exempt_when, "exempt_when", Parse::parse)?;
             } else if lookahead.peek(kw::error_message) {
@@ -188,4 +213,45 @@ fn parse_key(input: ParseStream<'_>) -> syn::Result<KeyArg> {
         Some("global") => KeyArg::Global,
         _ => KeyArg::Function(path),
     })
+}
+
+fn parse_capacity(input: ParseStream<'_>) -> syn::Result<CapacityArg> {
+    let lookahead = input.lookahead1();
+    if lookahead.peek(LitInt) {
+        return Ok(CapacityArg::Fixed(input.parse()?));
+    }
+    if !lookahead.peek(kw::adaptive) {
+        return Err(syn::Error::new(
+            input.span(),
+            "expected `adaptive`, `adaptive(min = 2, max = 64)` or a number of requests in flight, such as `capacity = 8`",
+        ));
+    }
+    let keyword: kw::adaptive = input.parse()?;
+    let (mut min, mut max) = (None, None);
+    if input.peek(syn::token::Paren) {
+        let content;
+        syn::parenthesized!(content in input);
+        while !content.is_empty() {
+            let lookahead = content.lookahead1();
+            if lookahead.peek(kw::min) {
+                let bound: kw::min = content.parse()?;
+                content.parse::<Token![=]>()?;
+                if min.replace(content.parse::<LitInt>()?).is_some() {
+                    return Err(syn::Error::new_spanned(bound, "duplicate bound `min`"));
+                }
+            } else if lookahead.peek(kw::max) {
+                let bound: kw::max = content.parse()?;
+                content.parse::<Token![=]>()?;
+                if max.replace(content.parse::<LitInt>()?).is_some() {
+                    return Err(syn::Error::new_spanned(bound, "duplicate bound `max`"));
+                }
+            } else {
+                return Err(lookahead.error());
+            }
+            if !content.is_empty() {
+                content.parse::<Token![,]>()?;
+            }
+        }
+    }
+    Ok(CapacityArg::Adaptive { keyword, min, max })
 }

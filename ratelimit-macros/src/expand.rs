@@ -10,7 +10,7 @@ use syn::spanned::Spanned as _;
 use syn::{Attribute, FnArg, Ident, ItemFn, Pat, ReturnType, Signature, Visibility};
 
 use crate::attr::{Args, Errors};
-use crate::validate::{Key, Limits, Options, Spanned, validate};
+use crate::validate::{Capacity, Key, Limits, Options, Spanned, validate};
 
 /// The most attributes one handler can carry (the core checks tuples of up to eight).
 const MAX_ATTRIBUTES: usize = 8;
@@ -233,6 +233,18 @@ fn gen_policy(options: &Options, handler: &Ident, private: &TokenStream) -> Toke
     if let Some(slots) = options.concurrency {
         let slots = slots.get();
         policy = quote!(#policy.concurrency(#private::NonZeroU32::new(#slots).expect("checked by #[rate_limit]")));
+    }
+    match &options.capacity {
+        Some(Capacity::Adaptive { min, max }) => {
+            policy = quote!(#policy.capacity(#private::CapacityLimit::adaptive().min(#min).max(#max)));
+        }
+        Some(Capacity::Fixed(limit)) => {
+            policy = quote!(#policy.capacity(#private::CapacityLimit::fixed(#limit)));
+        }
+        None => {}
+    }
+    if let Some(nanos) = options.queue {
+        policy = quote!(#policy.queue(#private::Duration::from_nanos(#nanos)));
     }
     policy
 }

@@ -5,11 +5,12 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::str::FromStr;
 
 use proc_macro2::Span;
+use quote::ToTokens;
 use ratelimit_core::Algorithm;
 use ratelimit_core::rate::parse_rates;
 use syn::{Expr, LitStr, Path};
 
-use crate::attr::{Args, Errors, KeyArg, LimitsArg};
+use crate::attr::{Args, CapacityArg, Errors, KeyArg, LimitsArg};
 
 /// A value with the span of the tokens it was checked from.
 pub(crate) struct Spanned<T> {
@@ -34,6 +35,12 @@ pub(crate) enum Key {
     Function(Path),
 }
 
+/// A route's capacity, checked.
+pub(crate) enum Capacity {
+    Adaptive { min: u32, max: u32 },
+    Fixed(u32),
+}
+
 /// One attribute, checked.
 pub(crate) struct Options {
     pub(crate) limits: Limits,
@@ -46,6 +53,9 @@ pub(crate) struct Options {
     /// `reserve =`: where it was given; the handler settles the reservation.
     pub(crate) reserves: Option<Span>,
     pub(crate) concurrency: Option<NonZeroU32>,
+    pub(crate) capacity: Option<Capacity>,
+    /// `queue =`, in nanoseconds.
+    pub(crate) queue: Option<u64>,
     pub(crate) exempt_when: Option<Path>,
     pub(crate) error_message: Option<LitStr>,
     pub(crate) krate: Option<Path>,
@@ -103,25 +113,41 @@ pub(crate) fn validate(args: Args, errors: &mut Errors) -> Options {
                 .map(|(_, cost)| cost)
                 .or(reserve.map(|(_, estimate)| estimate)),
         },
-        concurrency: args.concurrency.and_then(|(_, slots)| {
+        concurrency: args.concurrency.as_ref().and_then(|(_, slots)| {
             match slots.base10_parse::<u32>().ok().map(NonZeroU32::new) {
                 Some(Some(value)) => Some(value),
                 Some(None) => {
                     errors.spanned(
-                        &slots,
+                        slots,
                         "zero concurrency: expected at least 1 request in flight per key",
                     );
                     None
                 }
                 None => {
                     errors.spanned(
-                        &slots,
+                        slots,
                         "invalid concurrency: expected a whole number of requests in flight, below 2^32",
                     );
                     None
                 }
             }
         }),
+        queue: args.queue.and_then(|(keyword, wait)| {
+            if args.capacity.is_none() && args.concurrency.is_none() {
+                errors.spanned(
+                    keyword,
+                    "`queue` is how long a request waits for `capacity` or a `concurrency` slot: give one of them",
+                );
+            }
+            match ratelimit_core::rate::parse_wait(&wait.value()) {
+                Ok(wait) => Some(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX)),
+                Err(e) => {
+                    errors.spanned(&wait, format!("invalid queue wait: {e}"));
+                    None
+                }
+            }
+        }),
+        capacity: args.capacity.and_then(|(_, capacity)| self::capacity(capacity, errors)),
         exempt_when: args.exempt_when.map(|(_, path)| path),
         error_message: args.error_message.map(|(_, message)| {
             non_empty(
@@ -195,5 +221,46 @@ fn key(key: KeyArg, errors: &mut Errors) -> Key {
 fn non_empty(value: &LitStr, message: &str, errors: &mut Errors) {
     if value.value().trim().is_empty() {
         errors.spanned(value, message);
+    }
+}
+
+/// `adaptive`, `adaptive(min = A, max = B)` or `N`: at least 1, `min` at most `max`.
+fn capacity(capacity: CapacityArg, errors: &mut Errors) -> Option<Capacity> {
+    let count = |lit: &syn::LitInt, what: &str, errors: &mut Errors| match lit
+        .base10_parse::<u32>()
+    {
+        Ok(0) => {
+            errors.spanned(lit, format!("zero {what}: expected at least 1 request in flight"));
+            None
+        }
+        Ok(n) => Some(n),
+        Err(_) => {
+            errors.spanned(
+                lit,
+                format!("invalid {what}: expected a whole number of requests in flight, below 2^32"),
+            );
+            None
+        }
+    };
+    match capacity {
+        CapacityArg::Fixed(lit) => count(&lit, "capacity", errors).map(Capacity::Fixed),
+        CapacityArg::Adaptive { keyword, min, max } => {
+            let low = match &min {
+                Some(lit) => count(lit, "minimum", errors)?,
+                None => 1,
+            };
+            let high = match &max {
+                Some(lit) => count(lit, "maximum", errors)?,
+                None => 256.max(low),
+            };
+            if low > high {
+                errors.spanned(
+                    max.as_ref().map_or_else(|| keyword.to_token_stream(), |m| m.to_token_stream()),
+                    format!("the adaptive capacity's `max` ({high}) is below its `min` ({low})"),
+                );
+                return None;
+            }
+            Some(Capacity::Adaptive { min: low, max: high })
+        }
     }
 }

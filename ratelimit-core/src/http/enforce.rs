@@ -15,6 +15,7 @@ use super::config::HttpConfig;
 use super::key::Key;
 use super::response::{RateLimited, Rejection};
 use crate::decision::Decision;
+use crate::capacity::Permit;
 use crate::limiter::SlotLease;
 use crate::limits::Limits;
 use crate::observe::{Observation, Outcome};
@@ -246,7 +247,20 @@ pub(crate) async fn settle<T, F>(
 where
     F: Future<Output = Result<T, Rejection>>,
 {
-    if config.limiter.answers_now() {
+    settle_or_wait(config, false, make).await
+}
+
+/// [`settle`], for a check that may wait (`queue =`: for a slot, or in a route's capacity
+/// queue): then always boxed.
+pub(crate) async fn settle_or_wait<T, F>(
+    config: &HttpConfig,
+    waits: bool,
+    make: impl FnOnce() -> F,
+) -> Result<T, Rejection>
+where
+    F: Future<Output = Result<T, Rejection>>,
+{
+    if !waits && config.limiter.answers_now() {
         // Cannot be pending; were it, refuse rather than let the request through unchecked.
         return now_or_never(make()).unwrap_or_else(|| Err(Rejection::store_failed()));
     }
@@ -318,33 +332,56 @@ fn refuse(
 }
 
 /// One concurrency slot a request needs: at most `limit` requests of `key` in flight under
-/// `scope`.
+/// `scope`, waiting up to `wait` for one.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SlotNeed<'r> {
     pub(crate) key: &'r Key,
     pub(crate) scope: &'r str,
     pub(crate) limit: u32,
     pub(crate) message: Option<&'static str>,
+    pub(crate) wait: Option<Duration>,
 }
 
-/// The slots a request holds while its handler runs: each given back when dropped.
-pub type Leases = Vec<SlotLease>;
+/// What a request holds while its handler runs: its concurrency slots and its place in the
+/// route's capacity, each given back when dropped.
+#[derive(Debug, Default)]
+pub struct Leases {
+    pub(crate) _slots: Vec<SlotLease>,
+    pub(crate) _capacity: Option<Permit>,
+}
+
+/// The longest pause between two tries for a slot while waiting for one: a slot given back
+/// by another instance (Redis) is seen within it.
+const SLOT_POLL: Duration = Duration::from_millis(25);
 
 /// Takes every slot in `needs`, before any rate is charged: all of them, or none and the
-/// 429 (so that a request refused for want of a slot consumes no rate).
+/// 429 (so that a request refused for want of a slot consumes no rate). A need with a
+/// `wait` tries again, at most every 25 ms, until its wait is over.
 pub(crate) async fn take_slots(
     config: &HttpConfig,
     route: &str,
     needs: &[SlotNeed<'_>],
-) -> Result<Leases, Rejection> {
+) -> Result<Vec<SlotLease>, Rejection> {
     let mut leases = Vec::with_capacity(needs.len());
     for need in needs {
         let started = Started::now(config);
-        match config
-            .limiter
-            .acquire_slot(need.scope, need.key.as_bytes(), need.limit)
-            .await
-        {
+        let deadline = need.wait.map(|wait| tokio::time::Instant::now() + wait);
+        let mut pause = Duration::from_millis(1);
+        let taken = loop {
+            let taken = config
+                .limiter
+                .acquire_slot(need.scope, need.key.as_bytes(), need.limit)
+                .await;
+            match (&taken, deadline) {
+                (Ok(None), Some(deadline)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause))
+                        .await;
+                    pause = (pause * 2).min(SLOT_POLL);
+                }
+                _ => break taken,
+            }
+        };
+        match taken {
             Ok(Some(lease)) => leases.push(lease),
             Ok(None) => return Err(no_slot(config, route, need, started)),
             Err(error) => {

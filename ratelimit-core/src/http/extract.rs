@@ -19,6 +19,7 @@ use super::enforce::{
 use super::identity::{Identity, Who};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::Rejection;
+use crate::capacity::CapacityLimit;
 use crate::decision::Decision;
 use crate::limits::{Limits, LimitsRef};
 use crate::reservation::Reservation;
@@ -32,6 +33,8 @@ pub struct Policy {
     scope: Option<&'static str>,
     error_message: Option<&'static str>,
     concurrency: Option<NonZeroU32>,
+    capacity: Option<CapacityLimit>,
+    queue: Option<Duration>,
     reserves: bool,
 }
 
@@ -46,8 +49,32 @@ impl Policy {
             scope: None,
             error_message: None,
             concurrency: None,
+            capacity: None,
+            queue: None,
             reserves: false,
         }
+    }
+
+    /// `capacity = adaptive | N`: at most so many requests of this route in flight across
+    /// every client of this instance, shared fairly between them (see [`CapacityLimit`]).
+    /// The limiter's builder may size it instead
+    /// ([`LimiterBuilder::capacity`](crate::LimiterBuilder::capacity)).
+    pub fn capacity(mut self, limit: CapacityLimit) -> Policy {
+        self.capacity = Some(limit);
+        self
+    }
+
+    /// `queue = "2s"`: a request that finds the route's capacity, or its client's
+    /// concurrency slots, full waits up to `wait` (round robin across clients, higher
+    /// priority first) before it is refused.
+    pub fn queue(mut self, wait: Duration) -> Policy {
+        self.queue = Some(wait);
+        self
+    }
+
+    /// Whether a request may wait for a slot or for capacity.
+    fn waits(&self) -> bool {
+        self.capacity.is_some() || (self.queue.is_some() && self.concurrency.is_some())
     }
 
     /// `reserve = EXPR`: the cost is an estimate, reserved and settled by the handler with
@@ -303,6 +330,7 @@ async fn check(
                 scope: one.policy.scope.or(route).unwrap_or(one.policy.handler),
                 limit: limit.get(),
                 message: one.policy.error_message,
+                wait: one.policy.queue,
             });
         }
     }
@@ -328,8 +356,8 @@ async fn check(
     // Slots before rates: a request refused for want of a slot is charged nothing (what the
     // layer charged for it is given back). A refused rate drops the leases, which gives the
     // slots back.
-    let leases = if needs.is_empty() {
-        Leases::new()
+    let slots = if needs.is_empty() {
+        Vec::new()
     } else {
         match take_slots(config, route.unwrap_or(handler), &needs).await {
             Ok(leases) => leases,
@@ -340,8 +368,88 @@ async fn check(
         }
     };
     enforce(config, route.unwrap_or(handler), &entries, &charged).await?;
-    Ok(leases)
+    // The route's capacity after the rates, so that a client over its own limit hears so at
+    // once (429) rather than after waiting; a request shed (503) is given its rates back.
+    let capacity = resolved.iter().find_map(|one| {
+        let (key, limit) = (one.key.as_ref()?, one.policy.capacity?);
+        Some((one, key, limit))
+    });
+    let capacity = match capacity {
+        None => None,
+        Some((one, key, limit)) => {
+            let scope = one.policy.scope.or(route).unwrap_or(one.policy.handler);
+            let admitted = Box::pin(admit_capacity(
+                config,
+                route.unwrap_or(handler),
+                scope,
+                key,
+                one,
+                limit,
+            ))
+            .await;
+            match admitted {
+                Ok(permit) => Some(permit),
+                Err(rejection) => {
+                    enforce::refund(config, &entries).await;
+                    enforce::refund(config, &charged).await;
+                    return Err(rejection);
+                }
+            }
+        }
+    };
+    Ok(Leases {
+        _slots: slots,
+        _capacity: capacity,
+    })
 }
+
+/// A place in the capacity of `scope` for `key`'s request, waiting as the attribute allows;
+/// the 503 when it is shed.
+async fn admit_capacity(
+    config: &HttpConfig,
+    route: &str,
+    scope: &str,
+    key: &Key,
+    one: &One,
+    limit: CapacityLimit,
+) -> Result<crate::capacity::Permit, Rejection> {
+    let capacity = config.limiter.capacity_of(scope, limit);
+    let client = {
+        use std::hash::BuildHasher;
+        CLIENT_HASH.hash_one(key.as_bytes())
+    };
+    let priority = one.limits.limits().priority();
+    let started = tokio::time::Instant::now();
+    match capacity.acquire(client, priority, one.policy.queue).await {
+        Ok(permit) => Ok(permit),
+        Err(shed) => {
+            let stats = capacity.stats();
+            config.limiter.observe(
+                &crate::observe::Observation::new(
+                    route,
+                    key.as_bytes(),
+                    crate::observe::Outcome::Overloaded,
+                )
+                .with_label(one.limits.limits().label()),
+            );
+            if let Some(unlogged) =
+                config
+                    .rejections
+                    .first_of_spell(route, b"\x00capacity", Duration::from_secs(1))
+            {
+                tracing::warn!(
+                    route, limit = ?stats.limit, in_flight = stats.in_flight, queued = stats.queued,
+                    shed = ?shed, unlogged_before = unlogged,
+                    "model at capacity: request shed with 503; further sheds are counted, not logged, for a second"
+                );
+            }
+            Err(Rejection::overloaded(shed, &stats, Some(started.elapsed())))
+        }
+    }
+}
+
+/// The hash a client's key is known by in a capacity's queues.
+static CLIENT_HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0xfa1e_c0de);
 
 fn application_entry<'r>(key: &'r Key, limits: &'r Limits) -> Entry<'r> {
     Entry {
@@ -390,7 +498,8 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
         let resolved = S::resolve(parts).await?;
         let path = route.unwrap_or("");
         let layer = settle(config, || LayerPart::take(config, parts, path)).await?;
-        let slots = settle(config, || {
+        let waits = resolved.as_ref().iter().any(|one| one.policy.waits());
+        let slots = enforce::settle_or_wait(config, waits, || {
             check(config, route, resolved.as_ref(), None, &layer)
         })
         .await?;
@@ -441,7 +550,8 @@ impl<S: Specs> Deferred<S> {
     pub async fn check(&self, costs: &[u64]) -> Result<Leases, Rejection> {
         let route = self.route.as_ref().map(MatchedPath::as_str);
         let resolved = self.resolved.as_ref();
-        settle(self.config, || {
+        let waits = resolved.iter().any(|one| one.policy.waits());
+        enforce::settle_or_wait(self.config, waits, || {
             check(self.config, route, resolved, Some(costs), &self.layer)
         })
         .await

@@ -19,7 +19,9 @@ use crate::observe::{Counted, Metrics, Units};
 /// ```
 ///
 /// `limited` counts every 429 (a rate, or no concurrency slot); `rejected` says why, and
-/// store failures (503) are counted there too. `tiers` holds the labels of the limits
+/// store failures and requests shed by a route at capacity (503) are counted there too.
+/// `capacity` holds each route's capacity (`capacity =`): `limit`, `in_flight`, `queued`,
+/// `clients`, `latency_ms`, `no_load_latency_ms`, `admitted`, `waited`, `shed`. `tiers` holds the labels of the limits
 /// ([`Limits::with_label`](crate::Limits::with_label)). A route or tier with reserved
 /// budgets (`reserve =`) has `units`: `reserved`, `settled` (what the work used), `refunded`
 /// and `debt`.
@@ -73,11 +75,34 @@ fn to_json(metrics: &Metrics) -> Value {
             .map(|(name, counted)| (name.clone(), counts_json(counted)))
             .collect::<Map<String, Value>>()
     };
+    let capacity = snapshot
+        .capacity
+        .iter()
+        .map(|(route, stats)| (route.clone(), capacity_json(stats)))
+        .collect::<Map<String, Value>>();
     json!({
         "total_requests": snapshot.total.total(),
         "limited_requests": snapshot.total.limited + snapshot.total.no_slot,
         "endpoints": table(&snapshot.routes),
         "tiers": table(&snapshot.labels),
+        "capacity": capacity,
+    })
+}
+
+/// One route's capacity: `{"limit", "in_flight", "queued", "clients", "latency_ms",
+/// "no_load_latency_ms", "admitted", "waited", "shed"}` (`limit` null when unlimited).
+pub(crate) fn capacity_json(stats: &crate::CapacityStats) -> Value {
+    let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    json!({
+        "limit": stats.limit,
+        "in_flight": stats.in_flight,
+        "queued": stats.queued,
+        "clients": stats.clients,
+        "latency_ms": ms(stats.latency),
+        "no_load_latency_ms": stats.no_load_latency.map(ms),
+        "admitted": stats.admitted,
+        "waited": stats.waited,
+        "shed": stats.shed,
     })
 }
 
@@ -90,6 +115,7 @@ fn counts_json(counted: &Counted) -> Value {
             "rate": counted.limited,
             "slots": counted.no_slot,
             "store_failure": counted.store_failed,
+            "overloaded": counted.overloaded,
         },
     });
     let units = counted.units;

@@ -134,6 +134,39 @@ impl Rejection {
         Rejection(Box::new(response))
     }
 
+    /// The 503 of a request shed because the route (the model) is at capacity: the server is
+    /// overloaded, the client did nothing wrong. `Retry-After` is about how long the requests
+    /// waiting now take to be served.
+    pub(crate) fn overloaded(
+        shed: crate::Shed,
+        stats: &crate::CapacityStats,
+        waited: Option<Duration>,
+    ) -> Rejection {
+        let limit = stats.limit.unwrap_or(u32::MAX).max(1);
+        let drain = stats
+            .latency
+            .mul_f64(f64::from(stats.queued + 1) / f64::from(limit));
+        let retry = whole_seconds(drain).clamp(1, 60);
+        let why = match shed {
+            crate::Shed::Timeout => format!(
+                "waited {} ms for one of its {limit} slots",
+                waited.unwrap_or_default().as_millis()
+            ),
+            crate::Shed::QueueFull => format!(
+                "all {limit} of its slots are busy and the queue is full"
+            ),
+            crate::Shed::Full => format!("all {limit} of its slots are busy"),
+        };
+        let detail = format!(
+            "The server is overloaded: this model is at capacity ({why}); retry in {retry} s"
+        );
+        let mut response = json(StatusCode::SERVICE_UNAVAILABLE, &detail);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry));
+        Rejection(Box::new(response))
+    }
+
     pub(crate) fn store_failed() -> Rejection {
         Rejection(Box::new(json(
             StatusCode::SERVICE_UNAVAILABLE,
