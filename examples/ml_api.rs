@@ -5,7 +5,7 @@
 //! | route | limit |
 //! |---|---|
 //! | `POST /models/lightweight/predict` | 100/minute per client IP |
-//! | `POST /models/heavy/predict` | 10/minute and 2 inference slots per client IP; inference takes `HEAVY_MS` more, and each client may use `HEAVY_BUDGET_MS` (20,000) milliseconds of it a minute, charged by the time it took |
+//! | `POST /models/heavy/predict` | 10/minute (`HEAVY_RATE`) and 2 inference slots per client IP; an adaptive capacity across clients with a fair 2 s wait (503 beyond); inference takes `HEAVY_MS` on an accelerator of `GPU_UNITS` units, and each client may use `HEAVY_BUDGET_MS` (20,000) milliseconds of it a minute, charged by the time it took |
 //! | `POST /models/batch-process` | 2 per 5 minutes per client IP (a JSON list of inputs) |
 //! | `POST /predict` | by a known `X-API-Key`: free 20/minute, premium (`premium-user-key`) 100/minute; an unknown key 401; no key: the client IP at 20/minute |
 //! | `POST /predict/batch` | 50 items per minute per client IP: a batch of N costs N |
@@ -27,6 +27,8 @@
 //! `cargo run --release --example ml_api` (`PORT`, default 8000; `RUST_LOG`, default
 //! `info`), then the README's walkthrough.
 
+#[path = "support/accelerator.rs"]
+mod accelerator;
 #[path = "support/generator.rs"]
 mod generator;
 #[path = "support/json.rs"]
@@ -46,6 +48,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use accelerator::Accelerator;
 use generator::Generator;
 use json::{Detail, JsonBody, json_fallbacks};
 use linfa::prelude::*;
@@ -56,7 +59,9 @@ use ratelimit::http::{
 };
 use ratelimit::observe::Metrics;
 use ratelimit::store::RedisStore;
-use ratelimit::{Algorithm, Limiter, Limits, Reservation, Scale, StoreError, rate_limit};
+use ratelimit::{
+    Algorithm, CapacityLimit, Limiter, Limits, Reservation, Scale, StoreError, rate_limit,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -77,13 +82,23 @@ const WARMING_UP: Scale = match Scale::new(1, 5) {
     None => Scale::FULL,
 };
 
+/// The heavy model's route: the scope of its capacity.
+const HEAVY_ROUTE: &str = "/models/heavy/predict";
+
 /// How the server is configured: from the environment in `main`, by hand in tests.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Redis shared by every instance; `None`: limits in this process's memory.
     pub redis_url: Option<String>,
-    /// How much longer the heavy model takes than the light one.
+    /// How long the heavy model takes an input on one unit of the accelerator.
     pub heavy: Duration,
+    /// The accelerator's parallel units: beyond as many inputs at once, each takes
+    /// proportionally longer.
+    pub gpu_units: usize,
+    /// The heavy model's capacity across clients (the attribute says adaptive).
+    pub heavy_capacity: CapacityLimit,
+    /// Each client's rate on the heavy model.
+    pub heavy_rate: Limits,
     /// Milliseconds of heavy inference each client may use per minute, charged by the time
     /// measured after it ran.
     pub heavy_budget_ms: u64,
@@ -93,9 +108,27 @@ pub struct Config {
     pub warmup: Duration,
 }
 
+impl Default for Config {
+    /// What `from_env` gives with none of its variables set.
+    fn default() -> Config {
+        Config {
+            redis_url: None,
+            heavy: Duration::from_millis(200),
+            gpu_units: 4,
+            heavy_capacity: HEAVY_CAPACITY,
+            heavy_rate: Limits::parse("10/minute").expect("a rate"),
+            heavy_budget_ms: 20_000,
+            token_delay: Duration::from_millis(20),
+            warmup: Duration::from_secs(10),
+        }
+    }
+}
+
 impl Config {
-    /// `REDIS_URL`, `HEAVY_MS` (default 200), `HEAVY_BUDGET_MS` (default 20,000),
-    /// `TOKEN_MS` (default 20) and `WARMUP_SECS` (default 10).
+    /// `REDIS_URL`, `HEAVY_MS` (default 200), `GPU_UNITS` (default 4), `HEAVY_CAPACITY`
+    /// (`adaptive`, the default; a number for a fixed limit; `none`), `HEAVY_RATE` (default
+    /// `10/minute`), `HEAVY_BUDGET_MS` (default 20,000), `TOKEN_MS` (default 20) and
+    /// `WARMUP_SECS` (default 10).
     pub fn from_env() -> Config {
         let number = |name: &str, default: u64| match std::env::var(name) {
             Ok(value) => value
@@ -109,6 +142,20 @@ impl Config {
                 .ok()
                 .filter(|url| !url.is_empty()),
             heavy: Duration::from_millis(number("HEAVY_MS", 200)),
+            gpu_units: number("GPU_UNITS", 4) as usize,
+            heavy_capacity: match std::env::var("HEAVY_CAPACITY").as_deref().map(str::trim) {
+                Err(_) | Ok("adaptive") => HEAVY_CAPACITY,
+                Ok("none") => CapacityLimit::unlimited(),
+                Ok(n) => CapacityLimit::fixed(n.parse().unwrap_or_else(|_| {
+                    panic!("HEAVY_CAPACITY={n:?} is none of adaptive, none or a number")
+                })),
+            },
+            heavy_rate: std::env::var("HEAVY_RATE")
+                .map(|rate| {
+                    Limits::parse(&rate)
+                        .unwrap_or_else(|e| panic!("HEAVY_RATE={rate:?} is not a rate: {e}"))
+                })
+                .unwrap_or_else(|_| Limits::parse("10/minute").expect("a rate")),
             heavy_budget_ms: number("HEAVY_BUDGET_MS", 20_000),
             token_delay: Duration::from_millis(number("TOKEN_MS", 20)),
             warmup: Duration::from_secs(number("WARMUP_SECS", 10)),
@@ -122,6 +169,8 @@ pub struct Model {
     trained_on: usize,
     training_accuracy: f32,
     heavy: Duration,
+    heavy_capacity: CapacityLimit,
+    accelerator: Arc<Accelerator>,
     ready: AtomicBool,
     started: Instant,
     limiter: Limiter,
@@ -147,6 +196,8 @@ impl Model {
             trained_on: dataset.nsamples(),
             training_accuracy,
             heavy: config.heavy,
+            heavy_capacity: config.heavy_capacity,
+            accelerator: Accelerator::new(config.gpu_units),
             generator: Generator::train(),
             token_delay: config.token_delay,
             ready: AtomicBool::new(false),
@@ -268,11 +319,28 @@ fn heavy_budget(parts: &Parts) -> LimitsRef {
     LimitsRef::Shared(budget.0)
 }
 
+/// The heavy model's capacity as the attribute declares it (`HEAVY_CAPACITY` may replace it).
+const HEAVY_CAPACITY: CapacityLimit = CapacityLimit::adaptive().min(2).max(64);
+
+/// Each client's rate on the heavy model (`HEAVY_RATE`, a request extension of its route).
+#[derive(Clone)]
+struct HeavyRate(Arc<Limits>);
+
+fn heavy_rate(parts: &Parts) -> LimitsRef {
+    match parts.extensions.get::<HeavyRate>() {
+        Some(rate) => LimitsRef::Shared(Arc::clone(&rate.0)),
+        None => LimitsRef::Owned(Limits::parse("10/minute").expect("a rate")),
+    }
+}
+
 /// At most two inferences of one client at once: the slot is held while the model runs and
-/// given back when the answer is sent, or when the client hangs up. Each inference reserves
-/// a millisecond of the client's compute budget and settles the time it took: the budget
-/// binds only when inference is slow, and a client over it waits until the debt is paid.
-#[rate_limit("10/minute", key = ip, concurrency = 2)]
+/// given back when the answer is sent, or when the client hangs up. Across clients, an
+/// adaptive capacity follows the model's latency on the accelerator: while it is full a
+/// request waits up to 2 s, the clients served in turn, each to its fair share, then is shed
+/// with a 503. Each inference reserves a millisecond of the client's compute budget and
+/// settles the time it took: the budget binds only when inference is slow, and a client over
+/// it waits until the debt is paid.
+#[rate_limit(heavy_rate, key = ip, concurrency = 2, capacity = adaptive(min = 2, max = 64), queue = "2s")]
 #[rate_limit(heavy_budget, key = ip, reserve = 1)]
 async fn heavy(
     State(model): Shared,
@@ -281,13 +349,14 @@ async fn heavy(
 ) -> Result<Json<Value>, Detail> {
     let rows = rows(std::slice::from_ref(&input))?;
     let started = Instant::now();
-    tokio::time::sleep(model.heavy).await; // a large model's forward pass
+    model.accelerator.run(model.heavy).await; // a large model's forward pass
     let mut answer = model.predict(&rows).remove(0);
     let used = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if let Err(error) = compute.settle(used).await {
         tracing::warn!(%error, "the compute budget could not be settled");
     }
     answer["model"] = json!("heavy");
+    answer["inference_ms"] = json!(used);
     Ok(Json(answer))
 }
 
@@ -576,7 +645,28 @@ async fn model_info(State(model): Shared) -> Json<Value> {
         "status": if model.ready.load(Ordering::Relaxed) { "ready" } else { "warming_up" },
         "limit_scale": scale.to_string(),
         "uptime_seconds": model.started.elapsed().as_secs(),
+        "heavy_capacity": heavy_capacity(&model),
     }))
+}
+
+/// The heavy model's capacity: its limit now, in flight and waiting (the limit it starts
+/// with before its first request), the latency it sees, and the accelerator under it.
+fn heavy_capacity(model: &Model) -> Value {
+    let stats = model.limiter.capacity(HEAVY_ROUTE);
+    let limit = match &stats {
+        Some(stats) => stats.limit,
+        None => model.heavy_capacity.initial(),
+    };
+    let stats = stats.unwrap_or_default();
+    json!({
+        "limit": limit,
+        "in_flight": stats.in_flight,
+        "queued": stats.queued,
+        "latency_ms": stats.latency.as_millis() as u64,
+        "no_load_latency_ms": stats.no_load_latency.map(|d| d.as_millis() as u64),
+        "shed": stats.shed,
+        "gpu_units": model.accelerator.units(),
+    })
 }
 
 /// The application: the model, the limiter on memory or Redis, the warm-up, the routes.
@@ -586,7 +676,8 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
     // a client may spend its minute's budget at once, as the article's clients do.
     let builder = Limiter::builder()
         .algorithm(Algorithm::FixedWindow)
-        .observer(metrics.clone());
+        .observer(metrics.clone())
+        .capacity(HEAVY_ROUTE, config.heavy_capacity);
     let limiter = match &config.redis_url {
         Some(url) => builder.store(RedisStore::connect(url).await?).build(),
         None => builder.build(),
@@ -599,10 +690,11 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
             post(lightweight).layer(input_limit()),
         )
         .route(
-            "/models/heavy/predict",
+            HEAVY_ROUTE,
             post(heavy).layer((
                 input_limit(),
                 Extension(HeavyBudget::new(config.heavy_budget_ms)),
+                Extension(HeavyRate(Arc::new(config.heavy_rate.clone()))),
             )),
         )
         .route(
@@ -676,6 +768,8 @@ async fn main() {
     tracing::info!(
         store = config.redis_url.as_deref().unwrap_or("memory"),
         heavy_ms = config.heavy.as_millis() as u64,
+        gpu_units = config.gpu_units,
+        heavy_capacity = %config.heavy_capacity,
         "listening on {}",
         listener.local_addr().expect("address")
     );

@@ -35,6 +35,7 @@ async fn ml_api() -> SocketAddr {
         heavy_budget_ms: 20_000,
         token_delay: Duration::ZERO,
         warmup: Duration::ZERO,
+        ..Default::default()
     };
     serve(ml_api::app(&config).await.unwrap()).await
 }

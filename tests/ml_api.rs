@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{client_from, serve};
 use ml_api::{Config, app};
+use ratelimit::CapacityLimit;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -27,6 +28,7 @@ fn config() -> Config {
         heavy_budget_ms: 20_000,
         token_delay: Duration::from_millis(5),
         warmup: Duration::ZERO,
+        ..Default::default()
     }
 }
 
@@ -272,8 +274,10 @@ async fn a_batch_costs_its_size() {
 
 #[tokio::test]
 async fn two_inference_slots_per_client_and_a_refusal_costs_no_rate() {
+    // A fixed capacity well above the two slots: this is about one client's slots.
     let addr = start(Config {
-        heavy: Duration::from_millis(2500),
+        heavy: Duration::from_millis(4000),
+        heavy_capacity: CapacityLimit::fixed(16),
         ..config()
     })
     .await;
@@ -281,7 +285,11 @@ async fn two_inference_slots_per_client_and_a_refusal_costs_no_rate() {
     let first = heavy_in_background(&client, addr);
     let second = heavy_in_background(&client, addr);
     tokio::time::sleep(Duration::from_millis(600)).await;
+    // The third waits up to 2 s (`queue = "2s"`) for one of its client's slots, then is
+    // refused: both are still busy.
+    let asked = Instant::now();
     let third = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
+    assert!(asked.elapsed() >= Duration::from_millis(1900), "{:?}", asked.elapsed());
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&third, "retry-after"), "1");
     let body: Value = third.json().await.unwrap();
@@ -442,7 +450,8 @@ async fn metrics_count_per_route_and_tier_as_json_and_prometheus() {
 #[tokio::test]
 async fn slot_refusals_are_counted_by_reason() {
     let addr = start(Config {
-        heavy: Duration::from_millis(2500),
+        heavy: Duration::from_millis(4000),
+        heavy_capacity: CapacityLimit::fixed(16),
         ..config()
     })
     .await;

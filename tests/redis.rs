@@ -156,6 +156,7 @@ async fn ml_api_on(url: &str, heavy_ms: u64, warmup: Duration) -> std::net::Sock
         heavy_budget_ms: 20_000,
         token_delay: Duration::ZERO,
         warmup,
+        ..Default::default()
     };
     serve(ml_api::app(&config).await.unwrap()).await
 }

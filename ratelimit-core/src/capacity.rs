@@ -105,6 +105,16 @@ impl CapacityLimit {
         self
     }
 
+    /// The limit before the first request: an adaptive limit's floor, a fixed limit, or
+    /// `None` when unlimited.
+    pub const fn initial(&self) -> Option<u32> {
+        match self.kind {
+            Kind::Adaptive { min, .. } => Some(min),
+            Kind::Fixed(limit) => Some(limit),
+            Kind::Unlimited => None,
+        }
+    }
+
     /// Whether the limit follows latency.
     pub const fn is_adaptive(&self) -> bool {
         matches!(self.kind, Kind::Adaptive { .. })

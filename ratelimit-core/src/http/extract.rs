@@ -378,6 +378,12 @@ async fn check(
         None => None,
         Some((one, key, limit)) => {
             let scope = one.policy.scope.or(route).unwrap_or(one.policy.handler);
+            // A client that hangs up while it waits is given its rates back.
+            let hang_up = RefundOnDrop {
+                config,
+                entries: &entries,
+                charged: &charged,
+            };
             let admitted = Box::pin(admit_capacity(
                 config,
                 route.unwrap_or(handler),
@@ -387,6 +393,7 @@ async fn check(
                 limit,
             ))
             .await;
+            std::mem::forget(hang_up);
             match admitted {
                 Ok(permit) => Some(permit),
                 Err(rejection) => {
@@ -401,6 +408,25 @@ async fn check(
         _slots: slots,
         _capacity: capacity,
     })
+}
+
+/// Gives a request's rates back when it is dropped waiting for capacity (its client hung
+/// up). At once with a store that answers at once (memory); another store's refund would
+/// need a task, and the request stays charged there (as one admitted by its rates).
+struct RefundOnDrop<'a, 'r> {
+    config: &'a HttpConfig,
+    entries: &'a [Entry<'r>],
+    charged: &'a [Entry<'r>],
+}
+
+impl Drop for RefundOnDrop<'_, '_> {
+    fn drop(&mut self) {
+        let (config, entries, charged) = (self.config, self.entries, self.charged);
+        let _ = enforce::now_or_never(async {
+            enforce::refund(config, entries).await;
+            enforce::refund(config, charged).await;
+        });
+    }
 }
 
 /// A place in the capacity of `scope` for `key`'s request, waiting as the attribute allows;
