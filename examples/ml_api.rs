@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use accelerator::Accelerator;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::HeaderMap;
@@ -48,7 +49,6 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use accelerator::Accelerator;
 use generator::Generator;
 use json::{Detail, JsonBody, json_fallbacks};
 use linfa::prelude::*;
@@ -320,7 +320,7 @@ fn heavy_budget(parts: &Parts) -> LimitsRef {
 }
 
 /// The heavy model's capacity as the attribute declares it (`HEAVY_CAPACITY` may replace it).
-const HEAVY_CAPACITY: CapacityLimit = CapacityLimit::adaptive().min(2).max(64);
+pub const HEAVY_CAPACITY: CapacityLimit = CapacityLimit::adaptive().min(2).max(64);
 
 /// Each client's rate on the heavy model (`HEAVY_RATE`, a request extension of its route).
 #[derive(Clone)]

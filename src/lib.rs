@@ -136,10 +136,10 @@ pub mod __private {
         Deferred, Guard, Identity, KeySource, LimitsRef, Policy, Rejection, Spec,
     };
     pub use ratelimit_core::{Algorithm, CapacityLimit, Limits};
-    pub use std::time::Duration;
     pub use std::borrow::Cow;
     pub use std::num::{NonZeroU32, NonZeroU64};
     pub use std::sync::LazyLock;
+    pub use std::time::Duration;
 
     pub use http::HeaderName;
     pub use http::request::Parts;

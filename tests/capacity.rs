@@ -226,7 +226,13 @@ async fn waiting_clients_are_served_in_turn() {
     s.until("/one", 1, 0).await;
     // Three clients queue, the first of them three times.
     let mut waiting = Vec::new();
-    for from in ["127.0.10.4", "127.0.10.4", "127.0.10.4", "127.0.10.5", "127.0.10.6"] {
+    for from in [
+        "127.0.10.4",
+        "127.0.10.4",
+        "127.0.10.4",
+        "127.0.10.5",
+        "127.0.10.6",
+    ] {
         waiting.push(s.send(from, "/one"));
         s.until("/one", 1, waiting.len() as u32).await;
     }
@@ -290,7 +296,11 @@ async fn a_wait_past_the_bound_is_a_503_with_retry_after_and_costs_no_rate() {
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(waited >= Duration::from_millis(290), "{waited:?}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(r.headers()["content-type"], "application/json");
     let body: Value = r.json().await.unwrap();

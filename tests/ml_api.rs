@@ -289,7 +289,11 @@ async fn two_inference_slots_per_client_and_a_refusal_costs_no_rate() {
     // refused: both are still busy.
     let asked = Instant::now();
     let third = post(&client, addr, "/models/heavy/predict", &input(SETOSA)).await;
-    assert!(asked.elapsed() >= Duration::from_millis(1900), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        asked.elapsed()
+    );
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&third, "retry-after"), "1");
     let body: Value = third.json().await.unwrap();

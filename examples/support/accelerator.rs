@@ -54,7 +54,11 @@ impl Accelerator {
     /// Jobs running now.
     #[allow(dead_code)] // not every example reads it
     pub fn running(&self) -> usize {
-        self.jobs.lock().expect("no panic under the lock").running.len()
+        self.jobs
+            .lock()
+            .expect("no panic under the lock")
+            .running
+            .len()
     }
 
     /// Runs a job of `work` (at one unit's speed): completes when its share of the units has

@@ -410,11 +410,7 @@ impl State {
 
     /// Queues a request; `None` when its client's queue is full, or the route's is and holds
     /// nothing of a lower priority to shed.
-    fn enqueue(
-        &mut self,
-        client: u64,
-        priority: Priority,
-    ) -> Option<(u64, oneshot::Receiver<()>)> {
+    fn enqueue(&mut self, client: u64, priority: Priority) -> Option<(u64, oneshot::Receiver<()>)> {
         if self
             .clients
             .get(&client)
@@ -710,8 +706,11 @@ mod tests {
         let wait = Some(Duration::from_secs(5));
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for (client, priority) in [(1, Priority::Normal), (2, Priority::Low), (3, Priority::High)]
-        {
+        for (client, priority) in [
+            (1, Priority::Normal),
+            (2, Priority::Low),
+            (3, Priority::High),
+        ] {
             let (capacity, order) = (Arc::clone(&c), Arc::clone(&order));
             tasks.push(tokio::spawn(async move {
                 let permit = capacity.acquire(client, priority, wait).await.unwrap();
@@ -773,10 +772,7 @@ mod tests {
             limits.push(c.stats().limit.unwrap());
         }
         let settled = &limits[50..];
-        assert!(
-            settled.iter().all(|&l| (7..=10).contains(&l)),
-            "{limits:?}"
-        );
+        assert!(settled.iter().all(|&l| (7..=10).contains(&l)), "{limits:?}");
         assert_eq!(c.stats().no_load_latency, Some(base));
     }
 

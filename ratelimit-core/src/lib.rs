@@ -49,18 +49,18 @@ pub mod store;
 pub mod http;
 
 pub use algorithm::{Algorithm, UnknownAlgorithm};
-#[cfg(feature = "axum")]
-pub use capacity::{CapacityLimit, CapacityStats, QUEUE_PER_CLIENT, QUEUE_TOTAL, Shed};
 #[cfg(feature = "runtime")]
 pub use algorithm::{InvalidScale, RateParams, Scale};
+#[cfg(feature = "axum")]
+pub use capacity::{CapacityLimit, CapacityStats, QUEUE_PER_CLIENT, QUEUE_TOTAL, Shed};
 #[cfg(feature = "runtime")]
 pub use clock::{Clock, FakeClock, MonotonicClock};
 #[cfg(feature = "runtime")]
 pub use decision::Decision;
-#[cfg(feature = "runtime")]
-pub use limiter::{Check, Limiter, LimiterBuilder, SlotLease};
 #[cfg(feature = "axum")]
 pub use limiter::Capacities;
+#[cfg(feature = "runtime")]
+pub use limiter::{Check, Limiter, LimiterBuilder, SlotLease};
 #[cfg(feature = "runtime")]
 pub use limits::{Limits, LimitsRef, Priority};
 pub use rate::{ParseError, Rate, Unit};

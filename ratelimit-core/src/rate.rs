@@ -252,14 +252,14 @@ pub fn parse_wait(input: &str) -> Result<std::time::Duration, String> {
         .map_err(|_| format!("{:?} is too large", &text[..digits]))?;
     let unit = text[digits..].trim();
     let unit = Unit::from_name(unit).ok_or_else(|| {
-        format!(
-            "unknown unit {unit:?}: expected one of ms, s, second, minute (such as \"2s\")"
-        )
+        format!("unknown unit {unit:?}: expected one of ms, s, second, minute (such as \"2s\")")
     })?;
     let nanos = amount
         .checked_mul(unit.nanos())
         .filter(|&n| n <= Unit::Day.nanos())
-        .ok_or_else(|| format!("{input:?} is longer than a day: a request cannot wait that long"))?;
+        .ok_or_else(|| {
+            format!("{input:?} is longer than a day: a request cannot wait that long")
+        })?;
     if nanos == 0 {
         return Err("a wait of zero: leave `queue` out to refuse at once".to_owned());
     }

@@ -595,18 +595,66 @@ async fn concurrency_slots_are_shared_by_instances_and_come_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_instances_slots_expire_with_their_leases() {
+async fn a_slot_held_past_its_lease_by_a_running_request_is_not_given_to_another() {
     let server = RedisServer::start();
-    let lease = Duration::from_millis(400);
-    let crashed = on_redis(&server.url(), |s| s.slot_lease(lease)).await;
-    let survivor = on_redis(&server.url(), |s| s.slot_lease(lease)).await;
-    // An instance that dies holding its slot never gives it back.
-    let held = crashed
+    let lease = Duration::from_millis(300);
+    let running = on_redis(&server.url(), |s| s.slot_lease(lease)).await;
+    let other = on_redis(&server.url(), |s| s.slot_lease(lease)).await;
+    let held = running
         .acquire_slot("/heavy", "client", 1)
         .await
         .unwrap()
         .unwrap();
-    std::mem::forget(held);
+    // Four leases long: the instance running the request renews it every 100 ms.
+    let start = Instant::now();
+    while start.elapsed() < lease * 4 {
+        assert!(
+            !has_slot(&other, "/heavy", "client", 1).await,
+            "the slot was given away after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Given back when the request ends: free at once, and no longer renewed.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let taken = loop {
+        if let Some(taken) = other.acquire_slot("/heavy", "client", 1).await.unwrap() {
+            break taken;
+        }
+        assert!(Instant::now() < deadline, "the slot never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    tokio::time::sleep(lease * 2).await;
+    assert!(!has_slot(&running, "/heavy", "client", 1).await);
+    drop(taken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_instances_slots_expire_with_their_leases() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(400);
+    let survivor = on_redis(&server.url(), |s| s.slot_lease(lease)).await;
+    // An instance that dies holding its slot never gives it back, nor renews it: its own
+    // runtime, dropped with the slot forgotten, as a crashed process's.
+    let url = server.url();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let crashed = on_redis(&url, |s| s.slot_lease(lease)).await;
+            let held = crashed
+                .acquire_slot("/heavy", "client", 1)
+                .await
+                .unwrap()
+                .unwrap();
+            std::mem::forget(held);
+        });
+    })
+    .join()
+    .unwrap();
     let taken_at = Instant::now();
     assert!(
         survivor

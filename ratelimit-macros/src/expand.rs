@@ -236,7 +236,8 @@ fn gen_policy(options: &Options, handler: &Ident, private: &TokenStream) -> Toke
     }
     match &options.capacity {
         Some(Capacity::Adaptive { min, max }) => {
-            policy = quote!(#policy.capacity(#private::CapacityLimit::adaptive().min(#min).max(#max)));
+            policy =
+                quote!(#policy.capacity(#private::CapacityLimit::adaptive().min(#min).max(#max)));
         }
         Some(Capacity::Fixed(limit)) => {
             policy = quote!(#policy.capacity(#private::CapacityLimit::fixed(#limit)));

@@ -226,18 +226,22 @@ fn non_empty(value: &LitStr, message: &str, errors: &mut Errors) {
 
 /// `adaptive`, `adaptive(min = A, max = B)` or `N`: at least 1, `min` at most `max`.
 fn capacity(capacity: CapacityArg, errors: &mut Errors) -> Option<Capacity> {
-    let count = |lit: &syn::LitInt, what: &str, errors: &mut Errors| match lit
-        .base10_parse::<u32>()
+    let count = |lit: &syn::LitInt, what: &str, errors: &mut Errors| match lit.base10_parse::<u32>()
     {
         Ok(0) => {
-            errors.spanned(lit, format!("zero {what}: expected at least 1 request in flight"));
+            errors.spanned(
+                lit,
+                format!("zero {what}: expected at least 1 request in flight"),
+            );
             None
         }
         Ok(n) => Some(n),
         Err(_) => {
             errors.spanned(
                 lit,
-                format!("invalid {what}: expected a whole number of requests in flight, below 2^32"),
+                format!(
+                    "invalid {what}: expected a whole number of requests in flight, below 2^32"
+                ),
             );
             None
         }
@@ -255,12 +259,16 @@ fn capacity(capacity: CapacityArg, errors: &mut Errors) -> Option<Capacity> {
             };
             if low > high {
                 errors.spanned(
-                    max.as_ref().map_or_else(|| keyword.to_token_stream(), |m| m.to_token_stream()),
+                    max.as_ref()
+                        .map_or_else(|| keyword.to_token_stream(), |m| m.to_token_stream()),
                     format!("the adaptive capacity's `max` ({high}) is below its `min` ({low})"),
                 );
                 return None;
             }
-            Some(Capacity::Adaptive { min: low, max: high })
+            Some(Capacity::Adaptive {
+                min: low,
+                max: high,
+            })
         }
     }
 }

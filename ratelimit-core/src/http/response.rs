@@ -152,9 +152,9 @@ impl Rejection {
                 "waited {} ms for one of its {limit} slots",
                 waited.unwrap_or_default().as_millis()
             ),
-            crate::Shed::QueueFull => format!(
-                "all {limit} of its slots are busy and the queue is full"
-            ),
+            crate::Shed::QueueFull => {
+                format!("all {limit} of its slots are busy and the queue is full")
+            }
             crate::Shed::Full => format!("all {limit} of its slots are busy"),
         };
         let detail = format!(

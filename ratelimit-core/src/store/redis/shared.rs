@@ -43,10 +43,26 @@ end
 return 0
 ";
 
+/// Pushes a lease's expiry one lease further, if the lease is still held: 1, or 0 when it
+/// was lost (expired and taken).
+static RENEW: &str = r"
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
 /// The slot script and the ids of this instance's leases.
 #[derive(Debug)]
 pub(super) struct Slots {
     script: Script,
+    renew: Script,
+    /// The task renewing each lease held, by lease id: stopped when it is given back.
+    renewals: DashMap<u64, tokio::task::AbortHandle, foldhash::fast::RandomState>,
     /// Unique per instance (time and process id at start), so two instances' ids differ.
     base: u64,
     next: AtomicU64,
@@ -59,6 +75,8 @@ impl Default for Slots {
             .map_or(0, |d| d.as_nanos() as u64);
         Slots {
             script: Script::new(ACQUIRE),
+            renew: Script::new(RENEW),
+            renewals: DashMap::default(),
             base: (nanos ^ (u64::from(std::process::id()) << 40)) & !LOCAL_LEASE,
             next: AtomicU64::new(0),
         }
@@ -98,8 +116,9 @@ fn scale_name(prefix: &str) -> String {
 
 impl RedisStore {
     /// How long a concurrency slot is held at most when its request never gives it back (an
-    /// instance that crashed): 60 seconds by default. Make it longer than your slowest
-    /// request: a lease that runs out while its request still runs frees the slot early.
+    /// instance that crashed): 60 seconds by default. While its request runs, the instance
+    /// renews the lease every third of it, so a request longer than the lease keeps its slot;
+    /// only an instance that stopped renewing (crashed) loses it.
     pub fn slot_lease(mut self, lease: Duration) -> RedisStore {
         self.slot_lease = lease.max(Duration::from_millis(1));
         self
@@ -131,6 +150,9 @@ impl RedisStore {
             {
                 Ok(Ok(taken)) => {
                     self.health.answered(&self.url);
+                    if taken == 1 {
+                        self.keep_renewing(&request, lease, lease_ms);
+                    }
                     Ok((taken == 1).then_some(lease))
                 }
                 Ok(Err(error)) => {
@@ -169,7 +191,38 @@ impl RedisStore {
         }
     }
 
+    /// Renews `lease` every third of its length until it is given back (the task is stopped)
+    /// or lost; nothing is sent for a request shorter than a third of the lease.
+    fn keep_renewing(&self, request: &SlotRequest<'_>, lease: u64, lease_ms: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let connection = self.connection.clone();
+        let slots = Arc::downgrade(&self.slots);
+        let name = slots_name(request);
+        let timeout = self.timeout.max(Duration::from_millis(500));
+        let every = Duration::from_millis((lease_ms / 3).max(1));
+        let task = runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(slots) = slots.upgrade() else { return };
+                let mut invocation = slots.renew.prepare_invoke();
+                invocation.key(&name).arg(lease).arg(lease_ms);
+                let renewed =
+                    tokio::time::timeout(timeout, connection.invoke::<i64>(&invocation)).await;
+                if let Ok(Ok(0)) = renewed {
+                    slots.renewals.remove(&lease);
+                    return; // lost: expired and taken while Redis was unreachable
+                }
+            }
+        });
+        self.slots.renewals.insert(lease, task.abort_handle());
+    }
+
     pub(super) fn release_slot_in_redis(&self, request: &SlotRequest<'_>, lease: u64) {
+        if let Some((_, renewal)) = self.slots.renewals.remove(&lease) {
+            renewal.abort();
+        }
         if lease == LOCAL_LEASE {
             self.fallback.slots().release(request);
             return;
