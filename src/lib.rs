@@ -80,9 +80,16 @@ pub use ratelimit_core::*;
 ///   slot). The slot is taken before any rate is charged and given back when the handler's
 ///   future completes or is dropped (the client went away); a request that finds every slot
 ///   taken gets `429` with `{"detail": "Too many concurrent requests: ..."}` and
-///   `Retry-After: 1` at once (it does not queue) and is charged no rate. With Redis, slots
-///   are leases that expire (`RedisStore::slot_lease`), so a
-///   crashed instance cannot hold them for ever.
+///   `Retry-After: 1` (at once, or after waiting `queue`) and is charged no rate. With
+///   Redis, slots are leases that expire (`RedisStore::slot_lease`) and are renewed while
+///   their request runs, so a crashed instance cannot hold them for ever.
+/// - **`capacity = adaptive | adaptive(min = A, max = B) | N`**: at most so many requests of
+///   the route in flight across every client of this instance; `adaptive` follows the
+///   handler's latency (TCP Vegas). A client holds at most its fair share; a request that
+///   finds the route full is shed with `503`, `Retry-After` and `{"detail": "The server is
+///   overloaded: ..."}` (its rates given back), unless it may wait (`queue`).
+/// - **`queue = "2s"`**: how long a request waits for `capacity` (round robin across
+///   clients, [`Priority::High`] first) or for a `concurrency` slot before it is refused.
 /// - **`exempt_when = path`**: a `fn(&Parts) -> bool`; requests for which it is true skip
 ///   the limit.
 /// - **`error_message = "..."`**: the `detail` of the 429 answer.

@@ -134,10 +134,7 @@ async fn server() -> Server {
         .route("/tier", post(by_tier))
         .route("/costed", post(costed))
         .route("/per-client", post(one_per_client))
-        .route(
-            "/metrics",
-            ratelimit::http::metrics_json(metrics.clone()).into(),
-        )
+        .route("/metrics", ratelimit::http::metrics_json(metrics.clone()))
         .layer(Extension(gate.clone()))
         .layer(limiter.layer());
     Server {
