@@ -1,17 +1,18 @@
 //! The dependency direction of DESIGN.md ("Layout"), checked on the source: the grammar and
-//! the algorithm names ← algorithms ← limits ← decision ← (clock) ← store ← observe ←
-//! limiter ← reservation ← http. Nothing below `http` names an HTTP type, and no module imports one above
+//! the algorithm names ← algorithms ← limits ← decision ← (clock) ← capacity ← store ←
+//! observe ← limiter ← reservation ← http. Nothing below `http` names an HTTP type, and no module imports one above
 //! it (so no two import each other).
 
 use std::path::{Path, PathBuf};
 
 /// Each module, lowest first.
-const ORDER: [&str; 10] = [
+const ORDER: [&str; 11] = [
     "rate",
     "algorithm",
     "limits",
     "decision",
     "clock",
+    "capacity",
     "store",
     "observe",
     "limiter",
