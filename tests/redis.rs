@@ -166,8 +166,8 @@ async fn ml_api_on(url: &str, heavy_ms: u64, warmup: Duration) -> std::net::Sock
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ml_api_instances_share_tiers_slots_and_the_warm_up_scale() {
     let server = RedisServer::start();
-    let a = ml_api_on(&server.url(), 2500, Duration::ZERO).await;
-    let b = ml_api_on(&server.url(), 2500, Duration::ZERO).await;
+    let a = ml_api_on(&server.url(), 4000, Duration::ZERO).await;
+    let b = ml_api_on(&server.url(), 4000, Duration::ZERO).await;
     let client = client_from("127.0.6.20");
     // The free tier's 20 per minute, across both instances.
     let mut admitted = 0;
@@ -182,7 +182,8 @@ async fn ml_api_instances_share_tiers_slots_and_the_warm_up_scale() {
         admitted += usize::from(r.status() == 200);
     }
     assert_eq!(admitted, 20);
-    // Two heavy slots per client in all: one taken on each instance, the third is refused.
+    // Two heavy slots per client in all: one taken on each instance; a third and a fourth
+    // wait their 2 s (`queue = "2s"`) while both still run, and are refused.
     let heavy = |addr: std::net::SocketAddr| {
         let client = client.clone();
         tokio::spawn(async move {
@@ -197,8 +198,9 @@ async fn ml_api_instances_share_tiers_slots_and_the_warm_up_scale() {
     };
     let (first, second) = (heavy(a), heavy(b));
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(heavy(a).await.unwrap(), 429);
-    assert_eq!(heavy(b).await.unwrap(), 429);
+    let (third, fourth) = (heavy(a), heavy(b));
+    assert_eq!(third.await.unwrap(), 429);
+    assert_eq!(fourth.await.unwrap(), 429);
     assert_eq!(first.await.unwrap(), 200);
     assert_eq!(second.await.unwrap(), 200);
     // A third instance starts and warms up: every instance runs at 1/5 until it is ready.
