@@ -10,6 +10,9 @@ mod common;
 #[path = "../ratelimit-core/tests/support/redis_server.rs"]
 mod redis_server;
 
+#[path = "../ratelimit-core/tests/support/redis_stats.rs"]
+mod redis_stats;
+
 #[path = "../examples/redis.rs"]
 #[allow(dead_code)]
 mod example;
@@ -139,6 +142,101 @@ async fn failing_closed_answers_503_json() {
         body,
         json!({"detail": "Rate limiting is unavailable; try again shortly"})
     );
+}
+
+#[rate_limit("100/minute", key = ip, concurrency = 1)]
+async fn one_at_a_time() -> &'static str {
+    "ok"
+}
+
+/// Signalled when `/hold` has been admitted; `/hold` answers once `RELEASE` is signalled.
+static HOLDING: tokio::sync::Notify = tokio::sync::Notify::const_new();
+static RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[rate_limit("100/minute", key = ip, concurrency = 1)]
+async fn hold() -> &'static str {
+    HOLDING.notify_one();
+    RELEASE.notified().await;
+    "ok"
+}
+
+type Calls = std::collections::BTreeMap<String, u64>;
+
+/// How many more times Redis ran `name` in `after` than in `before`.
+fn more(before: &Calls, after: &Calls, name: &str) -> u64 {
+    after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
+}
+
+/// Redis's counts once it has run `releases` more `ZREM`s than in `before` (a slot is given
+/// back in the background once its handler ends), for at most five seconds.
+async fn after_releases(url: &str, before: &Calls, releases: u64) -> Calls {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = redis_stats::calls(url).await;
+        if more(before, &now, "zrem") >= releases || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `concurrency = N` beside the key's rates: each request is one script call (the slot and
+/// the rates together), and one `ZREM` giving the slot back after the handler, off the
+/// request's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_route_sends_one_command_per_request() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let store = RedisStore::connect(&url)
+        .await
+        .unwrap()
+        .timeout(Duration::from_secs(10));
+    let limiter = Limiter::builder().store(store).build();
+    let app = Router::new()
+        .route("/one", post(one_at_a_time))
+        .route("/hold", post(hold))
+        .layer(limiter.layer());
+    let addr = serve(app).await;
+    let client = client_from("127.0.6.4");
+    let send = |path: &'static str| client.post(format!("http://{addr}{path}")).send();
+    // Loads the script, so that every call below is one EVALSHA.
+    assert_eq!(send("/one").await.unwrap().status(), 200);
+    let empty = Calls::new();
+    let before = after_releases(&url, &empty, 1).await;
+
+    let sent = 20;
+    for _ in 0..sent {
+        assert_eq!(send("/one").await.unwrap().status(), 200);
+    }
+    let after = after_releases(&url, &before, sent).await;
+    let scripts = more(&before, &after, "evalsha") + more(&before, &after, "eval");
+    assert_eq!(scripts, sent, "one script call per request: {after:?}");
+    assert_eq!(more(&before, &after, "zrem"), sent, "one release each");
+    assert_eq!(more(&before, &after, "script"), 0);
+
+    // A second request while the first holds the slot: refused in one call, charged nothing.
+    let before = after;
+    let first = tokio::spawn(send("/hold"));
+    HOLDING.notified().await;
+    let second = send("/hold").await.unwrap();
+    assert_eq!(second.status(), 429);
+    let during = redis_stats::calls(&url).await;
+    let scripts = more(&before, &during, "evalsha") + more(&before, &during, "eval");
+    assert_eq!(scripts, 2, "one call each: {during:?}");
+    assert_eq!(more(&before, &during, "zrem"), 0, "the slot is still held");
+    RELEASE.notify_one();
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    let after = after_releases(&url, &before, 1).await;
+    assert_eq!(
+        more(&before, &after, "zrem"),
+        1,
+        "only the admitted one held a slot"
+    );
+    // The refused one was charged nothing: 100/minute, one admitted before this one.
+    RELEASE.notify_one();
+    let third = send("/hold").await.unwrap();
+    assert_eq!(third.status(), 200);
+    assert_eq!(third.headers()["x-ratelimit-remaining"], "98");
 }
 
 #[path = "../examples/ml_api.rs"]

@@ -67,4 +67,4 @@ pub use rate::{ParseError, Rate, Unit};
 #[cfg(feature = "runtime")]
 pub use reservation::{Meter, Reservation};
 #[cfg(feature = "runtime")]
-pub use store::{MemoryStore, Store, StoreError};
+pub use store::{MemoryStore, SlotCheck, Store, StoreError};

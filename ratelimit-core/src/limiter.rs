@@ -17,7 +17,7 @@ use crate::decision::Decision;
 use crate::limits::Limits;
 use crate::observe::{Observation, Observer, Outcome};
 use crate::store::{
-    Charge, CheckRequest, MemoryStore, Mode, SlotRequest, Store, StoreError, StoreFuture,
+    Charge, CheckRequest, MemoryStore, Mode, SlotCheck, SlotRequest, Store, StoreError, StoreFuture,
 };
 
 /// Checks keys against limits. Cloning it is cheap and every clone shares the same state.
@@ -361,6 +361,66 @@ impl Limiter {
             limit,
             lease,
         }))
+    }
+
+    /// [`check_charges`](Limiter::check_charges) in [`Mode::Charge`] with one of `limit`
+    /// concurrency slots of the same key under `scope`, as one store call (one round trip
+    /// with Redis): [`SlotCheck::NoSlot`] when `limit` requests of the key hold one (nothing
+    /// charged), [`SlotCheck::Refused`] when the rates refuse (no slot taken), otherwise
+    /// [`SlotCheck::Admitted`] with the [`SlotLease`]. What `concurrency = N` beside the
+    /// key's own rates calls.
+    ///
+    /// ```
+    /// use ratelimit_core::store::SlotCheck;
+    /// use ratelimit_core::{Limiter, Limits};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = Limiter::new();
+    /// let limits = Limits::parse("10/minute").unwrap();
+    /// let charges = [limiter.charge("/heavy", &limits, 1)];
+    /// let first = limiter.check_with_slot(b"k", &charges, "/heavy", 1).await.unwrap();
+    /// assert!(matches!(first, SlotCheck::Admitted(..)));
+    /// let second = limiter.check_with_slot(b"k", &charges, "/heavy", 1).await.unwrap();
+    /// assert!(matches!(second, SlotCheck::NoSlot)); // and not charged
+    /// drop(first);
+    /// let third = limiter.check_with_slot(b"k", &charges, "/heavy", 1).await.unwrap();
+    /// let SlotCheck::Admitted(decision, _lease) = third else { panic!() };
+    /// assert_eq!(decision.remaining(), 8);
+    /// # }
+    /// ```
+    pub async fn check_with_slot(
+        &self,
+        key: &[u8],
+        charges: &[Charge<'_>],
+        scope: &str,
+        limit: u32,
+    ) -> Result<SlotCheck<SlotLease>, StoreError> {
+        let request = self.request(key, charges, Mode::Charge);
+        let slot = SlotRequest {
+            prefix: &self.inner.prefix,
+            scope,
+            key,
+            limit,
+        };
+        let checked = match &self.inner.backend {
+            Backend::Memory(store) => store.check_with_slot_now(&request, &slot),
+            Backend::Other(store) => store.check_with_slot(request, slot).await?,
+        };
+        Ok(match checked {
+            SlotCheck::NoSlot => SlotCheck::NoSlot,
+            SlotCheck::Refused(decision) => SlotCheck::Refused(decision),
+            SlotCheck::Admitted(decision, lease) => SlotCheck::Admitted(
+                decision,
+                SlotLease {
+                    limiter: self.clone(),
+                    scope: scope.into(),
+                    key: key.into(),
+                    limit,
+                    lease,
+                },
+            ),
+        })
     }
 
     /// The algorithm used for limits that do not name one.

@@ -13,7 +13,7 @@ mod redis_stats;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ratelimit_core::store::{FailurePolicy, Mode, RedisStore};
+use ratelimit_core::store::{FailurePolicy, Mode, RedisStore, SlotCheck};
 use ratelimit_core::{Algorithm, Decision, FakeClock, Limiter, Limits, MemoryStore};
 use redis_server::{RedisCluster, RedisServer, free_port};
 use redis_stats::script_calls;
@@ -640,6 +640,135 @@ async fn a_slot_held_past_its_lease_by_a_running_request_is_not_given_to_another
     tokio::time::sleep(lease * 2).await;
     assert!(!has_slot(&running, "/heavy", "client", 1).await);
     drop(taken);
+}
+
+/// Waits until `limiter` can take a slot of `key` under `scope` (a lease given back by
+/// another instance is removed in the background), for at most five seconds.
+async fn wait_for_free_slot(limiter: &Limiter, scope: &str, key: &str, limit: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !has_slot(limiter, scope, key, limit).await {
+        assert!(Instant::now() < deadline, "the slot never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_and_the_rates_are_taken_in_one_script_call_all_or_nothing() {
+    let server = RedisServer::start();
+    let a = on_redis(&server.url(), |s| s).await;
+    let b = on_redis(&server.url(), |s| s).await;
+    let limits = Limits::parse("3/minute").unwrap();
+    let charges = |limiter: &Limiter| [limiter.charge("/heavy", &limits, 1)];
+    let remaining = |limiter: &Limiter| {
+        let charges = [limiter.charge("/heavy", &limits, 0)];
+        let limiter = limiter.clone();
+        async move {
+            limiter
+                .check_charges(b"client", &charges, Mode::Charge)
+                .await
+                .unwrap()
+                .remaining()
+        }
+    };
+    // Loads the script, so that every call below is one EVALSHA.
+    assert_eq!(remaining(&a).await, 3);
+    assert_eq!(remaining(&b).await, 3);
+
+    let before = script_calls(&server.url()).await;
+    let SlotCheck::Admitted(decision, held) = a
+        .check_with_slot(b"client", &charges(&a), "/heavy", 1)
+        .await
+        .unwrap()
+    else {
+        panic!("the first request is admitted with its slot");
+    };
+    assert_eq!(decision.remaining(), 2);
+    assert_eq!(script_calls(&server.url()).await - before, 1, "one call");
+
+    // The slot is held, on every instance: refused before any rate is charged.
+    let before = script_calls(&server.url()).await;
+    let checked = b
+        .check_with_slot(b"client", &charges(&b), "/heavy", 1)
+        .await
+        .unwrap();
+    assert!(matches!(checked, SlotCheck::NoSlot), "{checked:?}");
+    assert_eq!(script_calls(&server.url()).await - before, 1, "one call");
+    assert_eq!(remaining(&a).await, 2, "nothing charged without a slot");
+    // Another key has slots of its own.
+    let other = b
+        .check_with_slot(b"other", &charges(&b), "/heavy", 1)
+        .await
+        .unwrap();
+    assert!(matches!(other, SlotCheck::Admitted(..)), "{other:?}");
+    drop(other);
+
+    // Given back (in the background): the other instance takes it once it is, and the rates
+    // count across both. Tries that find no slot charge nothing.
+    let once_free = |limiter: &Limiter| {
+        let limiter = limiter.clone();
+        let charges = charges(&limiter);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match limiter
+                    .check_with_slot(b"client", &charges, "/heavy", 1)
+                    .await
+                    .unwrap()
+                {
+                    SlotCheck::NoSlot if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    checked => return checked,
+                }
+            }
+        }
+    };
+    drop(held);
+    for (limiter, left) in [(&b, 1), (&a, 0)] {
+        let SlotCheck::Admitted(decision, held) = once_free(limiter).await else {
+            panic!("a free slot and a rate left admit");
+        };
+        assert_eq!(decision.remaining(), left);
+        drop(held);
+    }
+    // The rates refuse: no slot is taken.
+    let checked = once_free(&b).await;
+    let SlotCheck::Refused(decision) = checked else {
+        panic!("over the rate: {checked:?}");
+    };
+    assert!(decision.retry_after().is_some());
+    assert!(
+        has_slot(&a, "/heavy", "client", 1).await,
+        "no slot was taken"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_taken_with_the_rates_is_renewed_while_held() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(300);
+    let running = on_redis(&server.url(), |s| s.slot_lease(lease)).await;
+    let other = on_redis(&server.url(), |s| s.slot_lease(lease)).await;
+    let limits = Limits::parse("10/minute").unwrap();
+    let charges = [running.charge("/heavy", &limits, 1)];
+    let SlotCheck::Admitted(_, held) = running
+        .check_with_slot(b"client", &charges, "/heavy", 1)
+        .await
+        .unwrap()
+    else {
+        panic!("admitted with its slot");
+    };
+    let start = Instant::now();
+    while start.elapsed() < lease * 4 {
+        assert!(
+            !has_slot(&other, "/heavy", "client", 1).await,
+            "the slot was given away after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    wait_for_free_slot(&other, "/heavy", "client", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use crate::decision::Decision;
 use crate::limiter::SlotLease;
 use crate::limits::Limits;
 use crate::observe::{Observation, Outcome};
-use crate::store::{Charge, Mode, StoreError};
+use crate::store::{Charge, Mode, SlotCheck, StoreError};
 
 /// The most limits one request can meet: eight stacked attributes, the route's default limits
 /// and the application's.
@@ -41,7 +41,7 @@ pub(crate) struct Entry<'r> {
 
 impl Entry<'_> {
     /// Whether `other` goes in the same store call: the same key, and both reserving or not.
-    fn checked_with(&self, other: &Entry<'_>) -> bool {
+    pub(crate) fn checked_with(&self, other: &Entry<'_>) -> bool {
         self.reserves == other.reserves && self.key.as_bytes() == other.key.as_bytes()
     }
 }
@@ -60,8 +60,43 @@ pub(crate) async fn enforce(
     entries: &[Entry<'_>],
     charged: &[Entry<'_>],
 ) -> Result<Option<Decision>, Rejection> {
+    let (admitted, _) = enforce_holding(config, route, entries, charged, None).await?;
+    Ok(admitted)
+}
+
+/// [`enforce`], taking the concurrency slot `slot` too: in the same store call as the first
+/// entry's group (one round trip with Redis) when the slot is of its key, which the caller
+/// arranges by putting that group first ([`Entry::checked_with`]); before any rate
+/// otherwise ([`take_slots`]). All or nothing either way: no slot, no charge; a refused rate
+/// gives the slot back.
+pub(crate) async fn enforce_holding(
+    config: &HttpConfig,
+    route: &str,
+    entries: &[Entry<'_>],
+    charged: &[Entry<'_>],
+    slot: Option<&SlotNeed<'_>>,
+) -> Result<(Option<Decision>, Option<SlotLease>), Rejection> {
     // Timed only for an observer (the latency histogram of `Metrics`).
     let started = Started::now(config);
+    let mut held = None;
+    let slot = match slot {
+        Some(need)
+            if !entries.first().is_some_and(|first| {
+                !first.reserves && first.key.as_bytes() == need.key.as_bytes()
+            }) =>
+        {
+            // Of another key than the first group's: taken apart, first.
+            match take_slots(config, route, std::slice::from_ref(need)).await {
+                Ok(mut leases) => held = leases.pop(),
+                Err(rejection) => {
+                    refund(config, charged).await;
+                    return Err(rejection);
+                }
+            }
+            None
+        }
+        slot => slot,
+    };
     if let (
         [
             entry @ Entry {
@@ -69,14 +104,15 @@ pub(crate) async fn enforce(
             },
         ],
         [],
-    ) = (entries, charged)
+        None,
+    ) = (entries, charged, slot)
     {
         // One limit and nothing charged before it: nothing to group or give back.
         let charge = config.limiter.charge(entry.scope, entry.limits, entry.cost);
         let key = entry.key.as_bytes();
         return match check(config, key, std::slice::from_ref(&charge), Mode::Charge).await {
             Ok(decision) if decision.is_allowed() => {
-                Ok(Some(admit(config, route, entry, decision, started)))
+                Ok((Some(admit(config, route, entry, decision, started)), held))
             }
             Ok(decision) => Err(refuse(config, route, entry, decision, started)),
             Err(error) => Err(store_failed(config, route, entry, error, started)),
@@ -93,7 +129,21 @@ pub(crate) async fn enforce(
             continue; // checked with its group
         }
         let (charges, members) = group(config, entries, first);
-        let outcome = check(config, key, &charges, Mode::Charge).await;
+        let outcome = match slot.filter(|_| first == 0) {
+            None => check(config, key, &charges, Mode::Charge).await,
+            Some(need) => match check_with_slot(config, key, &charges, need).await {
+                Ok(SlotCheck::Admitted(decision, lease)) => {
+                    held = Some(lease);
+                    Ok(decision)
+                }
+                Ok(SlotCheck::Refused(decision)) => Ok(decision),
+                Ok(SlotCheck::NoSlot) => {
+                    refund(config, charged).await;
+                    return Err(no_slot(config, route, need, started));
+                }
+                Err(error) => Err(error),
+            },
+        };
         let refusal = match outcome {
             Ok(decision) if decision.is_allowed() => {
                 let entry = members[decision.charge_index().min(members.len() - 1)];
@@ -133,7 +183,51 @@ pub(crate) async fn enforce(
             observe_admission(config, route, &entries[entry], &decision, started);
         }
     }
-    Ok(admitted.map(|(decision, entry)| admit(config, route, &entries[entry], decision, started)))
+    let admitted =
+        admitted.map(|(decision, entry)| admit(config, route, &entries[entry], decision, started));
+    Ok((admitted, held))
+}
+
+/// One store call charging `charges` and taking `need`'s slot, trying again while no slot
+/// is free and `need` may still wait.
+async fn check_with_slot(
+    config: &HttpConfig,
+    key: &[u8],
+    charges: &[Charge<'_>],
+    need: &SlotNeed<'_>,
+) -> Result<SlotCheck<SlotLease>, StoreError> {
+    waiting_for_slot(
+        need.wait,
+        || {
+            config
+                .limiter
+                .check_with_slot(key, charges, need.scope, need.limit)
+        },
+        |checked| matches!(checked, Ok(SlotCheck::NoSlot)),
+    )
+    .await
+}
+
+/// Tries `attempt` until it finds a slot (`none_free` says whether it did not) or `wait`
+/// is over; once when there is no `wait`. Between tries a pause that doubles from 1 ms up to
+/// [`SLOT_POLL`]: a slot given back by another instance (Redis) is seen within it.
+async fn waiting_for_slot<T, F: Future<Output = T>>(
+    wait: Option<Duration>,
+    mut attempt: impl FnMut() -> F,
+    none_free: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let tried = attempt().await;
+        match deadline {
+            Some(deadline) if none_free(&tried) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
+                pause = (pause * 2).min(SLOT_POLL);
+            }
+            _ => return tried,
+        }
+    }
 }
 
 /// When a check started, for an observer; nothing read without one.
@@ -365,22 +459,16 @@ pub(crate) async fn take_slots(
     let mut leases = Vec::with_capacity(needs.len());
     for need in needs {
         let started = Started::now(config);
-        let deadline = need.wait.map(|wait| tokio::time::Instant::now() + wait);
-        let mut pause = Duration::from_millis(1);
-        let taken = loop {
-            let taken = config
-                .limiter
-                .acquire_slot(need.scope, need.key.as_bytes(), need.limit)
-                .await;
-            match (&taken, deadline) {
-                (Ok(None), Some(deadline)) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause))
-                        .await;
-                    pause = (pause * 2).min(SLOT_POLL);
-                }
-                _ => break taken,
-            }
-        };
+        let taken = waiting_for_slot(
+            need.wait,
+            || {
+                config
+                    .limiter
+                    .acquire_slot(need.scope, need.key.as_bytes(), need.limit)
+            },
+            |taken| matches!(taken, Ok(None)),
+        )
+        .await;
         match taken {
             Ok(Some(lease)) => leases.push(lease),
             Ok(None) => return Err(no_slot(config, route, need, started)),

@@ -14,7 +14,7 @@ use http::request::Parts;
 
 use super::config::HttpConfig;
 use super::enforce::{
-    self, Entry, LayerState, Leases, MAX_ENTRIES, SlotNeed, enforce, settle, take_slots,
+    self, Entry, LayerState, Leases, MAX_ENTRIES, SlotNeed, enforce_holding, settle, take_slots,
 };
 use super::identity::{Identity, Who};
 use super::key::{Key, KeySource, missing_connect_info};
@@ -355,19 +355,33 @@ async fn check(
     }
     // Slots before rates: a request refused for want of a slot is charged nothing (what the
     // layer charged for it is given back). A refused rate drops the leases, which gives the
-    // slots back.
-    let slots = if needs.is_empty() {
-        Vec::new()
-    } else {
-        match take_slots(config, route.unwrap_or(handler), &needs).await {
+    // slots back. One slot of the same key as an attribute's rates (`concurrency = N` beside
+    // them) is taken in the same store call as they are, their group put first.
+    let lead = match needs.as_slice() {
+        [need] => entries
+            .iter()
+            .find(|e| !e.reserves && e.key.as_bytes() == need.key.as_bytes())
+            .copied(),
+        _ => None,
+    };
+    let mut slots = match lead {
+        Some(lead) => {
+            entries.sort_by_key(|e| !e.checked_with(&lead));
+            Vec::with_capacity(1)
+        }
+        None if needs.is_empty() => Vec::new(),
+        None => match take_slots(config, route.unwrap_or(handler), &needs).await {
             Ok(leases) => leases,
             Err(rejection) => {
                 enforce::refund(config, &charged).await;
                 return Err(rejection);
             }
-        }
+        },
     };
-    enforce(config, route.unwrap_or(handler), &entries, &charged).await?;
+    let slot = lead.and_then(|_| needs.first());
+    let (_, held) =
+        enforce_holding(config, route.unwrap_or(handler), &entries, &charged, slot).await?;
+    slots.extend(held);
     // The route's capacity after the rates, so that a client over its own limit hears so at
     // once (429) rather than after waiting; a request shed (503) is given its rates back.
     let capacity = resolved.iter().find_map(|one| {

@@ -9,7 +9,9 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 use super::slots::Slots;
-use super::{Charge, CheckRequest, LimitState, Mode, SlotRequest, Store, StoreError, StoreFuture};
+use super::{
+    Charge, CheckRequest, LimitState, Mode, SlotCheck, SlotRequest, Store, StoreError, StoreFuture,
+};
 use crate::algorithm::{Algorithm, RateParams, gcra};
 use crate::clock::{Clock, MonotonicClock};
 use crate::decision::Decision;
@@ -392,6 +394,25 @@ impl<C: Clock> MemoryStore<C> {
         }
     }
 
+    /// [`Store::check_with_slot`] at once: the slot, then the rates, the slot given back
+    /// when they refuse.
+    pub(crate) fn check_with_slot_now(
+        &self,
+        request: &CheckRequest<'_>,
+        slot: &SlotRequest<'_>,
+    ) -> SlotCheck {
+        if !self.slots.acquire(slot) {
+            return SlotCheck::NoSlot;
+        }
+        let decision = self.check_now(request);
+        if decision.is_allowed() {
+            SlotCheck::Admitted(decision, 0)
+        } else {
+            self.slots.release(slot);
+            SlotCheck::Refused(decision)
+        }
+    }
+
     /// Several charges under one key: each charged in turn, and those already charged given
     /// back when one refuses, so that the request is charged by all or none.
     #[inline(never)]
@@ -686,6 +707,14 @@ impl<C: Clock> Store for MemoryStore<C> {
     /// lease is always 0.
     fn acquire_slot<'a>(&'a self, request: SlotRequest<'a>) -> StoreFuture<'a, Option<u64>> {
         StoreFuture::ready(Ok(self.slots.acquire(&request).then_some(0)))
+    }
+
+    fn check_with_slot<'a>(
+        &'a self,
+        request: CheckRequest<'a>,
+        slot: SlotRequest<'a>,
+    ) -> StoreFuture<'a, SlotCheck> {
+        StoreFuture::ready(Ok(self.check_with_slot_now(&request, &slot)))
     }
 
     fn release_slot(&self, request: SlotRequest<'_>, _lease: u64) {

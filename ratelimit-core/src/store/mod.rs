@@ -194,6 +194,31 @@ pub trait Store: Send + Sync + 'static {
         )))
     }
 
+    /// [`acquire_slot`](Store::acquire_slot) and then [`check`](Store::check) of the same
+    /// key as one (`concurrency = N` beside the key's rates, in [`Mode::Charge`]): when
+    /// every slot is held, [`SlotCheck::NoSlot`] and nothing judged or charged; when the
+    /// rates refuse, [`SlotCheck::Refused`] and no slot taken; otherwise both taken. The
+    /// default makes the two calls (giving the slot back when the rates refuse); a networked
+    /// store does it in one round trip.
+    fn check_with_slot<'a>(
+        &'a self,
+        request: CheckRequest<'a>,
+        slot: SlotRequest<'a>,
+    ) -> StoreFuture<'a, SlotCheck> {
+        StoreFuture::new(async move {
+            let Some(lease) = self.acquire_slot(slot).await? else {
+                return Ok(SlotCheck::NoSlot);
+            };
+            match self.check(request).await {
+                Ok(decision) if decision.is_allowed() => Ok(SlotCheck::Admitted(decision, lease)),
+                checked => {
+                    self.release_slot(slot, lease);
+                    checked.map(SlotCheck::Refused)
+                }
+            }
+        })
+    }
+
     /// Gives back the slot `lease` (from [`acquire_slot`](Store::acquire_slot)) when the
     /// request ends or is dropped. Returns at once; a networked store sends it in the
     /// background (and, should that fail, the lease expires).
@@ -236,6 +261,14 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn acquire_slot<'a>(&'a self, request: SlotRequest<'a>) -> StoreFuture<'a, Option<u64>> {
         (**self).acquire_slot(request)
+    }
+
+    fn check_with_slot<'a>(
+        &'a self,
+        request: CheckRequest<'a>,
+        slot: SlotRequest<'a>,
+    ) -> StoreFuture<'a, SlotCheck> {
+        (**self).check_with_slot(request, slot)
     }
 
     fn release_slot(&self, request: SlotRequest<'_>, lease: u64) {
@@ -331,6 +364,20 @@ pub struct SlotRequest<'a> {
     pub key: &'a [u8],
     /// How many requests of the key may be in flight at once.
     pub limit: u32,
+}
+
+/// What a check that also takes a concurrency slot found ([`Store::check_with_slot`],
+/// [`Limiter::check_with_slot`](crate::Limiter::check_with_slot)); `L` is the lease: its id
+/// from a store, a [`SlotLease`](crate::SlotLease) from a limiter.
+#[derive(Debug)]
+pub enum SlotCheck<L = u64> {
+    /// Every slot of the key was held: nothing was judged or charged.
+    NoSlot,
+    /// A slot was free, but the rates refused the request: nothing was charged and no slot
+    /// taken.
+    Refused(Decision),
+    /// Admitted and charged, holding the slot `L`.
+    Admitted(Decision, L),
 }
 
 /// A store could not answer: its server is down, timed out, or said something unexpected.

@@ -33,6 +33,19 @@ pub async fn script_calls(url: &str) -> u64 {
         .sum()
 }
 
+/// How many times Redis ran each command clients sent or scripts called, by its name in
+/// lower case (`evalsha`, `zrem`, `get`), `info` left out.
+pub async fn calls(url: &str) -> std::collections::BTreeMap<String, u64> {
+    commandstats(url)
+        .await
+        .into_iter()
+        .filter_map(|(line, calls)| {
+            let name = line.strip_prefix("cmdstat_")?.split(':').next()?.to_owned();
+            (name != "info").then_some((name, calls))
+        })
+        .collect()
+}
+
 /// Each `cmdstat_<command>:` line with its `calls=`.
 async fn commandstats(url: &str) -> Vec<(String, u64)> {
     let client = redis::Client::open(url).unwrap();

@@ -9,8 +9,11 @@
 --       the number of charges, then per charge: algorithm (1 gcra, 2 fixed window,
 --       3 sliding window, 4 moving window), cost, number of rates, then per rate: amount,
 --       period, interval, burst, tolerance (microseconds where a time).
--- Returns: allowed (0/1), charge index, rate index, remaining, reset after, retry after
---          (-1: never), all in microseconds where a time.
+--       With a concurrency slot (mode 0 only): one more key, the slots' sorted set, and after
+--       the charges: the slot limit, the lease id, the lease in milliseconds.
+-- Returns: allowed (0/1; -1 when every slot is held: nothing judged or charged), charge
+--          index, rate index, remaining, reset after, retry after (-1: never), all in
+--          microseconds where a time.
 
 local now
 if ARGV[1] == '' then
@@ -260,6 +263,19 @@ for c = 1, tonumber(ARGV[3]) do
   charges[c] = charge
 end
 
+-- A concurrency slot taken with the charges, as shared.rs's ACQUIRE takes one alone (on
+-- Redis's clock, in milliseconds, as its renewal and release): when every slot is held,
+-- nothing is judged; the slot is added only when every charge passes.
+local slots, slot_now = KEYS[k], nil
+if slots then
+  local t = redis.call('TIME')
+  slot_now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', slot_now)
+  if redis.call('ZCARD', slots) >= tonumber(ARGV[at]) then
+    return { -1, 0, 0, 0, 0, -1 }
+  end
+end
+
 -- Whether verdict a binds harder than b: a refusal over an admission, the longest wait among
 -- refusals (never the longest), the fewest remaining among admissions.
 local function harder(a, b)
@@ -303,6 +319,10 @@ else
       if charge.cost > 0 then
         for i, r in ipairs(charge.rates) do charge.algorithm.store(r.key, after[c][i], r) end
       end
+    end
+    if slots then
+      redis.call('ZADD', slots, slot_now + tonumber(ARGV[at + 2]), ARGV[at + 1])
+      redis.call('PEXPIRE', slots, ARGV[at + 2])
     end
   end
 end

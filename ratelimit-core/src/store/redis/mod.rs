@@ -36,7 +36,9 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, Script, ScriptInvocation};
 
-use super::{Charge, CheckRequest, MemoryStore, Mode, SlotRequest, Store, StoreError, StoreFuture};
+use super::{
+    Charge, CheckRequest, MemoryStore, Mode, SlotCheck, SlotRequest, Store, StoreError, StoreFuture,
+};
 use crate::algorithm::Algorithm;
 use crate::algorithm::Scale;
 use crate::clock::{Clock, MonotonicClock};
@@ -524,14 +526,9 @@ fn algorithm_code(algorithm: Algorithm) -> u8 {
     }
 }
 
-impl Store for RedisStore {
-    fn check<'a>(&'a self, request: CheckRequest<'a>) -> StoreFuture<'a> {
-        if let Some(refusal) = self.cached(&request) {
-            return StoreFuture::ready(Ok(refusal));
-        }
-        if !self.health.try_redis() {
-            return StoreFuture::ready(self.degraded(&request));
-        }
+impl RedisStore {
+    /// The check script's call for `request`: its keys and arguments (see `check.lua`).
+    fn invocation(&self, request: &CheckRequest<'_>) -> ScriptInvocation<'_> {
         let mut invocation = self.script.prepare_invoke();
         let now = self
             .clock
@@ -570,6 +567,38 @@ impl Store for RedisStore {
                     .arg(tolerance);
             }
         }
+        invocation
+    }
+
+    /// What a failed or timed-out call of the check script with a slot answers: the lease it
+    /// may have taken is given back (in the background), then both as the failure policy says.
+    fn degraded_with_slot(
+        &self,
+        request: &CheckRequest<'_>,
+        slot: &SlotRequest<'_>,
+    ) -> Result<SlotCheck, StoreError> {
+        let Some(lease) = self.degraded_slot(slot)? else {
+            return Ok(SlotCheck::NoSlot);
+        };
+        match self.degraded(request) {
+            Ok(decision) if decision.is_allowed() => Ok(SlotCheck::Admitted(decision, lease)),
+            checked => {
+                self.release_slot_in_redis(slot, lease);
+                checked.map(SlotCheck::Refused)
+            }
+        }
+    }
+}
+
+impl Store for RedisStore {
+    fn check<'a>(&'a self, request: CheckRequest<'a>) -> StoreFuture<'a> {
+        if let Some(refusal) = self.cached(&request) {
+            return StoreFuture::ready(Ok(refusal));
+        }
+        if !self.health.try_redis() {
+            return StoreFuture::ready(self.degraded(&request));
+        }
+        let invocation = self.invocation(&request);
         StoreFuture::new(async move {
             let call = self.connection.invoke::<Vec<i64>>(&invocation);
             match tokio::time::timeout(self.timeout, call).await {
@@ -611,6 +640,63 @@ impl Store for RedisStore {
     /// down, as the failure policy says (the in-memory fallback counts slots too).
     fn acquire_slot<'a>(&'a self, request: SlotRequest<'a>) -> StoreFuture<'a, Option<u64>> {
         self.acquire_slot_in_redis(request)
+    }
+
+    /// The slot's sorted set is one more key of the check script, under the same hash tag
+    /// (the client's key): one round trip takes both, all or nothing.
+    fn check_with_slot<'a>(
+        &'a self,
+        request: CheckRequest<'a>,
+        slot: SlotRequest<'a>,
+    ) -> StoreFuture<'a, SlotCheck> {
+        if let Some(refusal) = self.cached(&request) {
+            return StoreFuture::ready(Ok(SlotCheck::Refused(refusal)));
+        }
+        if !self.health.try_redis() {
+            return StoreFuture::ready(self.degraded_with_slot(&request, &slot));
+        }
+        let mut invocation = self.invocation(&request);
+        let (lease, lease_ms) = self.next_lease();
+        invocation
+            .key(shared::slots_name(&slot))
+            .arg(slot.limit)
+            .arg(lease)
+            .arg(lease_ms);
+        StoreFuture::new(async move {
+            let call = self.connection.invoke::<Vec<i64>>(&invocation);
+            match tokio::time::timeout(self.timeout, call).await {
+                Ok(Ok(reply)) => {
+                    self.health.answered(&self.url);
+                    if reply.first() == Some(&-1) {
+                        return Ok(SlotCheck::NoSlot);
+                    }
+                    let decision = decision(&request, &reply)?;
+                    if decision.is_allowed() {
+                        self.keep_renewing(&slot, lease, lease_ms);
+                        return Ok(SlotCheck::Admitted(decision, lease));
+                    }
+                    if self.cache_blocked {
+                        let identity = self.blocked.identity(&request);
+                        self.blocked.remember(identity, self.micros(), decision);
+                    }
+                    Ok(SlotCheck::Refused(decision))
+                }
+                Ok(Err(error)) => {
+                    self.health.failed(&self.url, &error);
+                    self.release_slot_in_redis(&slot, lease);
+                    self.degraded_with_slot(&request, &slot)
+                }
+                Err(_) => {
+                    self.health.failed(
+                        &self.url,
+                        &format_args!("no answer within {:?}", self.timeout),
+                    );
+                    // The script may have run: its lease is given back.
+                    self.release_slot_in_redis(&slot, lease);
+                    self.degraded_with_slot(&request, &slot)
+                }
+            }
+        })
     }
 
     fn release_slot(&self, request: SlotRequest<'_>, lease: u64) {

@@ -3,8 +3,10 @@
 //!
 //! Slots of one key under one scope are a sorted set, `<prefix>:{<key>}:<scope>:slots`, of
 //! lease ids scored by the instant (Redis's clock, milliseconds) they expire: taking one
-//! drops the expired leases and adds one when fewer than the limit are left, in one script;
-//! giving one back removes it. An instance that dies holding slots holds them only until
+//! drops the expired leases and adds one when fewer than the limit are left, in one script
+//! (`check.lua` itself when the slot is taken with the key's rates, the set being one more
+//! key under the same hash tag; `ACQUIRE` below for a slot alone); giving one back removes
+//! it. An instance that dies holding slots holds them only until
 //! their leases run out ([`RedisStore::slot_lease`]).
 //!
 //! The scale of a prefix is the string `N/D` at `<prefix>:scale`, written by
@@ -56,7 +58,7 @@ end
 return 0
 ";
 
-/// The slot script and the ids of this instance's leases.
+/// The slot scripts and the ids of this instance's leases.
 #[derive(Debug)]
 pub(super) struct Slots {
     script: Script,
@@ -99,7 +101,7 @@ struct KnownScale {
 }
 
 /// The name of a key's slots.
-fn slots_name(request: &SlotRequest<'_>) -> Vec<u8> {
+pub(super) fn slots_name(request: &SlotRequest<'_>) -> Vec<u8> {
     let mut name = Vec::with_capacity(request.prefix.len() + request.key.len() + 16);
     name.extend_from_slice(request.prefix.as_bytes());
     name.extend_from_slice(b":{");
@@ -124,6 +126,17 @@ impl RedisStore {
         self
     }
 
+    /// A new lease id of this instance's, and how long a lease lasts in milliseconds.
+    pub(super) fn next_lease(&self) -> (u64, u64) {
+        let lease = self
+            .slots
+            .base
+            .wrapping_add(self.slots.next.fetch_add(1, Ordering::Relaxed))
+            & !LOCAL_LEASE;
+        let lease_ms = u64::try_from(self.slot_lease.as_millis()).unwrap_or(u64::MAX);
+        (lease, lease_ms)
+    }
+
     pub(super) fn acquire_slot_in_redis<'a>(
         &'a self,
         request: SlotRequest<'a>,
@@ -131,13 +144,8 @@ impl RedisStore {
         if !self.health.try_redis() {
             return StoreFuture::ready(self.degraded_slot(&request));
         }
-        let lease = self
-            .slots
-            .base
-            .wrapping_add(self.slots.next.fetch_add(1, Ordering::Relaxed))
-            & !LOCAL_LEASE;
+        let (lease, lease_ms) = self.next_lease();
         let name = slots_name(&request);
-        let lease_ms = u64::try_from(self.slot_lease.as_millis()).unwrap_or(u64::MAX);
         StoreFuture::new(async move {
             let mut invocation = self.slots.script.prepare_invoke();
             invocation
@@ -171,7 +179,10 @@ impl RedisStore {
     }
 
     /// A slot while Redis is down, as the failure policy says.
-    fn degraded_slot(&self, request: &SlotRequest<'_>) -> Result<Option<u64>, StoreError> {
+    pub(super) fn degraded_slot(
+        &self,
+        request: &SlotRequest<'_>,
+    ) -> Result<Option<u64>, StoreError> {
         use super::FailurePolicy;
         match self.policy {
             FailurePolicy::FallBackToMemory => {
@@ -193,7 +204,7 @@ impl RedisStore {
 
     /// Renews `lease` every third of its length until it is given back (the task is stopped)
     /// or lost; nothing is sent for a request shorter than a third of the lease.
-    fn keep_renewing(&self, request: &SlotRequest<'_>, lease: u64, lease_ms: u64) {
+    pub(super) fn keep_renewing(&self, request: &SlotRequest<'_>, lease: u64, lease_ms: u64) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
