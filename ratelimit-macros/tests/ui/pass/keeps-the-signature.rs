@@ -33,7 +33,12 @@ pub async fn batch_predict(
     Json(batch): Json<Vec<Item>>,
 ) -> Json<Vec<String>> {
     let _ = params;
-    Json(batch.iter().map(|i| format!("{}/{model}: {}", state.model, i.features.len())).collect())
+    Json(
+        batch
+            .iter()
+            .map(|i| format!("{}/{model}: {}", state.model, i.features.len()))
+            .collect(),
+    )
 }
 
 /// The router.
@@ -43,6 +48,7 @@ pub fn app() -> Router {
         .with_state(AppState { model: "m" })
 }
 
-fn main() {
+/// Builds the router.
+pub fn main() {
     let _ = app();
 }

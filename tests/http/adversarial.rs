@@ -5,12 +5,6 @@
 //! keys (`adversarial_memory.rs`, a process of its own). Never a 5xx or a panic, never more
 //! admitted than the limit.
 
-mod common;
-
-#[path = "../examples/ml_api.rs"]
-#[allow(dead_code)]
-mod ml_api;
-
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -18,7 +12,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::request::Parts;
 use axum::routing::post;
-use common::{client_from, serve};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use ratelimit::http::{ApiKeys, ClientAddr, Identity, KeyTable, KnownKey, UnknownKey};
@@ -27,6 +20,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+use crate::apps::ml_api;
+use crate::common::{client_from, serve};
 
 async fn ml_api() -> SocketAddr {
     let config = ml_api::Config {

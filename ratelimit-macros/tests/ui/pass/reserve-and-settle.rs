@@ -33,7 +33,7 @@ async fn metered(reservation: Reservation) -> String {
     format!("{} of {}", meter.used(), meter.reserved())
 }
 
-fn main() {
+pub fn main() {
     let _: axum::Router = axum::Router::new()
         .route("/generate", axum::routing::post(generate))
         .route("/metered", axum::routing::post(metered))

@@ -3,10 +3,6 @@
 //! Each case runs on a server counting in memory and on one counting in a Redis the test
 //! starts.
 
-mod common;
-#[path = "../ratelimit-core/tests/support/redis_server.rs"]
-mod redis_server;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,11 +11,13 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::post;
-use common::{client_from, serve};
 use ratelimit::{Limiter, Reservation, rate_limit};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
+
+use crate::common::{client_from, serve};
+use crate::redis_server;
 
 /// What the work will at most take, and what it took.
 #[derive(Deserialize)]

@@ -3,20 +3,15 @@
 //! that outlives an instance, scripts reloaded after a flush, readable names with TTLs.
 #![cfg(feature = "redis")]
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/redis_server.rs"]
-mod redis_server;
-#[path = "support/redis_stats.rs"]
-mod redis_stats;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ratelimit_core::store::{FailurePolicy, Mode, RedisStore, SlotCheck};
 use ratelimit_core::{Algorithm, Decision, FakeClock, Limiter, Limits, MemoryStore};
-use redis_server::{RedisCluster, RedisServer, free_port};
-use redis_stats::script_calls;
+
+use crate::model;
+use crate::redis_server::{RedisCluster, RedisServer, free_port};
+use crate::redis_stats::script_calls;
 
 /// A small deterministic generator for the request sequences.
 struct Lcg(u64);
@@ -492,7 +487,7 @@ async fn rediss_connects_over_tls() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The reference models the in-memory store is held to (`tests/algorithms.rs`), held against
+/// The reference models the in-memory store is held to (`algorithms.rs`), held against
 /// Redis: the same runs, at Redis's resolution (a microsecond), on rates whose intervals are
 /// whole microseconds.
 #[test]

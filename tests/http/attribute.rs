@@ -1,7 +1,5 @@
 //! Every option of the attribute and of the layer, through a real server.
 
-mod common;
-
 use std::sync::LazyLock;
 
 use axum::extract::{Path, State};
@@ -10,10 +8,11 @@ use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use common::{body, client_from, serve};
 use ratelimit::{Limiter, Limits, rate_limit};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::common::{body, client_from, serve};
 
 async fn hits(client: &reqwest::Client, url: &str, n: usize) -> Vec<u16> {
     let mut codes = Vec::new();

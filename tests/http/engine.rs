@@ -1,21 +1,20 @@
 //! One engine under HTTP: every path that checks a request derives the same key, everything
 //! that applies to a request passes or fails as one, and the values a client reads are exact.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::request::Parts;
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{client_from, serve};
 use ratelimit::http::KeySource;
 use ratelimit::observe::{Observation, Observer};
 use ratelimit::{Limiter, rate_limit};
 use reqwest::StatusCode;
 use reqwest::header::HeaderValue;
 use serde_json::{Value, json};
+
+use crate::common::{client_from, serve};
 
 async fn status(request: reqwest::RequestBuilder) -> u16 {
     request.send().await.unwrap().status().as_u16()

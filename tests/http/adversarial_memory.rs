@@ -2,12 +2,11 @@
 //! per-key size, not by the keys' length. A test binary of its own: resident memory is the
 //! measure, and other tests in the same process would move it.
 
-mod common;
-
 use axum::Router;
 use axum::routing::post;
-use common::{client_from, serve};
 use ratelimit::{Limiter, rate_limit};
+
+use crate::common::{client_from, serve};
 
 /// This process's resident memory.
 fn resident_bytes() -> i64 {

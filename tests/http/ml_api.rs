@@ -1,21 +1,17 @@
 //! The `ml_api` example over real HTTP: a real model behind per-model limits, tiers by API
 //! key, cost by batch size, inference slots, warm-up scaling, metrics and quiet logs.
 
-mod common;
-
-#[path = "../examples/ml_api.rs"]
-#[allow(dead_code)]
-mod ml_api;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client_from, serve};
 use ml_api::{Config, app};
 use ratelimit::CapacityLimit;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::apps::ml_api;
+use crate::common::{client_from, serve};
 
 const SETOSA: [f64; 4] = [5.1, 3.5, 1.4, 0.2];
 const VERSICOLOR: [f64; 4] = [6.0, 2.7, 4.1, 1.3];

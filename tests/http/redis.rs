@@ -1,31 +1,21 @@
 //! The `redis` example and the Redis store under HTTP, against `redis-server` processes the
 //! tests start themselves: instances share one limit, and losing Redis costs no request.
 
-// The examples it includes each include `examples/support/json.rs`.
-#![allow(clippy::duplicate_mod)]
 #![cfg(feature = "redis")]
-
-mod common;
-
-#[path = "../ratelimit-core/tests/support/redis_server.rs"]
-mod redis_server;
-
-#[path = "../ratelimit-core/tests/support/redis_stats.rs"]
-mod redis_stats;
-
-#[path = "../examples/redis.rs"]
-#[allow(dead_code)]
-mod example;
 
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::post;
-use common::{client_from, serve};
 use ratelimit::store::{FailurePolicy, RedisStore};
 use ratelimit::{Limiter, rate_limit};
-use redis_server::{RedisServer, free_port};
 use serde_json::{Value, json};
+
+use crate::apps::ml_api;
+use crate::apps::redis as example;
+use crate::common::{client_from, serve};
+use crate::redis_server::{RedisServer, free_port};
+use crate::redis_stats;
 
 fn input() -> Value {
     json!({"features": [1.0, 2.0, 3.0], "model_version": "v2"})
@@ -238,10 +228,6 @@ async fn a_concurrency_route_sends_one_command_per_request() {
     assert_eq!(third.status(), 200);
     assert_eq!(third.headers()["x-ratelimit-remaining"], "98");
 }
-
-#[path = "../examples/ml_api.rs"]
-#[allow(dead_code)]
-mod ml_api;
 
 fn features() -> Value {
     json!({"features": [6.0, 2.7, 4.1, 1.3]})

@@ -48,7 +48,7 @@ async fn deferred_impl_into_response(Json(items): Json<Vec<u8>>) -> impl IntoRes
 #[rate_limit("10/minute")]
 async fn unit() {}
 
-fn main() {
+pub fn main() {
     let _: Router = Router::new()
         .route("/a", post(with_question_mark))
         .route("/b", post(deferred_with_question_mark))

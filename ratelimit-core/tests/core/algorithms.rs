@@ -1,15 +1,13 @@
 //! Every algorithm through the limiter and the in-memory store on a fake clock, against
 //! simple reference models built from the log of admitted requests.
 
-mod common;
-#[path = "support/model.rs"]
-mod model;
-
 use std::time::Duration;
 
-use common::ready;
 use proptest::prelude::*;
 use ratelimit_core::{Algorithm, FakeClock, Limiter, Limits, MemoryStore};
+
+use crate::common::ready;
+use crate::model;
 
 fn limiter(algorithm: Algorithm) -> (Limiter, FakeClock) {
     let clock = FakeClock::new();

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::request::Parts;
 use axum::routing::get;
-use axum::Router;
 use ratelimit::{Limits, rate_limit};
 
 trait Model: Send + Sync + 'static {
@@ -21,15 +21,29 @@ impl Model for Tiny {
 }
 
 fn tier(parts: &Parts) -> &'static str {
-    if parts.headers.contains_key("x-premium") { "premium" } else { "free" }
+    if parts.headers.contains_key("x-premium") {
+        "premium"
+    } else {
+        "free"
+    }
 }
 
 async fn account(parts: &Parts) -> Option<String> {
-    parts.headers.get("x-account").and_then(|v| v.to_str().ok()).map(str::to_owned)
+    parts
+        .headers
+        .get("x-account")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn limits_for(parts: &Parts) -> Limits {
-    if parts.headers.contains_key("x-premium") { "50/minute" } else { "10/minute" }.parse().unwrap()
+    if parts.headers.contains_key("x-premium") {
+        "50/minute"
+    } else {
+        "10/minute"
+    }
+    .parse()
+    .unwrap()
 }
 
 fn health_check(parts: &Parts) -> bool {
@@ -56,7 +70,7 @@ async fn slots(axum::Json(batch): axum::Json<Vec<u32>>) -> String {
     batch.len().to_string()
 }
 
-fn main() {
+pub fn main() {
     let _: Router = Router::new()
         .route("/m", get(generic::<Tiny>))
         .route("/o", get(options))

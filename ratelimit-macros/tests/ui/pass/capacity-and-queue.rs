@@ -22,7 +22,7 @@ async fn waits_for_its_slot() -> &'static str {
     "ok"
 }
 
-fn main() {
+pub fn main() {
     let _ = axum::Router::<()>::new()
         .route("/a", axum::routing::get(adaptive))
         .route("/b", axum::routing::get(bounded))

@@ -3,8 +3,6 @@
 //! and the same wait for `concurrency` slots. Handlers block on a gate the test opens, so
 //! what is admitted when is decided by the test, not by timing.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,13 +11,14 @@ use axum::extract::{ConnectInfo, Extension};
 use axum::http::request::Parts;
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{client_from, serve};
 use ratelimit::http::LimitsRef;
 use ratelimit::observe::Metrics;
 use ratelimit::{Limiter, Limits, Priority, rate_limit};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::Semaphore;
+
+use crate::common::{client_from, serve};
 
 /// What the handlers share with the test: a gate each handler passes once (the test adds
 /// permits), and the order in which clients got in.

@@ -1,14 +1,13 @@
 //! The in-memory store under contention and under a flood of distinct keys.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::ready;
 use ratelimit_core::store::WhenFull;
 use ratelimit_core::{Algorithm, FakeClock, Limiter, Limits, MemoryStore};
+
+use crate::common::ready;
 
 #[test]
 fn eight_threads_on_one_key_admit_exactly_the_limit() {

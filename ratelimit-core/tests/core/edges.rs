@@ -2,16 +2,15 @@
 //! grammar and the API accept (no panic, in debug builds where overflow panics), limits
 //! scaled at run time, and gave-back charges.
 
-mod common;
-
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::ready;
 use proptest::prelude::*;
 use ratelimit_core::store::{Charge, LimitState, Mode};
 use ratelimit_core::{Algorithm, FakeClock, Limiter, Limits, MemoryStore, Rate, Unit};
+
+use crate::common::ready;
 
 fn charge(limits: &Limits, algorithm: Algorithm, cost: u64) -> Charge<'_> {
     Charge::new("", limits, algorithm, cost)

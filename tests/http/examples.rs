@@ -1,20 +1,10 @@
 //! The examples over real HTTP: in_memory and tiers, as the Python seed tests them.
 
-// The examples it includes each include `examples/support/json.rs`.
-#![allow(clippy::duplicate_mod)]
-
-mod common;
-
-#[path = "../examples/in_memory.rs"]
-#[allow(dead_code)]
-mod in_memory;
-
-#[path = "../examples/tiers.rs"]
-#[allow(dead_code)]
-mod tiers;
-
-use common::{body, client_from, post_with, serve, serve_without_connect_info};
 use reqwest::StatusCode;
+
+use crate::apps::in_memory;
+use crate::apps::tiers;
+use crate::common::{body, client_from, post_with, serve, serve_without_connect_info};
 
 /// POSTs a body that is not JSON, with a JSON content type.
 async fn post_malformed(client: &reqwest::Client, url: &str) -> reqwest::Response {

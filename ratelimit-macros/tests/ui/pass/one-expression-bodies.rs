@@ -28,7 +28,7 @@ pub async fn question_mark(Json(items): Json<Vec<String>>) -> Result<String, Str
     Ok(items.first().ok_or("empty")?.clone())
 }
 
-fn main() {
+pub fn main() {
     let _: Router = Router::new()
         .route("/batch", post(batch))
         .route("/stacked", post(stacked))

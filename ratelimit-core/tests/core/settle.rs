@@ -2,17 +2,15 @@
 //! is debt the key pays before its next request passes, exactly once, for every algorithm,
 //! in memory and (with the `redis` feature) in Redis, on a fake clock.
 
-#[path = "support/redis_server.rs"]
-#[cfg(feature = "redis")]
-mod redis_server;
-#[path = "support/redis_stats.rs"]
-#[cfg(feature = "redis")]
-mod redis_stats;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use ratelimit_core::{Algorithm, Decision, FakeClock, Limiter, Limits, MemoryStore};
+
+#[cfg(feature = "redis")]
+use crate::redis_server;
+#[cfg(feature = "redis")]
+use crate::redis_stats;
 
 /// Where the state lives: memory, or a Redis server started for the test.
 enum Backend {

@@ -1,0 +1,20 @@
+//! The facade's integration tests, one binary (one link step): HTTP through real servers on
+//! ephemeral ports and real clients, the examples among them, and Redis-backed ones against
+//! `redis-server` processes they start themselves.
+
+mod apps;
+mod common;
+#[path = "../../ratelimit-core/tests/support/redis_server.rs"]
+mod redis_server;
+#[path = "../../ratelimit-core/tests/support/redis_stats.rs"]
+mod redis_stats;
+
+mod adversarial;
+mod adversarial_memory;
+mod attribute;
+mod capacity;
+mod engine;
+mod examples;
+mod ml_api;
+mod redis;
+mod reserve;
