@@ -52,6 +52,8 @@ fn health_check(parts: &Parts) -> bool {
 
 #[rate_limit("10/minute; 100/hour", key = tier, algorithm = gcra, burst = 3)]
 #[rate_limit(limits_for, key = account, algorithm = moving_window, exempt_when = health_check)]
+// Bounds in both places on purpose: the attribute keeps each where it was.
+#[allow(clippy::multiple_bound_locations)]
 async fn generic<M: Model>(State(model): State<Arc<M>>) -> String
 where
     M: Send,

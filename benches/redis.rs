@@ -4,16 +4,16 @@
 //! decision (`INFO commandstats`); a refused key with and without the blocked-key cache.
 //! Cases are interleaved round by round; medians of the rounds.
 //!
-//! `taskset -c 0 cargo bench -p ratelimit-core --features redis --bench redis`: the benchmark
+//! `taskset -c 0 cargo bench -p ratelimit-benches --features redis --bench redis`: the benchmark
 //! on core 0 and, moved there once started, `redis-server` on core 1, as client and server on
 //! two machines would be (unpinned, loopback latency swings threefold with where the
 //! scheduler puts the two).
 
 #![allow(clippy::print_stdout)] // the report is its output
 
-#[path = "../tests/support/redis_server.rs"]
+#[path = "../ratelimit-core/tests/support/redis_server.rs"]
 mod redis_server;
-#[path = "../tests/support/redis_stats.rs"]
+#[path = "../ratelimit-core/tests/support/redis_stats.rs"]
 mod redis_stats;
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Nanoseconds per check: ratelimit's GCRA beside governor's keyed limiter, in one run.
 //!
-//! `cargo bench -p ratelimit-core --bench check`
+//! `cargo bench -p ratelimit-benches --bench check`
 
 use std::future::Future;
 use std::hint::black_box;

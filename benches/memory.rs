@@ -1,7 +1,7 @@
 //! Bytes per tracked key, ratelimit beside governor: each side tracks a million keys in a
 //! child process of its own, and the growth of its resident memory is divided by the count.
 //!
-//! `cargo bench -p ratelimit-core --bench memory`
+//! `cargo bench -p ratelimit-benches --bench memory`
 
 #![allow(clippy::print_stdout)] // the report is its output
 
