@@ -725,10 +725,11 @@ async fn the_compute_budget_is_charged_by_measured_inference_time() {
     );
     // The budget (5,000 ms, earned back at 1 ms every 12 ms) was full when the first
     // inference started; 3,000 were used by 3 s, 250 earned back and 3,000 used by 6 s: 750
-    // owed, and this request's own millisecond: 751 × 12 ms = 9.01 s, 10 in whole seconds
-    // (a little more when a loaded machine makes inference overrun its 3 s).
+    // owed, and this request's own millisecond: 751 × 12 ms = 9.01 s, 10 in whole seconds;
+    // a little more when a loaded machine makes inference overrun its 3 s, a little less
+    // for what was earned back between the requests (83 ms-units a second of HTTP).
     let retry: u64 = header(&r, "retry-after").parse().unwrap();
-    assert!((10..=12).contains(&retry), "Retry-After {retry}");
+    assert!((8..=12).contains(&retry), "Retry-After {retry}");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["detail"], "Rate limit exceeded: 5000 per 1 minute");
     // Another client has its own budget.
