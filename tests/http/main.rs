@@ -1,6 +1,7 @@
 //! The facade's integration tests, one binary (one link step): HTTP through real servers on
 //! ephemeral ports and real clients, the examples among them, and Redis-backed ones against
-//! `redis-server` processes they start themselves.
+//! `redis-server` processes they start themselves. (The flood that measures resident memory
+//! is `tests/adversarial_memory.rs`, a binary of its own.)
 
 mod apps;
 mod common;
@@ -10,7 +11,6 @@ mod redis_server;
 mod redis_stats;
 
 mod adversarial;
-mod adversarial_memory;
 mod attribute;
 mod capacity;
 mod engine;

@@ -13,6 +13,7 @@
 //! [`Limiter::set_scale`](crate::Limiter::set_scale) and read again by every instance in the
 //! background, at most about once a second.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -248,9 +249,16 @@ impl RedisStore {
         command.arg(slots_name(request)).arg(lease);
         let connection = self.connection.clone();
         let timeout = self.timeout.max(Duration::from_millis(500));
-        runtime.spawn(async move {
+        let mut release = Box::pin(async move {
             let _ = tokio::time::timeout(timeout, connection.query::<i64>(command)).await;
         });
+        // Polled once here, which queues the command on the connection before the request's
+        // answer goes out: the client's next request, sent after it, cannot overtake it and
+        // find its own slot still held. The answer is awaited in the background.
+        let mut polled = std::task::Context::from_waker(std::task::Waker::noop());
+        if release.as_mut().poll(&mut polled).is_pending() {
+            runtime.spawn(release);
+        }
     }
 
     /// The scale known for `prefix`: a read of a sharded table and two atomics per request

@@ -1,12 +1,15 @@
 //! A flood of distinct 8 KiB keys through a real server grows memory by the store's fixed
-//! per-key size, not by the keys' length. A test binary of its own: resident memory is the
-//! measure, and other tests in the same process would move it.
+//! per-key size, not by the keys' length. A test binary of its own, apart from `tests/http`:
+//! resident memory is the measure, and other tests in the same process would move it.
+
+#[path = "http/common.rs"]
+mod common;
 
 use axum::Router;
 use axum::routing::post;
 use ratelimit::{Limiter, rate_limit};
 
-use crate::common::{client_from, serve};
+use common::{client_from, serve};
 
 /// This process's resident memory.
 fn resident_bytes() -> i64 {
