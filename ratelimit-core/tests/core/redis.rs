@@ -624,15 +624,7 @@ async fn a_slot_held_past_its_lease_by_a_running_request_is_not_given_to_another
         .unwrap()
         .unwrap();
     // Four leases long: the instance running the request renews it every 100 ms.
-    let start = Instant::now();
-    while start.elapsed() < lease * 4 {
-        assert!(
-            !has_slot(&other, "/heavy", "client", 1).await,
-            "the slot was given away after {:?}",
-            start.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stays_held(&other, lease * 4).await;
     // Given back when the request ends: free at once, and no longer renewed.
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -646,6 +638,20 @@ async fn a_slot_held_past_its_lease_by_a_running_request_is_not_given_to_another
     tokio::time::sleep(lease * 2).await;
     assert!(!has_slot(&running, "/heavy", "client", 1).await);
     drop(taken);
+}
+
+/// Asserts, every 50 ms for `during`, that `other` finds the slot of `client` under
+/// `/heavy` (limit 1) held.
+async fn stays_held(other: &Limiter, during: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < during {
+        assert!(
+            !has_slot(other, "/heavy", "client", 1).await,
+            "the slot was given away after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until `limiter` can take a slot of `key` under `scope` (a lease given back by
@@ -764,15 +770,8 @@ async fn a_slot_taken_with_the_rates_is_renewed_while_held() {
     else {
         panic!("admitted with its slot");
     };
-    let start = Instant::now();
-    while start.elapsed() < lease * 4 {
-        assert!(
-            !has_slot(&other, "/heavy", "client", 1).await,
-            "the slot was given away after {:?}",
-            start.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Four leases long: the instance running the request renews it every 100 ms.
+    stays_held(&other, lease * 4).await;
     drop(held);
     wait_for_free_slot(&other, "/heavy", "client", 1).await;
 }
