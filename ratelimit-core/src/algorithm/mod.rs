@@ -196,6 +196,7 @@ mod runtime {
         }
 
         /// Judges a request of `cost` at `now`; applies it only when `consume` and allowed.
+        #[inline]
         pub(crate) fn check(
             &mut self,
             rate: &RateParams,
@@ -255,6 +256,7 @@ mod runtime {
         }
 
         /// The instant from which this state is as good as new, so it can be dropped.
+        #[inline]
         pub(crate) fn expires_at(&self, rate: &RateParams) -> u64 {
             match self {
                 State::Gcra { tat, .. } => *tat,

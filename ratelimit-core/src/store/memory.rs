@@ -9,17 +9,17 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 use super::slots::Slots;
+use super::state::check_states;
 use super::{
     Charge, CheckRequest, LimitState, Mode, SlotCheck, SlotRequest, Store, StoreError, StoreFuture,
 };
-use crate::algorithm::{Algorithm, RateParams, gcra};
+use crate::algorithm::{Algorithm, RateParams, State, gcra};
 use crate::clock::{Clock, MonotonicClock};
 use crate::decision::Decision;
 
 /// The default cap on tracked keys: under 100 MB for IPv4 clients.
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
 
-type Hasher64 = foldhash::fast::RandomState;
 
 /// What a full [`MemoryStore`] does with a key it does not track yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,11 +40,12 @@ pub enum WhenFull {
 /// The default store: state in process memory, shared by every clone of the limiter.
 ///
 /// - A check of a key it already tracks allocates nothing and takes no lock but the read
-///   lock of the key's shard; a single GCRA rate is one atomic compare-and-swap on a 40-byte
+///   lock of the key's shard; a single GCRA rate is one atomic compare-and-swap on a 32-byte
 ///   table entry.
-/// - Every key takes 24 bytes inside the table, whatever its length: keys of up to 15 bytes
-///   (every IPv4 client) as they are, longer ones by a 128-bit hash keyed at random per store,
-///   so a client cannot make the store keep large keys, nor aim for collisions.
+/// - Every key takes 16 bytes inside the table, whatever its length: a 128-bit hash of the
+///   key and the name of its state, keyed at random per store, so a client cannot make the
+///   store keep large keys, nor aim for collisions (two keys share state by chance with a
+///   probability of about 2^-128).
 /// - Memory is bounded: it tracks at most [`capacity`](MemoryStore::with_capacity) keys
 ///   (default [`DEFAULT_CAPACITY`]). When it is full, a new key first makes it reclaim
 ///   expired state (state that is as good as new, so dropping it changes no decision), and
@@ -67,10 +68,12 @@ pub enum WhenFull {
 /// ```
 pub struct MemoryStore<C: Clock = MonotonicClock> {
     /// Keys limited by a single GCRA rate: one theoretical arrival time each, lock-free.
-    gcra: DashMap<StoredKey, GcraSlot, Hasher64>,
+    gcra: DashMap<StoredKey, GcraSlot, Lane>,
     /// Keys limited by several rates, or by a window algorithm: their states behind a
     /// per-key mutex, which makes several rates pass or fail together.
-    locked: DashMap<StoredKey, Box<Mutex<Locked>>, Hasher64>,
+    locked: DashMap<StoredKey, Box<Mutex<Locked>>, Lane>,
+    /// Keys limited by a single rate of a fixed or sliding window.
+    windows: DashMap<StoredKey, WindowSlot, Lane>,
     clock: C,
     capacity: usize,
     when_full: WhenFull,
@@ -81,7 +84,7 @@ pub struct MemoryStore<C: Clock = MonotonicClock> {
     sweep: Mutex<Sweep>,
     refused: AtomicU64,
     evicted: AtomicU64,
-    long_keys: (LongKeySeed, LongKeySeed),
+    seeds: KeySeeds,
     slots: Slots,
 }
 
@@ -142,7 +145,8 @@ fn tick(now: u64) -> u64 {
 /// What the two tables keep per key.
 trait Slot: Send + Sync + Sized + 'static {
     fn new(charge: &Charge<'_>, now: u64) -> Self;
-    fn check(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision;
+    /// Judges a request with the slot to itself (its shard locked, or not yet in the table).
+    fn check(&mut self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision;
     /// From when on dropping this slot changes no decision.
     fn expires_at(&mut self) -> u64;
     /// When the slot was last checked, as a tick (see [`tick`]).
@@ -157,9 +161,39 @@ impl Slot for GcraSlot {
         }
     }
 
+    fn check(&mut self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
+        self.check_shared(charge, now, mode)
+    }
+
+    fn expires_at(&mut self) -> u64 {
+        *self.tat.get_mut()
+    }
+
+    fn touched(&mut self, now: u64) -> u64 {
+        full_tick(*self.meta.get_mut(), now)
+    }
+}
+
+impl GcraSlot {
+    /// Judges a request with the shard read-locked: other keys' checks, and this key's on
+    /// other threads, go on meanwhile (one compare-and-swap decides between them).
     #[inline(always)]
-    fn check(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
-        let rate = &charge.param(0);
+    fn check_shared(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
+        if charge.scale.is_full() {
+            self.check_at(charge, &charge.limits.params()[0], now, mode)
+        } else {
+            self.check_scaled(charge, now, mode)
+        }
+    }
+
+    /// A check under a scaled limit: its numbers made on the stack first.
+    #[inline(never)]
+    fn check_scaled(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
+        self.check_at(charge, &charge.param(0), now, mode)
+    }
+
+    #[inline(always)]
+    fn check_at(&self, charge: &Charge<'_>, rate: &RateParams, now: u64, mode: Mode) -> Decision {
         // The interval's bits: an `f32`, exact to 1 part in 16 million, which is all a
         // rescaling needs; never 0 for an interval of at least 1 ns.
         let spacing = u64::from(rate.interval_bits);
@@ -174,17 +208,6 @@ impl Slot for GcraSlot {
         }
         self.run(charge, rate, now, mode, None)
     }
-
-    fn expires_at(&mut self) -> u64 {
-        *self.tat.get_mut()
-    }
-
-    fn touched(&mut self, now: u64) -> u64 {
-        full_tick(*self.meta.get_mut(), now)
-    }
-}
-
-impl GcraSlot {
     /// A check of a TAT written at another spacing: a limit scaled since (or a slot written
     /// before the spacing was kept). What the key owes is re-expressed at the new spacing.
     #[cold]
@@ -277,14 +300,10 @@ impl Slot for Box<Mutex<Locked>> {
         }))
     }
 
-    fn check(&self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
-        let mut locked = self.lock().unwrap_or_else(PoisonError::into_inner);
-        locked.touched = tick(now);
-        let decision = locked.state.check(charge, now, mode);
-        if mode != Mode::Peek {
-            locked.expires_at = locked.state.expires_at(charge);
-        }
-        decision
+    fn check(&mut self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
+        self.get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(charge, now, mode)
     }
 
     fn expires_at(&mut self) -> u64 {
@@ -297,6 +316,77 @@ impl Slot for Box<Mutex<Locked>> {
         self.get_mut()
             .unwrap_or_else(PoisonError::into_inner)
             .touched
+    }
+}
+
+impl Locked {
+    fn check(&mut self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
+        self.touched = tick(now);
+        let decision = self.state.check(charge, now, mode);
+        if mode != Mode::Peek {
+            self.expires_at = self.state.expires_at(charge);
+        }
+        decision
+    }
+}
+
+/// A key under one rate counted by a fixed or sliding window: its state in the table
+/// itself, judged with the shard write-locked (two atomic operations a check, where a
+/// boxed per-key mutex under a read lock takes four and a pointer chase).
+struct WindowSlot {
+    state: State,
+    expires_at: u64,
+    touched: u64,
+}
+
+impl Slot for WindowSlot {
+    fn new(charge: &Charge<'_>, now: u64) -> WindowSlot {
+        WindowSlot {
+            state: State::new(charge.algorithm),
+            expires_at: 0,
+            touched: tick(now),
+        }
+    }
+
+    #[inline(always)]
+    fn check(&mut self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
+        self.touched = tick(now);
+        if charge.scale.is_full() {
+            self.check_at(charge, &charge.limits.params()[0], now, mode)
+        } else {
+            self.check_scaled(charge, now, mode)
+        }
+    }
+
+    fn expires_at(&mut self) -> u64 {
+        self.expires_at
+    }
+
+    fn touched(&mut self, _now: u64) -> u64 {
+        self.touched
+    }
+}
+
+impl WindowSlot {
+    #[inline(always)]
+    fn check_at(&mut self, charge: &Charge<'_>, rate: &RateParams, now: u64, mode: Mode) -> Decision {
+        let decision = check_states(
+            std::slice::from_mut(&mut self.state),
+            std::slice::from_ref(rate),
+            now,
+            charge.cost,
+            mode,
+        );
+        if mode != Mode::Peek {
+            self.expires_at = self.state.expires_at(rate);
+        }
+        decision
+    }
+
+    /// A check under a scaled limit: its numbers made on the stack first.
+    #[inline(never)]
+    fn check_scaled(&mut self, charge: &Charge<'_>, now: u64, mode: Mode) -> Decision {
+        self.check_at(charge, &charge.param(0), now, mode)
     }
 }
 
@@ -318,8 +408,9 @@ impl<C: Clock> MemoryStore<C> {
     /// tests).
     pub fn with_clock(clock: C) -> MemoryStore<C> {
         MemoryStore {
-            gcra: DashMap::with_hasher(Hasher64::default()),
-            locked: DashMap::with_hasher(Hasher64::default()),
+            gcra: DashMap::with_hasher(Lane(0)),
+            locked: DashMap::with_hasher(Lane(0)),
+            windows: DashMap::with_hasher(Lane(0)),
             clock,
             capacity: DEFAULT_CAPACITY,
             when_full: WhenFull::default(),
@@ -328,7 +419,7 @@ impl<C: Clock> MemoryStore<C> {
             sweep: Mutex::default(),
             refused: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
-            long_keys: Default::default(),
+            seeds: KeySeeds::default(),
             slots: Slots::default(),
         }
     }
@@ -460,32 +551,32 @@ impl<C: Clock> MemoryStore<C> {
         mode: Mode,
     ) -> Decision {
         let namespace = namespace(request.prefix, charge);
-        let key = StoredKey::new(namespace, request.key, &self.long_keys);
+        let key = StoredKey::new(namespace, request.key, &self.seeds);
         // A charge of cost 0 stores nothing: it is a peek.
         let mode = if charge.cost == 0 && mode == Mode::Charge {
             Mode::Peek
         } else {
             mode
         };
-        if charge.algorithm == Algorithm::Gcra && charge.limits.params().len() == 1 {
-            self.check_in(&self.gcra, key, charge, now, mode)
-        } else {
-            self.check_in(&self.locked, key, charge, now, mode)
-        }
-    }
-
-    #[inline(always)]
-    fn check_in<V: Slot>(
-        &self,
-        map: &DashMap<StoredKey, V, Hasher64>,
-        key: StoredKey,
-        charge: &Charge<'_>,
-        now: u64,
-        mode: Mode,
-    ) -> Decision {
-        match map.get(&key) {
-            Some(slot) => slot.check(charge, now, mode),
-            None => self.check_new(map, key, charge, now, mode),
+        let single = charge.limits.params().len() == 1;
+        match charge.algorithm {
+            Algorithm::Gcra if single => match self.gcra.get(&key) {
+                Some(slot) => slot.check_shared(charge, now, mode),
+                None => self.check_new(&self.gcra, key, charge, now, mode),
+            },
+            Algorithm::FixedWindow | Algorithm::SlidingWindow if single => {
+                match self.windows.get_mut(&key) {
+                    Some(mut slot) => slot.check(charge, now, mode),
+                    None => self.check_new(&self.windows, key, charge, now, mode),
+                }
+            }
+            _ => match self.locked.get(&key) {
+                Some(slot) => slot
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .check(charge, now, mode),
+                None => self.check_new(&self.locked, key, charge, now, mode),
+            },
         }
     }
 
@@ -495,13 +586,13 @@ impl<C: Clock> MemoryStore<C> {
     #[inline(never)]
     fn check_new<V: Slot>(
         &self,
-        map: &DashMap<StoredKey, V, Hasher64>,
+        map: &DashMap<StoredKey, V, Lane>,
         key: StoredKey,
         charge: &Charge<'_>,
         now: u64,
         mode: Mode,
     ) -> Decision {
-        let slot = V::new(charge, now);
+        let mut slot = V::new(charge, now);
         match mode {
             Mode::Charge => {}
             // A peek: nothing to store.
@@ -522,11 +613,11 @@ impl<C: Clock> MemoryStore<C> {
                     return self.refusal(charge, now);
                 }
                 return match map.entry(key) {
-                    Entry::Occupied(existing) => {
+                    Entry::Occupied(mut existing) => {
                         self.len.fetch_sub(1, Ordering::Relaxed);
-                        existing.get().check(charge, now, mode)
+                        existing.get_mut().check(charge, now, mode)
                     }
-                    Entry::Vacant(vacant) => vacant.insert(slot).check(charge, now, mode),
+                    Entry::Vacant(vacant) => vacant.insert(slot).value_mut().check(charge, now, mode),
                 };
             }
         }
@@ -538,12 +629,12 @@ impl<C: Clock> MemoryStore<C> {
             return self.refusal(charge, now);
         }
         match map.entry(key) {
-            Entry::Occupied(existing) => {
+            Entry::Occupied(mut existing) => {
                 // Another thread inserted the key since we looked: charge its slot instead.
                 self.len.fetch_sub(1, Ordering::Relaxed);
-                existing.get().check(charge, now, mode)
+                existing.get_mut().check(charge, now, mode)
             }
-            Entry::Vacant(vacant) => vacant.insert(slot).check(charge, now, mode),
+            Entry::Vacant(vacant) => vacant.insert(slot).value_mut().check(charge, now, mode),
         }
     }
 
@@ -587,6 +678,8 @@ impl<C: Clock> MemoryStore<C> {
             .retain(|_, slot| keep_live(slot, now, &mut removed, &mut earliest, &mut touched));
         self.locked
             .retain(|_, slot| keep_live(slot, now, &mut removed, &mut earliest, &mut touched));
+        self.windows
+            .retain(|_, slot| keep_live(slot, now, &mut removed, &mut earliest, &mut touched));
         self.len.fetch_sub(removed, Ordering::Relaxed);
         if removed >= target {
             return;
@@ -611,6 +704,7 @@ impl<C: Clock> MemoryStore<C> {
                 };
                 self.gcra.retain(|_, slot| evicting(slot.touched(now)));
                 self.locked.retain(|_, slot| evicting(slot.touched(now)));
+                self.windows.retain(|_, slot| evicting(slot.touched(now)));
                 let evicted = evict - left;
                 self.len.fetch_sub(evicted, Ordering::Relaxed);
                 self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
@@ -731,31 +825,63 @@ impl<C: Clock> std::fmt::Debug for MemoryStore<C> {
             .finish_non_exhaustive()
     }
 }
-/// A stored key: the namespace, then the client key in 16 bytes, as it is when it has at
-/// most 15 bytes (its length in the last byte), or else as a keyed 128-bit hash with the top
-/// bit of the last byte set. Fixed-size, so a GCRA entry is 32 bytes, a lookup allocates
-/// nothing, and hashing and comparing it are a few word operations.
+/// A stored key: a 128-bit hash of the state's namespace and the client key, keyed at random
+/// per store, as two independent 64-bit lanes. Keys of up to 15 bytes enter it as they are
+/// (two words, their length in the last byte); longer ones as a keyed 128-bit hash of their
+/// bytes (with the top bit of the last byte set), so that no key is ever kept and none costs
+/// more than another. Fixed-size: a GCRA entry is 32 bytes, a lookup allocates nothing, and
+/// the table's hash is the first lane as it is.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct StoredKey([u64; 3]);
+struct StoredKey([u64; 2]);
 
 const INLINE_KEY_LEN: usize = 15;
 const HASHED: u64 = 1 << 63;
 
+/// The random keys of a store's [`StoredKey`]s: two per lane, and two for keys longer than
+/// [`INLINE_KEY_LEN`].
+struct KeySeeds {
+    lanes: [u64; 4],
+    long: (LongKeySeed, LongKeySeed),
+}
+
+impl Default for KeySeeds {
+    fn default() -> KeySeeds {
+        let random = foldhash::quality::RandomState::default();
+        KeySeeds {
+            lanes: [0u64, 1, 2, 3].map(|i| random.hash_one(i)),
+            long: Default::default(),
+        }
+    }
+}
+
+/// The high and low halves of the 128-bit product, folded: foldhash's mixing step, which
+/// hashes 16 bytes keyed by two secret words in one multiplication.
+#[inline(always)]
+fn folded_multiply(x: u64, y: u64) -> u64 {
+    let product = u128::from(x) * u128::from(y);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
 impl StoredKey {
     #[inline]
-    fn new(namespace: u64, key: &[u8], seeds: &(LongKeySeed, LongKeySeed)) -> StoredKey {
-        if key.len() <= INLINE_KEY_LEN {
+    fn new(namespace: u64, key: &[u8], seeds: &KeySeeds) -> StoredKey {
+        let (lo, hi) = if key.len() <= INLINE_KEY_LEN {
             let (lo, hi) = key.split_at(key.len().min(8));
-            let len = (key.len() as u64) << 56;
-            StoredKey([namespace, load_le(lo), load_le(hi) | len])
+            (load_le(lo), load_le(hi) | (key.len() as u64) << 56)
         } else {
-            StoredKey::hashed(namespace, key, seeds)
-        }
+            StoredKey::long(key, &seeds.long)
+        };
+        // Each lane: the key's 16 bytes and the namespace, under two secret words of its own.
+        let [a, b, c, d] = seeds.lanes;
+        StoredKey([
+            folded_multiply(lo ^ a, hi ^ b ^ namespace),
+            folded_multiply(lo ^ c ^ namespace, hi ^ d),
+        ])
     }
 
     #[cold]
-    fn hashed(namespace: u64, key: &[u8], (a, b): &(LongKeySeed, LongKeySeed)) -> StoredKey {
-        StoredKey([namespace, a.hash_one(key), b.hash_one(key) | HASHED])
+    fn long(key: &[u8], (a, b): &(LongKeySeed, LongKeySeed)) -> (u64, u64) {
+        (a.hash_one(key), b.hash_one(key) | HASHED)
     }
 }
 
@@ -793,10 +919,38 @@ fn load_le(bytes: &[u8]) -> u64 {
 impl Hash for StoredKey {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // One 128-bit write (one folded multiply in foldhash). Folding the namespace in by
-        // xor keeps the map from key to hash input one-to-one for each namespace.
-        let [namespace, lo, hi] = self.0;
-        state.write_u128(u128::from(lo ^ namespace) | (u128::from(hi) << 64));
+        // Already a keyed hash: the table takes its first lane as it is ([`Lane`]).
+        state.write_u64(self.0[0]);
+    }
+}
+
+/// The table's hasher: a [`StoredKey`]'s first lane, unchanged.
+#[derive(Clone, Copy, Default)]
+struct Lane(u64);
+
+impl Hasher for Lane {
+    #[inline]
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("a stored key hashes as one u64");
+    }
+
+    #[inline]
+    fn write_u64(&mut self, lane: u64) {
+        self.0 = lane;
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl BuildHasher for Lane {
+    type Hasher = Lane;
+
+    #[inline]
+    fn build_hasher(&self) -> Lane {
+        Lane(0)
     }
 }
 
@@ -805,10 +959,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_gcra_entry_is_40_bytes() {
-        assert_eq!(size_of::<StoredKey>(), 24);
-        assert_eq!(size_of::<(StoredKey, GcraSlot)>(), 40);
-        assert_eq!(size_of::<(StoredKey, Box<Mutex<Locked>>)>(), 32);
+    fn a_gcra_entry_is_32_bytes() {
+        assert_eq!(size_of::<StoredKey>(), 16);
+        assert_eq!(size_of::<(StoredKey, GcraSlot)>(), 32);
+        assert_eq!(size_of::<(StoredKey, Box<Mutex<Locked>>)>(), 24);
+        // A window's state inline: the algorithms' state enum, its expiry and its tick.
+        assert!(size_of::<(StoredKey, WindowSlot)>() <= 72);
     }
 
     #[test]
@@ -827,7 +983,7 @@ mod tests {
 
     #[test]
     fn stored_keys_are_distinct_and_never_confuse_inline_with_hashed() {
-        let seeds = Default::default();
+        let seeds = KeySeeds::default();
         let keys: Vec<Vec<u8>> = [0usize, 1, 2, 14, 15, 16, 17, 300]
             .iter()
             .flat_map(|&len| {
@@ -841,9 +997,9 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for key in &keys {
             let stored = StoredKey::new(7, key, &seeds);
-            assert_eq!(stored.0[2] & HASHED != 0, key.len() > INLINE_KEY_LEN);
             assert!(stored == StoredKey::new(7, key, &seeds), "deterministic");
             assert!(stored != StoredKey::new(8, key, &seeds), "namespaced");
+            assert!(stored != StoredKey::new(7, key, &KeySeeds::default()), "keyed per store");
             seen.insert(stored.0);
         }
         let distinct: std::collections::HashSet<&Vec<u8>> = keys.iter().collect();

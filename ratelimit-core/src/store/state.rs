@@ -1,7 +1,7 @@
 //! One key's state under one charge's limits, for stores that keep state themselves.
 
 use super::{Charge, Mode};
-use crate::algorithm::{State, check_all, debit_all, refund_all};
+use crate::algorithm::{RateParams, State, check_all, debit_all, refund_all};
 use crate::decision::Decision;
 
 /// The state of one key under one [`Charge`]'s limits (one entry per rate), with the
@@ -48,22 +48,7 @@ impl LimitState {
         if self.states.len() != params.len() || !self.states.iter().all(|s| s.same_kind(&fresh)) {
             self.states = vec![fresh; params.len()];
         }
-        // After a refund or a debit, the answer describes the state as it is (a judgement
-        // at cost 0).
-        let cost = match mode {
-            Mode::Refund => {
-                refund_all(&mut self.states, params, now, charge.cost);
-                0
-            }
-            Mode::Debit => {
-                debit_all(&mut self.states, params, now, charge.cost);
-                0
-            }
-            Mode::Charge | Mode::Peek => charge.cost,
-        };
-        let consume = mode == Mode::Charge && cost > 0;
-        let (index, verdict) = check_all(&mut self.states, params, now, cost, consume);
-        Decision::from_verdict(&params[index], index, verdict)
+        check_states(&mut self.states, params, now, charge.cost, mode)
     }
 
     /// From when on (store clock) this state is as good as new, so dropping it changes no
@@ -76,4 +61,32 @@ impl LimitState {
             .max()
             .unwrap_or(0)
     }
+}
+
+/// [`LimitState::check`] of states already made for `params` (one per rate, of the charge's
+/// algorithm): what a store that keeps a single rate's state inline calls.
+#[inline]
+pub(crate) fn check_states(
+    states: &mut [State],
+    params: &[RateParams],
+    now: u64,
+    cost: u64,
+    mode: Mode,
+) -> Decision {
+    // After a refund or a debit, the answer describes the state as it is (a judgement at
+    // cost 0).
+    let cost = match mode {
+        Mode::Refund => {
+            refund_all(states, params, now, cost);
+            0
+        }
+        Mode::Debit => {
+            debit_all(states, params, now, cost);
+            0
+        }
+        Mode::Charge | Mode::Peek => cost,
+    };
+    let consume = mode == Mode::Charge && cost > 0;
+    let (index, verdict) = check_all(states, params, now, cost, consume);
+    Decision::from_verdict(&params[index], index, verdict)
 }

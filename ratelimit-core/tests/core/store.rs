@@ -177,6 +177,46 @@ fn evicting_a_flood_keeps_serving_new_clients_and_keeps_the_hammering_key_limite
     assert!(!check("hammer", 2).is_allowed());
 }
 
+/// The same flood for a single rate counted by a window, whose state the store keeps in a
+/// table of its own: eviction reaches it, and spares the key that keeps hammering.
+#[test]
+fn evicting_a_flood_spares_the_hammering_key_under_a_window_algorithm() {
+    const CAP: usize = 10_000;
+    const FLOOD: usize = 200_000;
+    for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingWindow] {
+        let clock = FakeClock::new();
+        let store = Arc::new(MemoryStore::with_clock(clock.clone()).with_capacity(CAP));
+        let limiter = Limiter::builder()
+            .shared_store(store.clone())
+            .algorithm(algorithm)
+            .build();
+        let limits = Limits::parse("10/minute").unwrap();
+        let check = |key: &str, cost: u64| ready(limiter.check(&limits, key, cost)).unwrap();
+        assert!(check("hammer", 10).is_allowed());
+        let mut key = String::new();
+        let mut hammer_admitted = 10;
+        for i in 0..FLOOD {
+            // 200,000 keys over 2 seconds of fake time: the hammer's window stays open.
+            clock.advance(Duration::from_micros(10));
+            if i % 1_000 == 0 {
+                hammer_admitted += u64::from(check("hammer", 1).is_allowed());
+                assert!(store.len() <= CAP, "{algorithm}: {} keys", store.len());
+            }
+            key.clear();
+            key.push_str("flood-");
+            key.push_str(&i.to_string());
+            assert!(check(&key, 1).is_allowed(), "{algorithm}: {key} refused");
+        }
+        assert!(store.evictions() >= (FLOOD - CAP) as u64, "{algorithm}");
+        // Evicted even once, the hammer would have had a fresh window of 10.
+        assert_eq!(hammer_admitted, 10, "{algorithm}: the hammering key stayed limited");
+        // A flood key kept its window: 9 left of 10.
+        let last = format!("flood-{}", FLOOD - 1);
+        assert!(!check(&last, 10).is_allowed(), "{algorithm}");
+        assert!(check(&last, 9).is_allowed(), "{algorithm}");
+    }
+}
+
 #[test]
 fn long_keys_are_stored_hashed_and_stay_distinct() {
     let clock = FakeClock::new();
