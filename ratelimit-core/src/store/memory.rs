@@ -20,7 +20,6 @@ use crate::decision::Decision;
 /// The default cap on tracked keys: under 100 MB for IPv4 clients.
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
 
-
 /// What a full [`MemoryStore`] does with a key it does not track yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -109,7 +108,8 @@ impl Sweep {
 /// A GCRA key: its theoretical arrival time, and in one more word when it was last checked
 /// (the low 32 bits of its tick) and the spacing the TAT was written with (the high 32 bits:
 /// the interval as an `f32`, 0 before the first write), so that a limit scaled since keeps
-/// the number of requests outstanding ([`gcra::rescale`]). Two words: 40 bytes a key.
+/// the number of requests outstanding ([`gcra::rescale`]). Two words: with the 16-byte key,
+/// 32 bytes a key.
 struct GcraSlot {
     tat: AtomicU64,
     meta: AtomicU64,
@@ -369,7 +369,13 @@ impl Slot for WindowSlot {
 
 impl WindowSlot {
     #[inline(always)]
-    fn check_at(&mut self, charge: &Charge<'_>, rate: &RateParams, now: u64, mode: Mode) -> Decision {
+    fn check_at(
+        &mut self,
+        charge: &Charge<'_>,
+        rate: &RateParams,
+        now: u64,
+        mode: Mode,
+    ) -> Decision {
         let decision = check_states(
             std::slice::from_mut(&mut self.state),
             std::slice::from_ref(rate),
@@ -617,7 +623,9 @@ impl<C: Clock> MemoryStore<C> {
                         self.len.fetch_sub(1, Ordering::Relaxed);
                         existing.get_mut().check(charge, now, mode)
                     }
-                    Entry::Vacant(vacant) => vacant.insert(slot).value_mut().check(charge, now, mode),
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(slot).value_mut().check(charge, now, mode)
+                    }
                 };
             }
         }
@@ -999,7 +1007,10 @@ mod tests {
             let stored = StoredKey::new(7, key, &seeds);
             assert!(stored == StoredKey::new(7, key, &seeds), "deterministic");
             assert!(stored != StoredKey::new(8, key, &seeds), "namespaced");
-            assert!(stored != StoredKey::new(7, key, &KeySeeds::default()), "keyed per store");
+            assert!(
+                stored != StoredKey::new(7, key, &KeySeeds::default()),
+                "keyed per store"
+            );
             seen.insert(stored.0);
         }
         let distinct: std::collections::HashSet<&Vec<u8>> = keys.iter().collect();

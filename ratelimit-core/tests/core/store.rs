@@ -209,7 +209,10 @@ fn evicting_a_flood_spares_the_hammering_key_under_a_window_algorithm() {
         }
         assert!(store.evictions() >= (FLOOD - CAP) as u64, "{algorithm}");
         // Evicted even once, the hammer would have had a fresh window of 10.
-        assert_eq!(hammer_admitted, 10, "{algorithm}: the hammering key stayed limited");
+        assert_eq!(
+            hammer_admitted, 10,
+            "{algorithm}: the hammering key stayed limited"
+        );
         // A flood key kept its window: 9 left of 10.
         let last = format!("flood-{}", FLOOD - 1);
         assert!(!check(&last, 10).is_allowed(), "{algorithm}");
