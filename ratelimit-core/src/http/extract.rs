@@ -160,7 +160,21 @@ pub trait Specs: Send + Sync + 'static {
 
     /// What each attribute says of this request.
     #[doc(hidden)]
-    fn resolve(parts: &Parts) -> impl Future<Output = Result<Self::Resolved, Rejection>> + Send;
+    fn resolve(
+        config: Serving,
+        parts: &Parts,
+    ) -> impl Future<Output = Result<Self::Resolved, Rejection>> + Send;
+}
+
+/// The configuration serving a request, as the attributes' hooks pass it along.
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct Serving(&'static HttpConfig);
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving").finish_non_exhaustive()
+    }
 }
 
 /// What the `N` attributes of a handler say of one request; built by [`Specs::resolve`].
@@ -185,16 +199,55 @@ pub struct One {
     cost: u64,
 }
 
-/// What attribute `S` says of this request.
+/// What attribute `S` says of this request. Generic only as far as `S`'s own hooks need:
+/// an `async` key function is awaited here, and everything else is
+/// [`resolve_with`]'s, compiled once for every handler (the attribute's build cost).
 #[doc(hidden)]
 pub async fn resolve_one<S: Spec, const N: usize>(
+    Serving(config): Serving,
     parts: &Parts,
     into: &mut Resolved<N>,
 ) -> Result<(), Rejection> {
     let policy = S::policy();
-    let (config, _) = enforce::attribute_context();
+    let exempt = S::exempt(parts);
+    let identity = if !exempt && custom_key(config, policy) {
+        Some(S::key(parts).await?)
+    } else {
+        None
+    };
+    into.0.push(resolve_with(
+        config,
+        parts,
+        policy,
+        exempt,
+        identity,
+        S::limits,
+        S::cost,
+    )?);
+    Ok(())
+}
+
+/// Whether the attribute's key is its key function (`key = path`).
+fn custom_key(config: &HttpConfig, policy: &Policy) -> bool {
+    matches!(
+        policy.key.as_ref().unwrap_or(&config.default_key),
+        KeySource::Custom
+    )
+}
+
+/// What one attribute says of this request: its key (`identity`: what its key function
+/// answered, if it has one and the request is not `exempt`), its limits and its cost.
+fn resolve_with(
+    config: &HttpConfig,
+    parts: &Parts,
+    policy: &'static Policy,
+    exempt: bool,
+    identity: Option<Identity>,
+    limits: fn(&Parts) -> Option<LimitsRef>,
+    cost: fn(&Parts) -> u64,
+) -> Result<One, Rejection> {
     let mut tier = None;
-    let key = if S::exempt(parts) {
+    let key = if exempt {
         None
     } else {
         let misconfigured = |_| {
@@ -202,9 +255,8 @@ pub async fn resolve_one<S: Spec, const N: usize>(
             Rejection::misconfigured()
         };
         let trusted = &config.trusted_proxies;
-        Some(match policy.key.as_ref().unwrap_or(&config.default_key) {
-            KeySource::Custom => {
-                let identity = S::key(parts).await?;
+        Some(match identity {
+            Some(identity) => {
                 tier = identity.limits;
                 match identity.who {
                     Who::Key(text) => Key::text(text),
@@ -214,11 +266,16 @@ pub async fn resolve_one<S: Spec, const N: usize>(
                     Who::Anonymous => Key::anonymous(parts, trusted).map_err(misconfigured)?,
                 }
             }
-            source => Key::of(source, parts, trusted).map_err(misconfigured)?,
+            None => Key::of(
+                policy.key.as_ref().unwrap_or(&config.default_key),
+                parts,
+                trusted,
+            )
+            .map_err(misconfigured)?,
         })
     };
     // A tier the key function found binds instead of the attribute's limits.
-    let limits = match tier.or_else(|| S::limits(parts)) {
+    let limits = match tier.or_else(|| limits(parts)) {
         Some(dynamic) => dynamic,
         None => LimitsRef::Static(
             policy
@@ -227,13 +284,12 @@ pub async fn resolve_one<S: Spec, const N: usize>(
                 .expect("the attribute gives either fixed limits or a limits function"),
         ),
     };
-    into.0.push(One {
+    Ok(One {
         policy,
         key,
         limits,
-        cost: S::cost(parts),
-    });
-    Ok(())
+        cost: cost(parts),
+    })
 }
 
 macro_rules! specs {
@@ -243,9 +299,9 @@ macro_rules! specs {
 
             type Resolved = Resolved<$len>;
 
-            async fn resolve(parts: &Parts) -> Result<Resolved<$len>, Rejection> {
+            async fn resolve(config: Serving, parts: &Parts) -> Result<Resolved<$len>, Rejection> {
                 let mut resolved = Resolved(ArrayVec::new());
-                $(resolve_one::<$s, $len>(parts, &mut resolved).await?;)+
+                $(resolve_one::<$s, $len>(config, parts, &mut resolved).await?;)+
                 Ok(resolved)
             }
         }
@@ -527,27 +583,44 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Guard<S>, Rejection> {
-        let (config, record_route) = enforce::attribute_context();
-        let route = parts
-            .extensions
-            .get::<MatchedPath>()
-            .map(MatchedPath::as_str);
-        if record_route {
-            note_limited_route(config, route);
-        }
-        let resolved = S::resolve(parts).await?;
-        let path = route.unwrap_or("");
-        let layer = settle(config, || LayerPart::take(config, parts, path)).await?;
-        let waits = resolved.as_ref().iter().any(|one| one.policy.waits());
-        let slots = enforce::settle_or_wait(config, waits, || {
-            check(config, route, resolved.as_ref(), None, &layer)
-        })
-        .await?;
+        let (config, route) = enter(parts);
+        let resolved = S::resolve(Serving(config), parts).await?;
         Ok(Guard {
-            _slots: slots,
+            _slots: guard(config, parts, route, resolved.as_ref()).await?,
             _spec: PhantomData,
         })
     }
+}
+
+/// What every annotated handler does first: the configuration serving the request, and its
+/// matched route, recorded for the layer when it asks.
+fn enter(parts: &Parts) -> (&'static HttpConfig, Option<&MatchedPath>) {
+    let (config, record_route) = enforce::attribute_context();
+    let route = parts.extensions.get::<MatchedPath>();
+    if record_route {
+        note_limited_route(config, route.map(MatchedPath::as_str));
+    }
+    (config, route)
+}
+
+/// [`Guard`]'s check, once its attributes are resolved: what the layer left, then the
+/// attributes' limits. Not generic, so compiled once whatever the number of handlers.
+async fn guard(
+    config: &HttpConfig,
+    parts: &Parts,
+    route: Option<&MatchedPath>,
+    resolved: &[One],
+) -> Result<Leases, Rejection> {
+    let route = route.map(MatchedPath::as_str);
+    let layer = settle(config, || {
+        LayerPart::take(config, parts, route.unwrap_or(""))
+    })
+    .await?;
+    let waits = resolved.iter().any(|one| one.policy.waits());
+    enforce::settle_or_wait(config, waits, || {
+        check(config, route, resolved, None, &layer)
+    })
+    .await
 }
 
 /// The extractor for attributes whose `cost` needs the handler's arguments: it finds the
@@ -565,14 +638,10 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Deferred<S>, Rejection> {
-        let (config, record_route) = enforce::attribute_context();
-        let route = parts.extensions.get::<MatchedPath>().cloned();
-        if record_route {
-            note_limited_route(config, route.as_ref().map(MatchedPath::as_str));
-        }
-        let resolved = S::resolve(parts).await?;
-        let path = route.as_ref().map_or("", MatchedPath::as_str);
-        let layer = settle(config, || LayerPart::take(config, parts, path)).await?;
+        let (config, route) = enter(parts);
+        let route = route.cloned();
+        let resolved = S::resolve(Serving(config), parts).await?;
+        let layer = layer_part(config, parts, route.as_ref()).await?;
         Ok(Deferred {
             config,
             route,
@@ -583,25 +652,78 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
     }
 }
 
+/// What the layer left for a [`Deferred`] check.
+async fn layer_part(
+    config: &HttpConfig,
+    parts: &Parts,
+    route: Option<&MatchedPath>,
+) -> Result<LayerPart, Rejection> {
+    let path = route.map_or("", MatchedPath::as_str);
+    settle(config, || LayerPart::take(config, parts, path)).await
+}
+
 impl<S: Specs> Deferred<S> {
     /// Checks the request now that the arguments are known: `costs` holds each attribute's
     /// cost, in order. The slots of `concurrency = N` come back in the result: hold it
     /// while the handler runs.
-    pub async fn check(&self, costs: &[u64]) -> Result<Leases, Rejection> {
-        let route = self.route.as_ref().map(MatchedPath::as_str);
-        let resolved = self.resolved.as_ref();
-        let waits = resolved.iter().any(|one| one.policy.waits());
-        enforce::settle_or_wait(self.config, waits, || {
-            check(self.config, route, resolved, Some(costs), &self.layer)
-        })
-        .await
+    pub fn check<'a>(
+        &'a self,
+        costs: &'a [u64],
+    ) -> impl Future<Output = Result<Leases, Rejection>> + Send + 'a {
+        self.settled().check(costs)
     }
 
     /// [`check`](Deferred::check), and the reservation of the attribute with `reserve =`
     /// (its cost in `costs` is the estimate): the handler settles it.
-    pub async fn check_reserving(&self, costs: &[u64]) -> Result<(Leases, Reservation), Rejection> {
+    pub fn check_reserving<'a>(
+        &'a self,
+        costs: &'a [u64],
+    ) -> impl Future<Output = Result<(Leases, Reservation), Rejection>> + Send + 'a {
+        self.settled().check_reserving(costs)
+    }
+
+    fn settled(&self) -> Settled<'_> {
+        Settled {
+            config: self.config,
+            route: self.route.as_ref().map(MatchedPath::as_str),
+            resolved: self.resolved.as_ref(),
+            layer: &self.layer,
+        }
+    }
+}
+
+/// A [`Deferred`] without its attributes' types: its checks, compiled once for every
+/// handler.
+struct Settled<'a> {
+    config: &'static HttpConfig,
+    route: Option<&'a str>,
+    resolved: &'a [One],
+    layer: &'a LayerPart,
+}
+
+impl Settled<'_> {
+    async fn check(self, costs: &[u64]) -> Result<Leases, Rejection> {
+        let Settled {
+            config,
+            route,
+            resolved,
+            layer,
+        } = self;
+        let waits = resolved.iter().any(|one| one.policy.waits());
+        enforce::settle_or_wait(config, waits, || {
+            check(config, route, resolved, Some(costs), layer)
+        })
+        .await
+    }
+
+    async fn check_reserving(self, costs: &[u64]) -> Result<(Leases, Reservation), Rejection> {
+        let Settled {
+            config,
+            route,
+            resolved,
+            ..
+        } = self;
         let leases = self.check(costs).await?;
-        let resolved = self.resolved.as_ref();
         let (index, one) = resolved
             .iter()
             .enumerate()
@@ -610,7 +732,6 @@ impl<S: Specs> Deferred<S> {
         let reservation = match &one.key {
             None => Reservation::exempt(one.limits.clone()),
             Some(key) => {
-                let route = self.route.as_ref().map(MatchedPath::as_str);
                 let scope = one.policy.scope.or(route).unwrap_or(one.policy.handler);
                 let reserved = costs.get(index).copied().unwrap_or(one.cost);
                 // The reservation's own admission; outside a layer, which keeps none, the
@@ -620,7 +741,7 @@ impl<S: Specs> Deferred<S> {
                     Decision::allowed(rate, 0, Duration::ZERO)
                 });
                 Reservation::new(
-                    self.config.limiter.clone(),
+                    config.limiter.clone(),
                     Arc::from(scope),
                     one.limits.clone(),
                     Arc::from(key.as_bytes()),
