@@ -401,11 +401,11 @@ fn gen_deferred(
     let check = match &reservation {
         Some(syn::PatType { pat, ty, .. }) => quote! {
             let (__ratelimit_slots, __ratelimit_reservation) =
-                __ratelimit_guard.check_reserving(&__ratelimit_costs).await?;
+                __ratelimit_guard.settled().check_reserving(&__ratelimit_costs).await?;
             let #pat: #ty = __ratelimit_reservation;
         },
         None => quote! {
-            let __ratelimit_slots = __ratelimit_guard.check(&__ratelimit_costs).await?;
+            let __ratelimit_slots = __ratelimit_guard.settled().check(&__ratelimit_costs).await?;
         },
     };
     quote! {

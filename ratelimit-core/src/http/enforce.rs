@@ -5,7 +5,10 @@
 //! admission for the response headers.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use arrayvec::ArrayVec;
@@ -330,35 +333,60 @@ fn group<'r>(config: &HttpConfig, entries: &[Entry<'r>], first: usize) -> Group<
     (charges, members)
 }
 
-/// Runs the future `make` builds to completion: on the stack when the store answers at once
-/// (an in-memory store: ready at its first poll), so that its state is no part of the
-/// caller's future, which axum moves and boxes with the handler's; boxed when the store
-/// waits.
-pub(crate) async fn settle<T, F>(
-    config: &HttpConfig,
-    make: impl FnOnce() -> F,
-) -> Result<T, Rejection>
-where
-    F: Future<Output = Result<T, Rejection>>,
-{
-    settle_or_wait(config, false, make).await
-}
-
-/// [`settle`], for a check that may wait (`queue =`: for a slot, or in a route's capacity
-/// queue): then always boxed.
-pub(crate) async fn settle_or_wait<T, F>(
+/// Settles the check `make` builds: at once when the store answers at once (an in-memory
+/// store: ready at its first poll) and the check does not wait, so that the answer itself is
+/// returned and the check's state machine is no part of the caller's future (which axum
+/// moves and boxes with the handler's, and which every handler would compile anew); boxed
+/// when the store waits, or the check may (`queue =`: for a slot, or in a route's capacity
+/// queue).
+pub(crate) fn settling<'a, T, F>(
     config: &HttpConfig,
     waits: bool,
     make: impl FnOnce() -> F,
-) -> Result<T, Rejection>
+) -> Settling<'a, T>
 where
-    F: Future<Output = Result<T, Rejection>>,
+    F: Future<Output = Result<T, Rejection>> + Send + 'a,
 {
     if !waits && config.limiter.answers_now() {
         // Cannot be pending; were it, refuse rather than let the request through unchecked.
-        return now_or_never(make()).unwrap_or_else(|| Err(Rejection::store_failed()));
+        return Settling::Ready(Some(
+            now_or_never(make()).unwrap_or_else(|| Err(Rejection::store_failed())),
+        ));
     }
-    Box::pin(make()).await
+    Settling::Waiting(Box::pin(make()))
+}
+
+/// What [`settling`] answers.
+#[doc(hidden)]
+pub enum Settling<'a, T> {
+    /// Checked at once.
+    Ready(Option<Result<T, Rejection>>),
+    /// A check that waits (for a networked store, or in a queue).
+    Waiting(Pin<Box<dyn Future<Output = Result<T, Rejection>> + Send + 'a>>),
+}
+
+impl<T: Unpin> Future for Settling<'_, T> {
+    type Output = Result<T, Rejection>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Settling::Ready(answer) => Poll::Ready(
+                answer
+                    .take()
+                    .expect("a settled check is polled once it is ready"),
+            ),
+            Settling::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Settling<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Settling::Ready(_) => "Settling::Ready",
+            Settling::Waiting(_) => "Settling::Waiting",
+        })
+    }
 }
 
 /// Polls `future` once: the answer when it is ready at once.

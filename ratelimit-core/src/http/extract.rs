@@ -14,7 +14,7 @@ use http::request::Parts;
 
 use super::config::HttpConfig;
 use super::enforce::{
-    self, Entry, LayerState, Leases, MAX_ENTRIES, SlotNeed, enforce_holding, settle, take_slots,
+    self, Entry, LayerState, Leases, MAX_ENTRIES, Settling, SlotNeed, enforce_holding, take_slots,
 };
 use super::identity::{Identity, Who};
 use super::key::{Key, KeySource, missing_connect_info};
@@ -604,23 +604,20 @@ fn enter(parts: &Parts) -> (&'static HttpConfig, Option<&MatchedPath>) {
 }
 
 /// [`Guard`]'s check, once its attributes are resolved: what the layer left, then the
-/// attributes' limits. Not generic, so compiled once whatever the number of handlers.
-async fn guard(
-    config: &HttpConfig,
-    parts: &Parts,
-    route: Option<&MatchedPath>,
-    resolved: &[One],
-) -> Result<Leases, Rejection> {
+/// attributes' limits. Not generic, so compiled once whatever the number of handlers, and
+/// answered as a [`Settling`], so that no handler's future embeds the check's.
+fn guard<'a>(
+    config: &'static HttpConfig,
+    parts: &'a Parts,
+    route: Option<&'a MatchedPath>,
+    resolved: &'a [One],
+) -> Settling<'a, Leases> {
     let route = route.map(MatchedPath::as_str);
-    let layer = settle(config, || {
-        LayerPart::take(config, parts, route.unwrap_or(""))
-    })
-    .await?;
     let waits = resolved.iter().any(|one| one.policy.waits());
-    enforce::settle_or_wait(config, waits, || {
-        check(config, route, resolved, None, &layer)
+    enforce::settling(config, waits, move || async move {
+        let layer = LayerPart::take(config, parts, route.unwrap_or("")).await?;
+        check(config, route, resolved, None, &layer).await
     })
-    .await
 }
 
 /// The extractor for attributes whose `cost` needs the handler's arguments: it finds the
@@ -653,36 +650,34 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
 }
 
 /// What the layer left for a [`Deferred`] check.
-async fn layer_part(
-    config: &HttpConfig,
-    parts: &Parts,
-    route: Option<&MatchedPath>,
-) -> Result<LayerPart, Rejection> {
+fn layer_part<'a>(
+    config: &'static HttpConfig,
+    parts: &'a Parts,
+    route: Option<&'a MatchedPath>,
+) -> Settling<'a, LayerPart> {
     let path = route.map_or("", MatchedPath::as_str);
-    settle(config, || LayerPart::take(config, parts, path)).await
+    enforce::settling(config, false, move || LayerPart::take(config, parts, path))
 }
 
 impl<S: Specs> Deferred<S> {
     /// Checks the request now that the arguments are known: `costs` holds each attribute's
     /// cost, in order. The slots of `concurrency = N` come back in the result: hold it
     /// while the handler runs.
-    pub fn check<'a>(
-        &'a self,
-        costs: &'a [u64],
-    ) -> impl Future<Output = Result<Leases, Rejection>> + Send + 'a {
-        self.settled().check(costs)
+    pub async fn check(&self, costs: &[u64]) -> Result<Leases, Rejection> {
+        self.settled().check(costs).await
     }
 
     /// [`check`](Deferred::check), and the reservation of the attribute with `reserve =`
     /// (its cost in `costs` is the estimate): the handler settles it.
-    pub fn check_reserving<'a>(
-        &'a self,
-        costs: &'a [u64],
-    ) -> impl Future<Output = Result<(Leases, Reservation), Rejection>> + Send + 'a {
-        self.settled().check_reserving(costs)
+    pub async fn check_reserving(&self, costs: &[u64]) -> Result<(Leases, Reservation), Rejection> {
+        self.settled().check_reserving(costs).await
     }
 
-    fn settled(&self) -> Settled<'_> {
+    /// The check without the attributes' types, which the rewritten handler awaits: a small
+    /// value of one type for every handler (the answer itself with an in-memory store), not
+    /// a state machine compiled into each handler.
+    #[doc(hidden)]
+    pub fn settled(&self) -> Settled<'_> {
         Settled {
             config: self.config,
             route: self.route.as_ref().map(MatchedPath::as_str),
@@ -694,15 +689,26 @@ impl<S: Specs> Deferred<S> {
 
 /// A [`Deferred`] without its attributes' types: its checks, compiled once for every
 /// handler.
-struct Settled<'a> {
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct Settled<'a> {
     config: &'static HttpConfig,
     route: Option<&'a str>,
     resolved: &'a [One],
     layer: &'a LayerPart,
 }
 
-impl Settled<'_> {
-    async fn check(self, costs: &[u64]) -> Result<Leases, Rejection> {
+impl std::fmt::Debug for Settled<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settled")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Settled<'a> {
+    /// [`Deferred::check`]: the answer at once with a store that answers at once.
+    pub fn check(self, costs: &'a [u64]) -> Settling<'a, Leases> {
         let Settled {
             config,
             route,
@@ -710,26 +716,36 @@ impl Settled<'_> {
             layer,
         } = self;
         let waits = resolved.iter().any(|one| one.policy.waits());
-        enforce::settle_or_wait(config, waits, || {
+        enforce::settling(config, waits, move || {
             check(config, route, resolved, Some(costs), layer)
         })
-        .await
     }
 
-    async fn check_reserving(self, costs: &[u64]) -> Result<(Leases, Reservation), Rejection> {
+    /// [`Deferred::check_reserving`].
+    pub fn check_reserving(self, costs: &'a [u64]) -> Settling<'a, (Leases, Reservation)> {
+        let reserving = move |leases| (leases, self.reservation(costs));
+        match self.check(costs) {
+            Settling::Ready(answer) => Settling::Ready(answer.map(|answer| answer.map(reserving))),
+            Settling::Waiting(check) => {
+                Settling::Waiting(Box::pin(async move { check.await.map(reserving) }))
+            }
+        }
+    }
+
+    /// The reservation of the attribute with `reserve =`, once the check admitted it.
+    fn reservation(self, costs: &[u64]) -> Reservation {
         let Settled {
             config,
             route,
             resolved,
             ..
         } = self;
-        let leases = self.check(costs).await?;
         let (index, one) = resolved
             .iter()
             .enumerate()
             .find(|(_, one)| one.policy.reserves)
             .expect("the attribute with `reserve =` is one of the handler's");
-        let reservation = match &one.key {
+        match &one.key {
             None => Reservation::exempt(one.limits.clone()),
             Some(key) => {
                 let scope = one.policy.scope.or(route).unwrap_or(one.policy.handler);
@@ -751,8 +767,7 @@ impl Settled<'_> {
                 .on_settle(enforce::record_settled)
                 .on_route(route.unwrap_or(one.policy.handler))
             }
-        };
-        Ok((leases, reservation))
+        }
     }
 }
 
