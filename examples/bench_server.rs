@@ -67,6 +67,12 @@ async fn blocked(Json(input): Json<Input>) -> Json<Value> {
 pub fn app() -> Router {
     let layer = match std::env::var("MODE").as_deref() {
         Ok("bare") => return Router::new().route("/plain", post(plain)),
+        // What any layer costs through `Router::layer`, before doing anything.
+        Ok("noop") => {
+            return Router::new()
+                .route("/plain", post(plain))
+                .layer(tower::util::MapRequestLayer::new(|request| request));
+        }
         Ok("no-headers") => Limiter::new()
             .layer()
             .headers(ratelimit::http::HeaderStyle::None),

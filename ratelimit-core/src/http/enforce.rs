@@ -113,13 +113,8 @@ pub(crate) async fn enforce_holding(
         // One limit and nothing charged before it: nothing to group or give back.
         let charge = config.limiter.charge(entry.scope, entry.limits, entry.cost);
         let key = entry.key.as_bytes();
-        return match check(config, key, std::slice::from_ref(&charge), Mode::Charge).await {
-            Ok(decision) if decision.is_allowed() => {
-                Ok((Some(admit(config, route, entry, decision, started)), held))
-            }
-            Ok(decision) => Err(refuse(config, route, entry, decision, started)),
-            Err(error) => Err(store_failed(config, route, entry, error, started)),
-        };
+        let checked = check(config, key, std::slice::from_ref(&charge), Mode::Charge).await;
+        return judged(config, route, entry, checked, started).map(|admitted| (admitted, held));
     }
     let mut admitted: Option<(Decision, usize)> = None;
     let mut reserved: Option<(Decision, usize)> = None;
@@ -189,6 +184,42 @@ pub(crate) async fn enforce_holding(
     let admitted =
         admitted.map(|(decision, entry)| admit(config, route, &entries[entry], decision, started));
     Ok((admitted, held))
+}
+
+/// [`enforce`] of one limit, nothing charged before it, with a store that answers at once
+/// (`None` with one that waits): the common request, checked without a future.
+#[inline]
+pub(crate) fn enforce_one_now(
+    config: &HttpConfig,
+    route: &str,
+    entry: &Entry<'_>,
+) -> Option<Result<Option<Decision>, Rejection>> {
+    let started = Started::now(config);
+    let charge = config.limiter.charge(entry.scope, entry.limits, entry.cost);
+    let key = entry.key.as_bytes();
+    let checked =
+        config
+            .limiter
+            .check_charges_now(key, std::slice::from_ref(&charge), Mode::Charge)?;
+    Some(judged(config, route, entry, checked, started))
+}
+
+/// What the store answered for one limit: the admission kept, or the refusal built.
+#[inline]
+fn judged(
+    config: &HttpConfig,
+    route: &str,
+    entry: &Entry<'_>,
+    checked: Result<Decision, StoreError>,
+    started: Started,
+) -> Result<Option<Decision>, Rejection> {
+    match checked {
+        Ok(decision) if decision.is_allowed() => {
+            Ok(Some(admit(config, route, entry, decision, started)))
+        }
+        Ok(decision) => Err(refuse(config, route, entry, decision, started)),
+        Err(error) => Err(store_failed(config, route, entry, error, started)),
+    }
 }
 
 /// One store call charging `charges` and taking `need`'s slot, trying again while no slot

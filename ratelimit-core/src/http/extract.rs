@@ -613,11 +613,46 @@ fn guard<'a>(
     resolved: &'a [One],
 ) -> Settling<'a, Leases> {
     let route = route.map(MatchedPath::as_str);
+    if let Some(answer) = guard_now(config, route, resolved) {
+        return Settling::Ready(Some(answer));
+    }
     let waits = resolved.iter().any(|one| one.policy.waits());
     enforce::settling(config, waits, move || async move {
         let layer = LayerPart::take(config, parts, route.unwrap_or("")).await?;
         check(config, route, resolved, None, &layer).await
     })
+}
+
+/// [`guard`]'s common case, checked without a future: one attribute of rates alone (no
+/// slot, capacity or reservation), no layer limits to take into account, and a store that
+/// answers at once. `None` otherwise.
+#[inline]
+fn guard_now(
+    config: &HttpConfig,
+    route: Option<&str>,
+    resolved: &[One],
+) -> Option<Result<Leases, Rejection>> {
+    let [one] = resolved else { return None };
+    let policy = one.policy;
+    let simple = policy.concurrency.is_none() && policy.capacity.is_none() && !policy.reserves;
+    let layer_limits = config.application_limits.is_some() || config.default_limits.is_some();
+    if !simple || layer_limits {
+        return None;
+    }
+    let Some(key) = &one.key else {
+        // Exempt: nothing to check.
+        return Some(Ok(Leases::default()));
+    };
+    let entry = Entry {
+        key,
+        scope: policy.scope.or(route).unwrap_or(policy.handler),
+        limits: one.limits.limits(),
+        cost: one.cost,
+        message: policy.error_message,
+        reserves: false,
+    };
+    let answer = enforce::enforce_one_now(config, route.unwrap_or(policy.handler), &entry)?;
+    Some(answer.map(|_| Leases::default()))
 }
 
 /// The extractor for attributes whose `cost` needs the handler's arguments: it finds the

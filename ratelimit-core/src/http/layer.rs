@@ -300,10 +300,8 @@ where
         ResponseFuture::new(Inner::Scoped {
             future: Scoped {
                 future: context.scope(self.inner.call(req)),
-                style: config.headers,
-                drain: config.drain,
+                config,
                 route,
-                draining: None,
             },
         })
     }
@@ -343,14 +341,16 @@ impl<S> RateLimitService<S> {
                 body = Watched::body(body);
             }
             let context = RequestContext::new(config, state, admitted, route.is_none());
-            Scoped {
+            let scoped = Scoped {
                 future: context.scope(inner.call(Request::from_parts(parts, body))),
-                style: config.headers,
-                drain: config.drain,
+                config,
                 route,
-                draining: None,
-            }
-            .await
+            };
+            let drain = match scoped.await {
+                Finish::Answer(result) => return result,
+                Finish::Drain(drain) => drain,
+            };
+            Ok(drain.await)
         };
         ResponseFuture::new(Inner::Waiting {
             future: Box::pin(future),
@@ -392,32 +392,35 @@ pin_project! {
 
 pin_project! {
     /// A route's future inside its request context: on completion, the admission goes into
-    /// the headers, an attribute that ran marks the route as carrying one, and a body left
-    /// unread is drained before the answer goes out.
+    /// the headers and an attribute that ran marks the route as carrying one. Kept small: the
+    /// whole response future is moved several times on its way into axum's box, and swapped
+    /// in and out of the task-local on every poll.
     struct Scoped<F> {
         #[pin]
         future: TaskLocalFuture<RequestContext, F>,
-        style: HeaderStyle,
-        drain: DrainPolicy,
+        config: &'static HttpConfig,
         route: Option<&'static RouteState>,
-        draining: Option<Drain>,
     }
+}
+
+/// How a route's future ends: its answer, or its answer once the body it left unread is
+/// drained.
+enum Finish<E> {
+    Answer(Result<Response, E>),
+    Drain(Drain),
 }
 
 impl<F, E> Future for Scoped<F>
 where
     F: Future<Output = Result<Response, E>>,
 {
-    type Output = Result<Response, E>;
+    type Output = Finish<E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finish<E>> {
         let mut this = self.project();
-        if let Some(drain) = this.draining {
-            return Pin::new(drain).poll(cx).map(Ok);
-        }
         let result = ready!(this.future.as_mut().poll(cx));
         let Some(context) = this.future.take_value() else {
-            return Poll::Ready(result);
+            return Poll::Ready(Finish::Answer(result));
         };
         let Finished {
             admitted,
@@ -440,29 +443,23 @@ where
         }
         let mut response = match result {
             Ok(response) => response,
-            Err(error) => return Poll::Ready(Err(error)),
+            Err(error) => return Poll::Ready(Finish::Answer(Err(error))),
         };
+        let style = this.config.headers;
         match (admitted, reserved) {
             (admitted, Some(reserved)) => insert_budget_headers(
                 response.headers_mut(),
                 admitted.as_ref(),
                 Some(&reserved),
-                *this.style,
+                style,
             ),
-            (Some(decision), None) => {
-                insert_headers(response.headers_mut(), &decision, *this.style)
-            }
+            (Some(decision), None) => insert_headers(response.headers_mut(), &decision, style),
             (None, None) => {}
         }
-        match unread {
-            None => Poll::Ready(Ok(response)),
-            Some(body) => Pin::new(
-                this.draining
-                    .insert(Drain::new(body, response, *this.drain)),
-            )
-            .poll(cx)
-            .map(Ok),
-        }
+        Poll::Ready(match unread {
+            None => Finish::Answer(Ok(response)),
+            Some(body) => Finish::Drain(Drain::new(body, response, this.config.drain)),
+        })
     }
 }
 
@@ -473,8 +470,19 @@ where
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().inner.project() {
-            InnerProjection::Scoped { future } => future.poll(cx),
+        let mut inner = self.project().inner;
+        match inner.as_mut().project() {
+            InnerProjection::Scoped { future } => match ready!(future.poll(cx)) {
+                Finish::Answer(result) => Poll::Ready(result),
+                // The body left unread is drained in the future's own place.
+                Finish::Drain(drain) => {
+                    inner.set(Inner::Draining { drain });
+                    match inner.project() {
+                        InnerProjection::Draining { drain } => Pin::new(drain).poll(cx).map(Ok),
+                        _ => unreachable!("just set"),
+                    }
+                }
+            },
             InnerProjection::Ready { response } => Poll::Ready(Ok(response
                 .take()
                 .unwrap_or_else(|| Rejection::store_failed().into_response()))),

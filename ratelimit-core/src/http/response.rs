@@ -81,8 +81,9 @@ impl Rejection {
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         let headers = response.headers_mut();
-        // Content-Type, Retry-After and the five rate limit fields: one allocation.
-        headers.reserve(7);
+        // Content-Type, Retry-After, the five rate limit fields and hyper's `Content-Length`:
+        // one allocation.
+        headers.reserve(8);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(retry) = decision.retry_after() {
             headers.insert(RETRY_AFTER, HeaderValue::from(whole_seconds(retry).max(1)));
@@ -238,8 +239,10 @@ static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
-/// Adds the rate limit fields of `decision` to `headers`. Formatted by hand into stack
-/// buffers: the formatting machinery cost more than the rest of the check.
+/// Adds the rate limit fields of `decision` to `headers`. The fields that depend on the rate
+/// alone (`RateLimit-Policy`, `X-RateLimit-Limit`) are made once per rate and thread and
+/// cloned after; the rest is formatted by hand into stack buffers (the formatting machinery
+/// cost more than the rest of the check).
 pub(crate) fn insert_headers(headers: &mut HeaderMap, decision: &Decision, style: HeaderStyle) {
     let (draft, legacy) = match style {
         HeaderStyle::Both => (true, true),
@@ -248,50 +251,124 @@ pub(crate) fn insert_headers(headers: &mut HeaderMap, decision: &Decision, style
         HeaderStyle::OpenAi => return insert_budget_headers(headers, Some(decision), None, style),
         HeaderStyle::None => return,
     };
-    headers.reserve(if draft && legacy { 5 } else { 3 });
-    let rate = decision.rate();
+    // Room for the fields and for the `Content-Length` hyper adds after: one growth of the
+    // map at most (the map grows at three quarters full).
+    headers.reserve(if draft && legacy { 6 } else { 3 });
     let reset = whole_seconds(decision.reset_after());
-    if draft {
-        // `"10-per-1m"`: the policy's name, in both fields.
-        let mut name = StackText::<64>::new();
+    RATE_FIELDS.with_borrow_mut(|cache| {
+        let fields = cache.get(decision.rate());
+        if draft {
+            // `"10-per-1m";r=9;t=6`
+            let mut current = StackText::<128>::new();
+            current.push(fields.name.as_bytes());
+            current.push(b";r=");
+            current.number(decision.remaining());
+            current.push(b";t=");
+            current.number(reset);
+            if let Ok(current) = HeaderValue::from_bytes(current.as_bytes()) {
+                headers.insert(RATELIMIT_POLICY.clone(), fields.policy.clone());
+                headers.insert(RATELIMIT.clone(), current);
+            }
+        }
+        if legacy {
+            headers.insert(X_LIMIT.clone(), fields.limit.clone());
+        }
+    });
+    if legacy {
+        headers.insert(X_REMAINING.clone(), small_number(decision.remaining()));
+        headers.insert(X_RESET.clone(), unix_reset(decision.reset_after()));
+    }
+}
+
+/// The fields of one rate: the same on every response it limits.
+struct RateFields {
+    rate: Rate,
+    /// `"10-per-1m"`: the policy's name, in both draft fields.
+    name: StackText<64>,
+    /// `"10-per-1m";q=10;w=60`
+    policy: HeaderValue,
+    /// `10`
+    limit: HeaderValue,
+}
+
+impl RateFields {
+    fn new(rate: Rate) -> RateFields {
+        let mut name = StackText::new();
         name.push(b"\"");
         name.number(rate.amount());
         name.push(b"-per-");
         name.number(rate.multiples());
         name.push(short_unit(rate.unit()).as_bytes());
         name.push(b"\"");
-        // `"10-per-1m";q=10;w=60`
-        let mut policy = name.clone();
+        let mut policy = StackText::<128>::new();
+        policy.push(name.as_bytes());
         policy.push(b";q=");
         policy.number(rate.amount());
         policy.push(b";w=");
         policy.number(whole_seconds(rate.period()).max(1));
-        // `"10-per-1m";r=9;t=6`
-        let mut current = name;
-        current.push(b";r=");
-        current.number(decision.remaining());
-        current.push(b";t=");
-        current.number(reset);
-        if let (Ok(policy), Ok(current)) = (
-            HeaderValue::from_bytes(policy.as_bytes()),
-            HeaderValue::from_bytes(current.as_bytes()),
-        ) {
-            headers.insert(RATELIMIT_POLICY.clone(), policy);
-            headers.insert(RATELIMIT.clone(), current);
+        RateFields {
+            rate,
+            name,
+            policy: HeaderValue::from_bytes(policy.as_bytes())
+                .expect("digits, letters and quotes make a valid field"),
+            limit: small_number(rate.amount()),
         }
     }
-    if legacy {
-        // A Unix time, as slowapi and GitHub send it: now plus the reset, rounded up.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        headers.insert(X_LIMIT.clone(), small_number(rate.amount()));
-        headers.insert(X_REMAINING.clone(), small_number(decision.remaining()));
-        headers.insert(
-            X_RESET.clone(),
-            HeaderValue::from(whole_seconds(now.saturating_add(decision.reset_after()))),
-        );
+}
+
+/// The last few rates' fields on this thread: a route's responses find theirs at once, and
+/// the cache stays bounded whatever rates come and go (scaled or per-tier limits).
+struct RateCache {
+    entries: [Option<RateFields>; 4],
+    next: usize,
+}
+
+impl RateCache {
+    fn get(&mut self, rate: Rate) -> &RateFields {
+        let at = match self
+            .entries
+            .iter()
+            .position(|entry| entry.as_ref().is_some_and(|fields| fields.rate == rate))
+        {
+            Some(at) => at,
+            None => {
+                let at = self.next;
+                self.next = (at + 1) % self.entries.len();
+                self.entries[at] = Some(RateFields::new(rate));
+                at
+            }
+        };
+        self.entries[at].as_ref().expect("found or just made")
     }
+}
+
+thread_local! {
+    static RATE_FIELDS: RefCell<RateCache> = const {
+        RefCell::new(RateCache {
+            entries: [None, None, None, None],
+            next: 0,
+        })
+    };
+    /// `X-RateLimit-Reset` for the last reset instant on this thread: most responses of a
+    /// busy second share it.
+    static LAST_RESET: RefCell<(u64, HeaderValue)> =
+        RefCell::new((0, HeaderValue::from_static("0")));
+}
+
+/// `X-RateLimit-Reset`: a Unix time, as slowapi and GitHub send it: now plus the reset,
+/// rounded up.
+fn unix_reset(reset_after: Duration) -> HeaderValue {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let at = whole_seconds(now.saturating_add(reset_after));
+    LAST_RESET.with_borrow_mut(|(last, value)| {
+        if *last != at {
+            *last = at;
+            *value = HeaderValue::from(at);
+        }
+        value.clone()
+    })
 }
 
 /// The rate limit fields of a route that reserves: two budgets, the request limits (the
@@ -397,7 +474,7 @@ fn small_number(n: u64) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(n))
 }
 
-/// Text made on the stack; what does not fit is dropped (64 bytes hold every field).
+/// Text made on the stack; what does not fit is dropped (sized for every field's longest).
 #[derive(Clone, Debug)]
 pub(crate) struct StackText<const N: usize> {
     buf: [u8; N],
@@ -481,5 +558,42 @@ mod tests {
         let mut none = HeaderMap::new();
         insert_headers(&mut none, &decision, HeaderStyle::None);
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn each_rate_keeps_its_own_fields_past_the_cache() {
+        // More rates than the per-thread cache holds, in turns: every response still
+        // describes its own rate.
+        for round in 0..3 {
+            for amount in 1..=9u64 {
+                let rate: crate::Rate = format!("{amount}/second").parse().unwrap();
+                let decision = Decision::allowed(rate, amount - 1, Duration::from_millis(200));
+                let mut headers = HeaderMap::new();
+                insert_headers(&mut headers, &decision, HeaderStyle::Both);
+                let policy = format!("\"{amount}-per-1s\";q={amount};w=1");
+                assert_eq!(
+                    headers["ratelimit-policy"],
+                    policy.as_str(),
+                    "round {round}"
+                );
+                assert_eq!(headers["x-ratelimit-limit"], amount.to_string().as_str());
+                let current = format!("\"{amount}-per-1s\";r={};t=1", amount - 1);
+                assert_eq!(headers["ratelimit"], current.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_numbers_fit_whole() {
+        let rate: crate::Rate = format!("{}/{} day", u64::MAX, 1).parse().unwrap();
+        let decision = Decision::allowed(rate, u64::MAX - 1, Duration::from_secs(86_400));
+        let mut headers = HeaderMap::new();
+        insert_headers(&mut headers, &decision, HeaderStyle::Both);
+        let max = u64::MAX;
+        let policy = format!("\"{max}-per-1d\";q={max};w=86400");
+        assert_eq!(headers["ratelimit-policy"], policy.as_str());
+        let current = format!("\"{max}-per-1d\";r={};t=86400", max - 1);
+        assert_eq!(headers["ratelimit"], current.as_str());
+        assert_eq!(headers["x-ratelimit-limit"], max.to_string().as_str());
     }
 }
