@@ -352,7 +352,7 @@ thread_local! {
     /// `X-RateLimit-Reset` for the last reset instant on this thread: most responses of a
     /// busy second share it.
     static LAST_RESET: RefCell<(u64, HeaderValue)> =
-        RefCell::new((0, HeaderValue::from_static("0")));
+        const { RefCell::new((0, HeaderValue::from_static("0"))) };
 }
 
 /// `X-RateLimit-Reset`: a Unix time, as slowapi and GitHub send it: now plus the reset,
