@@ -286,17 +286,12 @@ impl IpKey {
         let result = match ip {
             IpAddr::V4(v4) => {
                 // By hand: the formatting machinery costs more than the rest of a check.
+                let mut digits = itoa::Buffer::new();
                 for (i, octet) in v4.octets().into_iter().enumerate() {
                     if i > 0 {
-                        key.push(b'.');
+                        key.push_str(b".");
                     }
-                    if octet >= 100 {
-                        key.push(b'0' + octet / 100);
-                    }
-                    if octet >= 10 {
-                        key.push(b'0' + octet / 10 % 10);
-                    }
-                    key.push(b'0' + octet % 10);
+                    key.push_str(digits.format(octet).as_bytes());
                 }
                 Ok(())
             }
@@ -309,9 +304,11 @@ impl IpKey {
         key
     }
 
-    fn push(&mut self, byte: u8) {
-        self.buf[usize::from(self.len)] = byte;
-        self.len += 1;
+    /// Appends `bytes` (an IPv4 address's text always fits).
+    fn push_str(&mut self, bytes: &[u8]) {
+        let start = usize::from(self.len);
+        self.buf[start..start + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len() as u8;
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {
