@@ -4,10 +4,12 @@
 //! always refuses (`/blocked`).
 //!
 //! `MODE` chooses the router: `bare` is `/plain` alone with no layer at all (the baseline a
-//! user compares with), `layer` (the default) every route behind `Limiter::layer()` with both
-//! header sets, `no-headers`, `draft`, `legacy` the same with `HeaderStyle::None`,
-//! `Draft`, `Legacy`, and `metrics` the `layer` router with [`Metrics`] observing every
-//! decision (the price of counting).
+//! user compares with), `noop` the same behind a layer that does nothing (what any layer
+//! costs through `Router::layer`), `layer` (the default) every route behind
+//! `Limiter::layer()` with its default headers (the draft's pair), `no-headers`, `draft`,
+//! `legacy`, `both` the same with `HeaderStyle::None`, `Draft`, `Legacy`, `Both`, and
+//! `metrics` the `layer` router with [`Metrics`] observing every decision (the price of
+//! counting).
 //!
 //! `PORT=8000 MODE=layer cargo run --release --example bench_server`
 
@@ -82,6 +84,9 @@ pub fn app() -> Router {
         Ok("legacy") => Limiter::new()
             .layer()
             .headers(ratelimit::http::HeaderStyle::Legacy),
+        Ok("both") => Limiter::new()
+            .layer()
+            .headers(ratelimit::http::HeaderStyle::Both),
         Ok("metrics") => Limiter::builder().observer(Metrics::new()).build().layer(),
         _ => Limiter::new().layer(),
     };

@@ -55,7 +55,8 @@ use linfa::prelude::*;
 use linfa_logistic::{MultiFittedLogisticRegression, MultiLogisticRegression};
 use ndarray::{Array2, ArrayView1};
 use ratelimit::http::{
-    ApiKeys, Identity, KeyTable, KnownKey, LimitsRef, Rejection, metrics_json, metrics_prometheus,
+    ApiKeys, HeaderStyle, Identity, KeyTable, KnownKey, LimitsRef, Rejection, metrics_json,
+    metrics_prometheus,
 };
 use ratelimit::observe::Metrics;
 use ratelimit::store::RedisStore;
@@ -711,8 +712,11 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
         .route("/metrics", metrics_json(metrics.clone()))
         .route("/metrics/prometheus", metrics_prometheus(metrics));
     // After the routes: the 405 fallback goes on the routes registered before it.
+    // Every set of rate limit fields (the default is the IETF draft's pair alone): clients
+    // of model APIs read the `x-ratelimit-*-requests` / `-tokens` fields, clients written
+    // against slowapi's headers the legacy `X-RateLimit-*`.
     Ok(json_fallbacks(routes)
-        .layer(limiter.layer())
+        .layer(limiter.layer().headers(HeaderStyle::Both))
         .with_state(model))
 }
 

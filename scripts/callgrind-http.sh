@@ -67,8 +67,9 @@ measure() {
 if [ -n "${CASES:-}" ]; then
   read -r -a cases <<<"$CASES"
 else
-  cases=(bare:/plain layer:/plain no-headers:/limited draft:/limited legacy:/limited layer:/limited
-    no-headers:/blocked layer:/blocked layer:/plain-headers metrics:/limited metrics:/blocked)
+  cases=(bare:/plain noop:/plain layer:/plain no-headers:/limited layer:/limited legacy:/limited
+    both:/limited no-headers:/blocked layer:/blocked layer:/plain-headers metrics:/limited
+    metrics:/blocked)
 fi
 declare -A results
 for round in $(seq "$ROUNDS"); do

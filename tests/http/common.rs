@@ -57,3 +57,24 @@ pub async fn post_with(
         .await
         .unwrap()
 }
+
+/// What the draft's `RateLimit` field (the default header style) says is left of the first
+/// policy it names: its `r=`.
+pub fn remaining(r: &reqwest::Response) -> String {
+    draft_parameter(r, "ratelimit", "r")
+}
+
+/// The quota the draft's `RateLimit-Policy` field names first: its `q=`.
+pub fn quota(r: &reqwest::Response) -> String {
+    draft_parameter(r, "ratelimit-policy", "q")
+}
+
+fn draft_parameter(r: &reqwest::Response, field: &str, name: &str) -> String {
+    let value = r.headers()[field].to_str().unwrap();
+    let first = value.split(',').next().unwrap();
+    first
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("{field}: {value} has no {name}="))
+        .to_owned()
+}

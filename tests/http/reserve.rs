@@ -11,6 +11,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::post;
+use ratelimit::http::HeaderStyle;
 use ratelimit::{Limiter, Reservation, rate_limit};
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -84,7 +85,8 @@ fn app(limiter: Limiter) -> Router {
         .route("/settled", post(settled))
         .route("/indebted", post(indebted))
         .route("/streamed", post(streamed))
-        .layer(limiter.layer())
+        // Every set of fields: both budgets, as each kind of client reads them.
+        .layer(limiter.layer().headers(HeaderStyle::Both))
 }
 
 /// The same application twice: counting in memory, and in a Redis started for the test

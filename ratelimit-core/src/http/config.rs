@@ -75,7 +75,7 @@ impl HttpConfig {
             limiter,
             trusted_proxies: TrustedProxies::default(),
             default_key: KeySource::Ip,
-            headers: HeaderStyle::Both,
+            headers: HeaderStyle::Draft,
             default_limits: None,
             application_limits: None,
             exempt: Arc::from([]),

@@ -99,7 +99,9 @@ impl RateLimitLayer {
         })
     }
 
-    /// Which rate limit headers limited responses carry (default: both sets).
+    /// Which rate limit headers limited responses carry (default: the IETF draft's
+    /// `RateLimit-Policy` and `RateLimit`; [`HeaderStyle::Both`] adds the legacy
+    /// `X-RateLimit-*`).
     pub fn headers(self, style: HeaderStyle) -> RateLimitLayer {
         self.edit(|config| config.headers = style)
     }

@@ -19,10 +19,11 @@ use crate::rate::Rate;
 #[non_exhaustive]
 pub enum HeaderStyle {
     /// The IETF draft's `RateLimit-Policy` and `RateLimit` (draft-11 syntax) and the legacy
-    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (the default).
-    #[default]
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
     Both,
-    /// Only the IETF draft's fields.
+    /// Only the IETF draft's fields (the default): the standard's pair, which names every
+    /// budget of a route (a reserving route's tokens too) in two fields.
+    #[default]
     Draft,
     /// Only the legacy `X-RateLimit-*` fields (`X-RateLimit-Reset` in Unix seconds, as
     /// slowapi and GitHub send it).
