@@ -156,10 +156,13 @@ fn expand(options: &[Options], function: ItemFn) -> TokenStream {
             gen_spec(options, spec, &function.vis, &name, cost, &private)
         })
         .collect();
+    let keyed = options
+        .iter()
+        .any(|o| matches!(o.key, Some(Key::Function(_))));
     let function = if deferred {
         gen_deferred(options, &specs, function, &private)
     } else {
-        gen_guarded(&specs, function, &private)
+        gen_guarded(&specs, keyed, function, &private)
     };
     quote! {
         #(#spec_items)*
@@ -296,6 +299,8 @@ fn gen_key_hook(options: &Options, private: &TokenStream) -> Option<TokenStream>
     };
     let call = quote_spanned!(path.span()=> #path(parts));
     Some(quote! {
+        const KEYED: bool = true;
+
         fn key(parts: &#private::Parts) -> impl ::core::future::Future<Output = ::core::result::Result<#private::Identity, #private::Rejection>> + ::core::marker::Send {
             #[allow(unused_imports)]
             use #private::{KeyFromFuture as _, KeyFromValue as _};
@@ -340,14 +345,21 @@ fn gen_guard_type(wrapper: &str, specs: &[Ident], private: &TokenStream) -> Toke
 
 /// The handler with a `Guard` in front of its arguments: the check runs before any of them
 /// is extracted, and the body is untouched. The costs, which need no argument, go in a hook.
-fn gen_guarded(specs: &[Ident], function: ItemFn, private: &TokenStream) -> TokenStream {
+/// A key function, which may be `async`, is awaited by a `KeyedGuard`.
+fn gen_guarded(
+    specs: &[Ident],
+    keyed: bool,
+    function: ItemFn,
+    private: &TokenStream,
+) -> TokenStream {
     let ItemFn {
         attrs,
         vis,
         mut sig,
         block,
     } = function;
-    let guard = gen_guard_type("Guard", specs, private);
+    let wrapper = if keyed { "KeyedGuard" } else { "Guard" };
+    let guard = gen_guard_type(wrapper, specs, private);
     sig.inputs.insert(0, syn::parse_quote!(_: #guard));
     quote! {
         #(#attrs)*

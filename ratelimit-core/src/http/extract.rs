@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arrayvec::ArrayVec;
@@ -120,6 +122,11 @@ impl Policy {
 /// The hooks the generated code fills in for one attribute. Every method but `policy` has a
 /// default: an attribute overrides only what it uses.
 pub trait Spec: Send + Sync + 'static {
+    /// Whether [`key`](Spec::key) is the user's key function (`key = path`): such a spec is
+    /// checked by [`KeyedGuard`] or [`Deferred`], which await it; [`Guard`] refuses it at
+    /// compile time.
+    const KEYED: bool = false;
+
     /// The attribute's fixed part.
     fn policy() -> &'static Policy;
 
@@ -154,6 +161,14 @@ pub trait Specs: Send + Sync + 'static {
     /// How many attributes.
     const LEN: usize;
 
+    /// Whether any attribute has a key function ([`Spec::KEYED`]).
+    const KEYED: bool;
+
+    /// Each attribute's hooks but the key function, as plain functions: what [`Guard`]
+    /// resolves them with, in a function compiled once for every handler.
+    #[doc(hidden)]
+    const HOOKS: &'static [Hooks];
+
     /// What the attributes say of one request: room for exactly `LEN`.
     #[doc(hidden)]
     type Resolved: AsRef<[One]> + Send + Sync + 'static;
@@ -174,6 +189,37 @@ pub struct Serving(&'static HttpConfig);
 impl std::fmt::Debug for Serving {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Serving").finish_non_exhaustive()
+    }
+}
+
+/// One attribute's hooks as plain functions (all but its key function, which may be
+/// `async`).
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct Hooks {
+    policy: fn() -> &'static Policy,
+    exempt: fn(&Parts) -> bool,
+    limits: fn(&Parts) -> Option<LimitsRef>,
+    cost: fn(&Parts) -> u64,
+}
+
+impl Hooks {
+    /// The hooks of `S`.
+    pub const fn of<S: Spec>() -> Hooks {
+        Hooks {
+            policy: S::policy,
+            exempt: S::exempt,
+            limits: S::limits,
+            cost: S::cost,
+        }
+    }
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("policy", (self.policy)())
+            .finish_non_exhaustive()
     }
 }
 
@@ -296,6 +342,10 @@ macro_rules! specs {
     ($len:literal: $($s:ident),+) => {
         impl<$($s: Spec),+> Specs for ($($s,)+) {
             const LEN: usize = $len;
+
+            const KEYED: bool = $($s::KEYED)||+;
+
+            const HOOKS: &'static [Hooks] = &[$(Hooks::of::<$s>()),+];
 
             type Resolved = Resolved<$len>;
 
@@ -574,6 +624,10 @@ fn note_limited_route(config: &HttpConfig, route: Option<&str>) {
 ///
 /// With `concurrency = N` it holds the request's slots: they are given back when the
 /// handler's future, which owns the guard, completes or is dropped.
+///
+/// Its attributes have no key function (see [`KeyedGuard`]): they are resolved and checked
+/// by one function compiled once for every handler, through their [`Hooks`]; what is
+/// generic per handler is a call and a small future around the answer.
 pub struct Guard<S: Specs> {
     _slots: Leases,
     _spec: PhantomData<fn() -> S>,
@@ -582,10 +636,86 @@ pub struct Guard<S: Specs> {
 impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
     type Rejection = Rejection;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Guard<S>, Rejection> {
+    fn from_request_parts(
+        parts: &mut Parts,
+        _state: &St,
+    ) -> impl Future<Output = Result<Guard<S>, Rejection>> + Send {
+        const {
+            assert!(
+                !S::KEYED,
+                "a key function is awaited by `KeyedGuard`, not `Guard`"
+            )
+        };
+        Guarded {
+            settling: guard_hooks(parts, S::HOOKS),
+            _spec: PhantomData,
+        }
+    }
+}
+
+/// [`Guard`]'s extraction: the check's answer, made a guard.
+struct Guarded<'a, S> {
+    settling: Settling<'a, Leases>,
+    _spec: PhantomData<fn() -> S>,
+}
+
+impl<S: Specs> Future for Guarded<'_, S> {
+    type Output = Result<Guard<S>, Rejection>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.settling).poll(cx).map(|checked| {
+            checked.map(|slots| Guard {
+                _slots: slots,
+                _spec: PhantomData,
+            })
+        })
+    }
+}
+
+/// [`Guard`]'s whole extraction, not generic: the attributes resolved through their hooks,
+/// then checked ([`guard`]).
+fn guard_hooks<'a>(parts: &'a Parts, hooks: &'static [Hooks]) -> Settling<'a, Leases> {
+    let (config, route) = enter(parts);
+    let mut resolved: ArrayVec<One, MAX_SPECS> = ArrayVec::new();
+    for hooks in hooks {
+        let policy = (hooks.policy)();
+        let exempt = (hooks.exempt)(parts);
+        match resolve_with(config, parts, policy, exempt, None, hooks.limits, hooks.cost) {
+            Ok(one) => resolved.push(one),
+            Err(rejection) => return Settling::Ready(Some(Err(rejection))),
+        }
+    }
+    let route = route.map(MatchedPath::as_str);
+    if let Some(answer) = guard_now(config, route, &resolved) {
+        return Settling::Ready(Some(answer));
+    }
+    let waits = resolved.iter().any(|one| one.policy.waits());
+    enforce::settling(config, waits, move || async move {
+        let layer = LayerPart::take(config, parts, route.unwrap_or("")).await?;
+        check(config, route, &resolved, None, &layer).await
+    })
+}
+
+/// The most attributes on one handler.
+const MAX_SPECS: usize = 8;
+
+/// [`Guard`] for attributes of which one at least has a key function (`key = path`), which
+/// may be `async`: it is awaited in the extractor's own future, generic per handler.
+pub struct KeyedGuard<S: Specs> {
+    _slots: Leases,
+    _spec: PhantomData<fn() -> S>,
+}
+
+impl<S: Specs, St: Send + Sync> FromRequestParts<St> for KeyedGuard<S> {
+    type Rejection = Rejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &St,
+    ) -> Result<KeyedGuard<S>, Rejection> {
         let (config, route) = enter(parts);
         let resolved = S::resolve(Serving(config), parts).await?;
-        Ok(Guard {
+        Ok(KeyedGuard {
             _slots: guard(config, parts, route, resolved.as_ref()).await?,
             _spec: PhantomData,
         })
