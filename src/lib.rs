@@ -140,7 +140,8 @@ pub use ratelimit_macros::rate_limit;
 pub mod __private {
     pub use ratelimit_core::http::support::{Cost, KeyFromFuture, KeyFromValue, Probe, returns};
     pub use ratelimit_core::http::{
-        Deferred, Guard, Identity, KeyedGuard, KeySource, LimitsRef, Policy, Rejection, Spec,
+        Deferred, Guard, Identity, KeySource, KeyedDeferred, KeyedGuard, LimitsRef, Policy,
+        Rejection, Spec,
     };
     pub use ratelimit_core::{Algorithm, CapacityLimit, Limits};
     pub use std::borrow::Cow;

@@ -160,7 +160,7 @@ fn expand(options: &[Options], function: ItemFn) -> TokenStream {
         .iter()
         .any(|o| matches!(o.key, Some(Key::Function(_))));
     let function = if deferred {
-        gen_deferred(options, &specs, function, &private)
+        gen_deferred(options, &specs, keyed, function, &private)
     } else {
         gen_guarded(&specs, keyed, function, &private)
     };
@@ -372,6 +372,7 @@ fn gen_guarded(
 fn gen_deferred(
     options: &[Options],
     specs: &[Ident],
+    keyed: bool,
     function: ItemFn,
     private: &TokenStream,
 ) -> TokenStream {
@@ -381,7 +382,8 @@ fn gen_deferred(
         mut sig,
         block,
     } = function;
-    let guard_type = gen_guard_type("Deferred", specs, private);
+    let wrapper = if keyed { "KeyedDeferred" } else { "Deferred" };
+    let guard_type = gen_guard_type(wrapper, specs, private);
     // The reservation is no extractor: the check makes it, and binds it for the body.
     let reservation = reservation_parameter(&sig).and_then(|at| {
         let mut inputs: Vec<FnArg> = std::mem::take(&mut sig.inputs).into_iter().collect();

@@ -171,7 +171,7 @@ pub trait Specs: Send + Sync + 'static {
 
     /// What the attributes say of one request: room for exactly `LEN`.
     #[doc(hidden)]
-    type Resolved: AsRef<[One]> + Send + Sync + 'static;
+    type Resolved: AsRef<[One]> + FromIterator<One> + Send + Sync + Unpin + 'static;
 
     /// What each attribute says of this request.
     #[doc(hidden)]
@@ -231,6 +231,14 @@ pub struct Resolved<const N: usize>(ArrayVec<One, N>);
 impl<const N: usize> AsRef<[One]> for Resolved<N> {
     fn as_ref(&self) -> &[One] {
         &self.0
+    }
+}
+
+impl<const N: usize> FromIterator<One> for Resolved<N> {
+    /// # Panics
+    /// On more than `N` attributes (one per hook of a handler with `N`: never).
+    fn from_iter<I: IntoIterator<Item = One>>(ones: I) -> Resolved<N> {
+        Resolved(ones.into_iter().collect())
     }
 }
 
@@ -676,15 +684,10 @@ impl<S: Specs> Future for Guarded<'_, S> {
 /// then checked ([`guard`]).
 fn guard_hooks<'a>(parts: &'a Parts, hooks: &'static [Hooks]) -> Settling<'a, Leases> {
     let (config, route) = enter(parts);
-    let mut resolved: ArrayVec<One, MAX_SPECS> = ArrayVec::new();
-    for hooks in hooks {
-        let policy = (hooks.policy)();
-        let exempt = (hooks.exempt)(parts);
-        match resolve_with(config, parts, policy, exempt, None, hooks.limits, hooks.cost) {
-            Ok(one) => resolved.push(one),
-            Err(rejection) => return Settling::Ready(Some(Err(rejection))),
-        }
-    }
+    let resolved = match resolve_hooks(config, parts, hooks) {
+        Ok(resolved) => resolved,
+        Err(rejection) => return Settling::Ready(Some(Err(rejection))),
+    };
     let route = route.map(MatchedPath::as_str);
     if let Some(answer) = guard_now(config, route, &resolved) {
         return Settling::Ready(Some(answer));
@@ -698,6 +701,29 @@ fn guard_hooks<'a>(parts: &'a Parts, hooks: &'static [Hooks]) -> Settling<'a, Le
 
 /// The most attributes on one handler.
 const MAX_SPECS: usize = 8;
+
+/// What attributes without a key function say of this request, through their hooks.
+fn resolve_hooks(
+    config: &'static HttpConfig,
+    parts: &Parts,
+    hooks: &'static [Hooks],
+) -> Result<ArrayVec<One, MAX_SPECS>, Rejection> {
+    let mut resolved = ArrayVec::new();
+    for hooks in hooks {
+        let policy = (hooks.policy)();
+        let exempt = (hooks.exempt)(parts);
+        resolved.push(resolve_with(
+            config,
+            parts,
+            policy,
+            exempt,
+            None,
+            hooks.limits,
+            hooks.cost,
+        )?);
+    }
+    Ok(resolved)
+}
 
 /// [`Guard`] for attributes of which one at least has a key function (`key = path`), which
 /// may be `async`: it is awaited in the extractor's own future, generic per handler.
@@ -799,18 +825,98 @@ pub struct Deferred<S: Specs> {
 impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
     type Rejection = Rejection;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Deferred<S>, Rejection> {
+    fn from_request_parts(
+        parts: &mut Parts,
+        _state: &St,
+    ) -> impl Future<Output = Result<Deferred<S>, Rejection>> + Send {
+        const {
+            assert!(
+                !S::KEYED,
+                "a key function is awaited by `KeyedDeferred`, not `Deferred`"
+            )
+        };
+        let parts: &Parts = parts;
+        let (config, route) = enter(parts);
+        let resolved = resolve_hooks(config, parts, S::HOOKS);
+        let layer = match &resolved {
+            Ok(_) => Some(layer_part(config, parts, route)),
+            Err(_) => None,
+        };
+        Deferring {
+            config,
+            route: route.cloned(),
+            resolved: Some(resolved.map(|ones| ones.into_iter().collect())),
+            layer,
+            _spec: PhantomData,
+        }
+    }
+}
+
+/// [`Deferred`]'s extraction: the attributes resolved at once, then what the layer left.
+struct Deferring<'a, S: Specs> {
+    config: &'static HttpConfig,
+    route: Option<MatchedPath>,
+    resolved: Option<Result<S::Resolved, Rejection>>,
+    layer: Option<Settling<'a, LayerPart>>,
+    _spec: PhantomData<fn() -> S>,
+}
+
+impl<S: Specs> Future for Deferring<'_, S> {
+    type Output = Result<Deferred<S>, Rejection>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let layer = match &mut this.layer {
+            Some(layer) => std::task::ready!(Pin::new(layer).poll(cx)),
+            None => Ok(LayerPart::Nothing),
+        };
+        let resolved = this
+            .resolved
+            .take()
+            .expect("a finished extraction is not polled again");
+        Poll::Ready(resolved.and_then(|resolved| {
+            Ok(Deferred {
+                config: this.config,
+                route: this.route.take(),
+                resolved,
+                layer: layer?,
+                _spec: PhantomData,
+            })
+        }))
+    }
+}
+
+/// [`Deferred`] for attributes of which one at least has a key function (`key = path`),
+/// which may be `async`: it is awaited in the extractor's own future, generic per handler.
+/// The rewritten handler uses it as a [`Deferred`].
+pub struct KeyedDeferred<S: Specs>(Deferred<S>);
+
+impl<S: Specs> std::ops::Deref for KeyedDeferred<S> {
+    type Target = Deferred<S>;
+
+    fn deref(&self) -> &Deferred<S> {
+        &self.0
+    }
+}
+
+impl<S: Specs, St: Send + Sync> FromRequestParts<St> for KeyedDeferred<S> {
+    type Rejection = Rejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &St,
+    ) -> Result<KeyedDeferred<S>, Rejection> {
         let (config, route) = enter(parts);
         let route = route.cloned();
         let resolved = S::resolve(Serving(config), parts).await?;
         let layer = layer_part(config, parts, route.as_ref()).await?;
-        Ok(Deferred {
+        Ok(KeyedDeferred(Deferred {
             config,
             route,
             resolved,
             layer,
             _spec: PhantomData,
-        })
+        }))
     }
 }
 

@@ -28,7 +28,8 @@ pub use crate::limits::LimitsRef;
 pub use config::AsLimits;
 pub use enforce::Leases;
 pub use extract::{
-    Deferred, Guard, Hooks, KeyedGuard, One, Policy, Resolved, Spec, Specs, resolve_one, support,
+    Deferred, Guard, Hooks, KeyedDeferred, KeyedGuard, One, Policy, Resolved, Spec, Specs,
+    resolve_one, support,
 };
 pub use identity::{
     ApiKeys, ClientAddr, Identity, IntoKey, KeyLookup, KeyTable, KnownKey, UnknownKey,
