@@ -190,9 +190,11 @@ fn gen_spec(
 
         impl #private::Spec for #spec {
             fn policy() -> &'static #private::Policy {
-                static POLICY: #private::LazyLock<#private::Policy> =
-                    #private::LazyLock::new(|| #policy);
-                &POLICY
+                static POLICY: #private::OnceLock<#private::Policy> = #private::OnceLock::new();
+                fn make() -> #private::Policy {
+                    #policy
+                }
+                #private::policy_in(&POLICY, make)
             }
             #limits
             #key

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -117,6 +117,13 @@ impl Policy {
         self.error_message = Some(message);
         self
     }
+}
+
+/// A spec's policy, made by `make` on first use: one function for every handler, where a
+/// `LazyLock` per handler compiles its own initialisation.
+#[doc(hidden)]
+pub fn policy_in(cell: &'static OnceLock<Policy>, make: fn() -> Policy) -> &'static Policy {
+    cell.get_or_init(make)
 }
 
 /// The hooks the generated code fills in for one attribute. Every method but `policy` has a

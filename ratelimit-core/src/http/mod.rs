@@ -29,7 +29,7 @@ pub use config::AsLimits;
 pub use enforce::Leases;
 pub use extract::{
     Deferred, Guard, Hooks, KeyedDeferred, KeyedGuard, One, Policy, Resolved, Spec, Specs,
-    resolve_one, support,
+    policy_in, resolve_one, support,
 };
 pub use identity::{
     ApiKeys, ClientAddr, Identity, IntoKey, KeyLookup, KeyTable, KnownKey, UnknownKey,
