@@ -289,9 +289,14 @@ fn gen_limits_hook(options: &Options, private: &TokenStream) -> Option<TokenStre
         call
     };
     Some(quote! {
-        fn limits(parts: &#private::Parts) -> ::core::option::Option<#private::LimitsRef> {
-            ::core::option::Option::Some(#call)
-        }
+        const LIMITS: ::core::option::Option<
+            fn(&#private::Parts) -> ::core::option::Option<#private::LimitsRef>,
+        > = {
+            fn limits(parts: &#private::Parts) -> ::core::option::Option<#private::LimitsRef> {
+                ::core::option::Option::Some(#call)
+            }
+            ::core::option::Option::Some(limits)
+        };
     })
 }
 
@@ -315,9 +320,12 @@ fn gen_exempt_hook(options: &Options, private: &TokenStream) -> Option<TokenStre
     let path = options.exempt_when.as_ref()?;
     let call = quote_spanned!(path.span()=> #path(parts));
     Some(quote! {
-        fn exempt(parts: &#private::Parts) -> bool {
-            #call
-        }
+        const EXEMPT: ::core::option::Option<fn(&#private::Parts) -> bool> = {
+            fn exempt(parts: &#private::Parts) -> bool {
+                #call
+            }
+            ::core::option::Option::Some(exempt)
+        };
     })
 }
 
@@ -325,9 +333,12 @@ fn gen_cost_hook(options: &Options, private: &TokenStream) -> Option<TokenStream
     options.cost.as_ref()?;
     let cost = gen_cost(options, private);
     Some(quote! {
-        fn cost(_parts: &#private::Parts) -> u64 {
-            #cost
-        }
+        const COST: ::core::option::Option<fn(&#private::Parts) -> u64> = {
+            fn cost(_parts: &#private::Parts) -> u64 {
+                #cost
+            }
+            ::core::option::Option::Some(cost)
+        };
     })
 }
 

@@ -143,23 +143,16 @@ pub trait Spec: Send + Sync + 'static {
         std::future::ready(Ok(Identity::client()))
     }
 
-    /// `LIMITS` given as a function: the limits of this request.
-    fn limits(parts: &Parts) -> Option<LimitsRef> {
-        let _ = parts;
-        None
-    }
+    /// `LIMITS` given as a function: the limits of this request (`None`: the policy's).
+    /// Hooks are constants, not methods with defaults, so that a handler compiles only the
+    /// hooks its attribute has.
+    const LIMITS: Option<fn(&Parts) -> Option<LimitsRef>> = None;
 
-    /// `cost = EXPR` when the expression uses no handler argument.
-    fn cost(parts: &Parts) -> u64 {
-        let _ = parts;
-        1
-    }
+    /// `cost = EXPR` when the expression uses no handler argument (`None`: 1).
+    const COST: Option<fn(&Parts) -> u64> = None;
 
-    /// `exempt_when = path`: requests that skip this limit.
-    fn exempt(parts: &Parts) -> bool {
-        let _ = parts;
-        false
-    }
+    /// `exempt_when = path`: requests that skip this limit (`None`: none).
+    const EXEMPT: Option<fn(&Parts) -> bool> = None;
 }
 
 /// The attributes of one handler, in order: a [`Spec`] or a tuple of up to eight. Several
@@ -205,9 +198,9 @@ impl std::fmt::Debug for Serving {
 #[derive(Clone, Copy)]
 pub struct Hooks {
     policy: fn() -> &'static Policy,
-    exempt: fn(&Parts) -> bool,
-    limits: fn(&Parts) -> Option<LimitsRef>,
-    cost: fn(&Parts) -> u64,
+    exempt: Option<fn(&Parts) -> bool>,
+    limits: Option<fn(&Parts) -> Option<LimitsRef>>,
+    cost: Option<fn(&Parts) -> u64>,
 }
 
 impl Hooks {
@@ -215,9 +208,9 @@ impl Hooks {
     pub const fn of<S: Spec>() -> Hooks {
         Hooks {
             policy: S::policy,
-            exempt: S::exempt,
-            limits: S::limits,
-            cost: S::cost,
+            exempt: S::EXEMPT,
+            limits: S::LIMITS,
+            cost: S::COST,
         }
     }
 }
@@ -270,7 +263,7 @@ pub async fn resolve_one<S: Spec, const N: usize>(
     into: &mut Resolved<N>,
 ) -> Result<(), Rejection> {
     let policy = S::policy();
-    let exempt = S::exempt(parts);
+    let exempt = S::EXEMPT.is_some_and(|exempt| exempt(parts));
     let identity = if !exempt && custom_key(config, policy) {
         Some(S::key(parts).await?)
     } else {
@@ -282,8 +275,8 @@ pub async fn resolve_one<S: Spec, const N: usize>(
         policy,
         exempt,
         identity,
-        S::limits,
-        S::cost,
+        S::LIMITS,
+        S::COST,
     )?);
     Ok(())
 }
@@ -304,8 +297,8 @@ fn resolve_with(
     policy: &'static Policy,
     exempt: bool,
     identity: Option<Identity>,
-    limits: fn(&Parts) -> Option<LimitsRef>,
-    cost: fn(&Parts) -> u64,
+    limits: Option<fn(&Parts) -> Option<LimitsRef>>,
+    cost: Option<fn(&Parts) -> u64>,
 ) -> Result<One, Rejection> {
     let mut tier = None;
     let key = if exempt {
@@ -336,7 +329,7 @@ fn resolve_with(
         })
     };
     // A tier the key function found binds instead of the attribute's limits.
-    let limits = match tier.or_else(|| limits(parts)) {
+    let limits = match tier.or_else(|| limits.and_then(|limits| limits(parts))) {
         Some(dynamic) => dynamic,
         None => LimitsRef::Static(
             policy
@@ -349,7 +342,7 @@ fn resolve_with(
         policy,
         key,
         limits,
-        cost: cost(parts),
+        cost: cost.map_or(1, |cost| cost(parts)),
     })
 }
 
@@ -718,7 +711,7 @@ fn resolve_hooks(
     let mut resolved = ArrayVec::new();
     for hooks in hooks {
         let policy = (hooks.policy)();
-        let exempt = (hooks.exempt)(parts);
+        let exempt = hooks.exempt.is_some_and(|exempt| exempt(parts));
         resolved.push(resolve_with(
             config,
             parts,
