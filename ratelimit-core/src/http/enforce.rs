@@ -396,11 +396,13 @@ pub enum Settling<'a, T> {
     Waiting(Pin<Box<dyn Future<Output = Result<T, Rejection>> + Send + 'a>>),
 }
 
-impl<T: Unpin> Future for Settling<'_, T> {
-    type Output = Result<T, Rejection>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
+impl<T> Settling<'_, T> {
+    /// Polls the check: a plain method, so that callers need not pin it.
+    pub(crate) fn poll_unpin(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<T, Rejection>> {
+        match self {
             Settling::Ready(answer) => Poll::Ready(
                 answer
                     .take()
@@ -408,6 +410,14 @@ impl<T: Unpin> Future for Settling<'_, T> {
             ),
             Settling::Waiting(future) => future.as_mut().poll(cx),
         }
+    }
+}
+
+impl<T: Unpin> Future for Settling<'_, T> {
+    type Output = Result<T, Rejection>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().poll_unpin(cx)
     }
 }
 

@@ -670,13 +670,16 @@ struct Guarded<'a, S> {
 impl<S: Specs> Future for Guarded<'_, S> {
     type Output = Result<Guard<S>, Rejection>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.settling).poll(cx).map(|checked| {
-            checked.map(|slots| Guard {
+    // Matches rather than `map`s: each closure would be one more function per handler.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut().settling.poll_unpin(cx) {
+            Poll::Ready(Ok(slots)) => Poll::Ready(Ok(Guard {
                 _slots: slots,
                 _spec: PhantomData,
-            })
-        })
+            })),
+            Poll::Ready(Err(rejection)) => Poll::Ready(Err(rejection)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -864,25 +867,27 @@ struct Deferring<'a, S: Specs> {
 impl<S: Specs> Future for Deferring<'_, S> {
     type Output = Result<Deferred<S>, Rejection>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
+    // Matches rather than closures: each closure would be one more function per handler.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
         let layer = match &mut this.layer {
-            Some(layer) => std::task::ready!(Pin::new(layer).poll(cx)),
+            Some(layer) => match layer.poll_unpin(cx) {
+                Poll::Ready(layer) => layer,
+                Poll::Pending => return Poll::Pending,
+            },
             None => Ok(LayerPart::Nothing),
         };
-        let resolved = this
-            .resolved
-            .take()
-            .expect("a finished extraction is not polled again");
-        Poll::Ready(resolved.and_then(|resolved| {
-            Ok(Deferred {
+        Poll::Ready(match (this.resolved.take(), layer) {
+            (Some(Ok(resolved)), Ok(layer)) => Ok(Deferred {
                 config: this.config,
                 route: this.route.take(),
                 resolved,
-                layer: layer?,
+                layer,
                 _spec: PhantomData,
-            })
-        }))
+            }),
+            (Some(Err(rejection)), _) | (_, Err(rejection)) => Err(rejection),
+            (None, _) => panic!("a finished extraction is not polled again"),
+        })
     }
 }
 
