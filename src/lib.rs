@@ -108,7 +108,7 @@ pub use ratelimit_core::*;
 ///
 /// ```
 /// # use axum::Json;
-/// use ratelimit::__private::{Guard, KeySource, Limits, Policy, Spec, policy_in};
+/// use ratelimit::__private::{Guard, KeySource, Policy, PolicyData, Spec, policy_of};
 /// use std::sync::OnceLock;
 ///
 /// struct PredictLimit;
@@ -116,12 +116,20 @@ pub use ratelimit_core::*;
 /// impl Spec for PredictLimit {
 ///     fn policy() -> &'static Policy {
 ///         static POLICY: OnceLock<Policy> = OnceLock::new();
-///         fn make() -> Policy {
-///             Policy::new("my_app::predict")
-///                 .limits(Limits::parse("10/minute").unwrap())
-///                 .key(KeySource::Ip)
-///         }
-///         policy_in(&POLICY, make)
+///         static DATA: PolicyData = PolicyData {
+///             handler: "my_app::predict",
+///             limits: Some("10/minute"),
+///             algorithm: None,
+///             burst: None,
+///             key: Some(KeySource::Ip),
+///             scope: None,
+///             error_message: None,
+///             reserves: false,
+///             concurrency: None,
+///             capacity: None,
+///             queue: None,
+///         };
+///         policy_of(&POLICY, &DATA)
 ///     }
 /// }
 ///
@@ -143,12 +151,12 @@ pub mod __private {
     pub use ratelimit_core::http::support::{Cost, KeyFromFuture, KeyFromValue, Probe, returns};
     pub use ratelimit_core::http::{
         Deferred, Guard, Identity, KeySource, KeyedDeferred, KeyedGuard, LimitsRef, Policy,
-        Rejection, Spec, policy_in,
+        PolicyData, Rejection, Spec, policy_of,
     };
     pub use ratelimit_core::{Algorithm, CapacityLimit, Limits};
     pub use std::borrow::Cow;
     pub use std::num::{NonZeroU32, NonZeroU64};
-    pub use std::sync::{LazyLock, OnceLock};
+    pub use std::sync::OnceLock;
     pub use std::time::Duration;
 
     pub use http::HeaderName;

@@ -191,10 +191,8 @@ fn gen_spec(
         impl #private::Spec for #spec {
             fn policy() -> &'static #private::Policy {
                 static POLICY: #private::OnceLock<#private::Policy> = #private::OnceLock::new();
-                fn make() -> #private::Policy {
-                    #policy
-                }
-                #private::policy_in(&POLICY, make)
+                static DATA: #private::PolicyData = #policy;
+                #private::policy_of(&POLICY, &DATA)
             }
             #limits
             #key
@@ -204,58 +202,80 @@ fn gen_spec(
     }
 }
 
-/// `Policy::new("path::to::handler").limits(..).key(..).scope(..).error_message(..)`.
+/// The attribute's options as a `PolicyData` literal: data, made a `Policy` on first use.
 fn gen_policy(options: &Options, handler: &Ident, private: &TokenStream) -> TokenStream {
-    let mut policy = quote!(#private::Policy::new(::core::concat!(::core::module_path!(), "::", ::core::stringify!(#handler))));
-    if let Limits::Literal(lit) = &options.limits {
-        let limits = gen_tuned(
-            quote!(#private::Limits::parse(#lit).expect("checked by #[rate_limit]")),
-            options,
-            private,
-        );
-        policy = quote!(#policy.limits(#limits));
-    }
-    let key = options.key.as_ref().map(|key| match key {
-        Key::Ip => quote!(#private::KeySource::Ip),
-        Key::Global => quote!(#private::KeySource::Global),
-        Key::Header(name) => {
-            quote!(#private::KeySource::Header(#private::HeaderName::from_static(#name)))
+    let some = |value: TokenStream| quote!(::core::option::Option::Some(#value));
+    let none = quote!(::core::option::Option::None);
+    let limits = match &options.limits {
+        Limits::Literal(lit) => some(quote!(#lit)),
+        Limits::Function(_) => none.clone(),
+    };
+    // Tuning of limits given as a function is applied by its hook.
+    let literal = matches!(options.limits, Limits::Literal(_));
+    let algorithm = match (&options.algorithm, literal) {
+        (Some(algorithm), true) => some(gen_algorithm(algorithm, private)),
+        _ => none.clone(),
+    };
+    let burst = match (options.burst, literal) {
+        (Some(burst), true) => {
+            let burst = burst.get();
+            some(quote!(#private::NonZeroU64::new(#burst).expect("checked by #[rate_limit]")))
         }
-        Key::Function(_) => quote!(#private::KeySource::Custom),
-    });
-    if let Some(key) = key {
-        policy = quote!(#policy.key(#key));
-    }
-    if let Some(scope) = &options.scope {
-        policy = quote!(#policy.scope(#scope));
-    }
-    if let Some(message) = &options.error_message {
-        policy = quote!(#policy.error_message(#message));
-    }
-    if options.reserves.is_some() {
-        policy = quote!(#policy.reserves());
-    }
-    if let Some(slots) = options.concurrency {
-        let slots = slots.get();
-        policy = quote!(#policy.concurrency(#private::NonZeroU32::new(#slots).expect("checked by #[rate_limit]")));
-    }
-    match &options.capacity {
+        _ => none.clone(),
+    };
+    let key = match &options.key {
+        Some(Key::Ip) => some(quote!(#private::KeySource::Ip)),
+        Some(Key::Global) => some(quote!(#private::KeySource::Global)),
+        Some(Key::Header(name)) => some(quote!(#private::KeySource::Header(
+            #private::HeaderName::from_static(#name)
+        ))),
+        Some(Key::Function(_)) => some(quote!(#private::KeySource::Custom)),
+        None => none.clone(),
+    };
+    let scope = match &options.scope {
+        Some(scope) => some(quote!(#scope)),
+        None => none.clone(),
+    };
+    let error_message = match &options.error_message {
+        Some(message) => some(quote!(#message)),
+        None => none.clone(),
+    };
+    let reserves = options.reserves.is_some();
+    let concurrency = match options.concurrency {
+        Some(slots) => {
+            let slots = slots.get();
+            some(quote!(#private::NonZeroU32::new(#slots).expect("checked by #[rate_limit]")))
+        }
+        None => none.clone(),
+    };
+    let capacity = match &options.capacity {
         Some(Capacity::Adaptive { min, max }) => {
-            policy =
-                quote!(#policy.capacity(#private::CapacityLimit::adaptive().min(#min).max(#max)));
+            some(quote!(#private::CapacityLimit::adaptive().min(#min).max(#max)))
         }
-        Some(Capacity::Fixed(limit)) => {
-            policy = quote!(#policy.capacity(#private::CapacityLimit::fixed(#limit)));
+        Some(Capacity::Fixed(limit)) => some(quote!(#private::CapacityLimit::fixed(#limit))),
+        None => none.clone(),
+    };
+    let queue = match options.queue {
+        Some(nanos) => some(quote!(#private::Duration::from_nanos(#nanos))),
+        None => none,
+    };
+    quote! {
+        #private::PolicyData {
+            handler: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#handler)),
+            limits: #limits,
+            algorithm: #algorithm,
+            burst: #burst,
+            key: #key,
+            scope: #scope,
+            error_message: #error_message,
+            reserves: #reserves,
+            concurrency: #concurrency,
+            capacity: #capacity,
+            queue: #queue,
         }
-        None => {}
     }
-    if let Some(nanos) = options.queue {
-        policy = quote!(#policy.queue(#private::Duration::from_nanos(#nanos)));
-    }
-    policy
 }
 
-/// `limits` with the attribute's algorithm and burst.
 fn gen_tuned(limits: TokenStream, options: &Options, private: &TokenStream) -> TokenStream {
     let algorithm = options.algorithm.as_ref().map(|algorithm| {
         let algorithm = gen_algorithm(algorithm, private);

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -21,6 +21,7 @@ use super::enforce::{
 use super::identity::{Identity, Who};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::Rejection;
+use crate::algorithm::Algorithm;
 use crate::capacity::CapacityLimit;
 use crate::decision::Decision;
 use crate::limits::{Limits, LimitsRef};
@@ -119,11 +120,67 @@ impl Policy {
     }
 }
 
-/// A spec's policy, made by `make` on first use: one function for every handler, where a
+/// An attribute's options as the generated code writes them: data in a `static`, made a
+/// [`Policy`] on first use by [`policy_of`], one function for every handler (a builder
+/// chain per handler would be compiled per handler).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct PolicyData {
+    /// `module::path::fn_name`.
+    pub handler: &'static str,
+    /// The limits, when the attribute gives them as a string (checked at compile time).
+    pub limits: Option<&'static str>,
+    /// `algorithm = ..`, for limits given as a string.
+    pub algorithm: Option<Algorithm>,
+    /// `burst = ..`, for limits given as a string.
+    pub burst: Option<NonZeroU64>,
+    /// `key = ..`.
+    pub key: Option<KeySource>,
+    /// `scope = ..`.
+    pub scope: Option<&'static str>,
+    /// `error_message = ..`.
+    pub error_message: Option<&'static str>,
+    /// `reserve = ..`.
+    pub reserves: bool,
+    /// `concurrency = ..`.
+    pub concurrency: Option<NonZeroU32>,
+    /// `capacity = ..`.
+    pub capacity: Option<CapacityLimit>,
+    /// `queue = ..`.
+    pub queue: Option<Duration>,
+}
+
+impl PolicyData {
+    fn policy(&self) -> Policy {
+        let limits = self.limits.map(|text| {
+            let mut limits = Limits::parse(text).expect("checked by #[rate_limit]");
+            if let Some(algorithm) = self.algorithm {
+                limits = limits.with_algorithm(algorithm);
+            }
+            if let Some(burst) = self.burst {
+                limits = limits.with_burst(burst);
+            }
+            limits
+        });
+        Policy {
+            handler: self.handler,
+            limits,
+            key: self.key.clone(),
+            scope: self.scope,
+            error_message: self.error_message,
+            concurrency: self.concurrency,
+            capacity: self.capacity,
+            queue: self.queue,
+            reserves: self.reserves,
+        }
+    }
+}
+
+/// A spec's policy, made from `data` on first use: one function for every handler, where a
 /// `LazyLock` per handler compiles its own initialisation.
 #[doc(hidden)]
-pub fn policy_in(cell: &'static OnceLock<Policy>, make: fn() -> Policy) -> &'static Policy {
-    cell.get_or_init(make)
+pub fn policy_of(cell: &'static OnceLock<Policy>, data: &'static PolicyData) -> &'static Policy {
+    cell.get_or_init(|| data.policy())
 }
 
 /// The hooks the generated code fills in for one attribute. Every method but `policy` has a
