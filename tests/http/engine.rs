@@ -319,6 +319,43 @@ async fn exempt_when_applies_to_a_cost_from_the_arguments() {
     assert_eq!(status(c.post(&url).json(&json!([]))).await, 200);
 }
 
+// The same options with a cost known before the arguments (the `Guard` path, through its
+// hooks), stacked on a second attribute that is never exempt.
+#[rate_limit("4/minute", key = ip, cost = 2, exempt_when = internal)]
+#[rate_limit("5/minute", key = global, scope = "stacked-global")]
+async fn costed_exempt() -> &'static str {
+    "ok"
+}
+
+#[tokio::test]
+async fn exempt_when_and_a_constant_cost_combine_with_a_stacked_attribute() {
+    let app = Router::new()
+        .route("/costed", post(costed_exempt))
+        .layer(Limiter::new().layer());
+    let addr = serve(app).await;
+    let c = client_from("127.0.4.7");
+    let url = format!("http://{addr}/costed");
+    // Exempt from the first attribute, not from the second: 5 a minute for everyone.
+    for _ in 0..2 {
+        let r = c.post(&url).header("x-internal", "1");
+        assert_eq!(status(r).await, 200, "exempt from the per-client limit");
+    }
+    // Cost 2 on 4 a minute: two requests, then refused; the global one counts them too.
+    assert_eq!(status(c.post(&url)).await, 200);
+    assert_eq!(status(c.post(&url)).await, 200);
+    assert_eq!(status(c.post(&url)).await, 429);
+    // The global attribute saw the two exempt requests and the two admitted (4 of 5): one
+    // more exempt request passes, the next is refused by the global limit alone.
+    let r = c.post(&url).header("x-internal", "1");
+    assert_eq!(status(r).await, 200);
+    let r = c.post(&url).header("x-internal", "1");
+    assert_eq!(
+        status(r).await,
+        429,
+        "the stacked attribute still counts exempt requests"
+    );
+}
+
 /// Delegates to a memory store and counts its calls; its future waits one poll before
 /// answering, as a networked store's does.
 struct Counting {
