@@ -744,10 +744,10 @@ impl<S: Specs> Future for Guarded<'_, S> {
 /// then checked ([`guard`]).
 fn guard_hooks<'a>(parts: &'a Parts, hooks: &'static [Hooks]) -> Settling<'a, Leases> {
     let (config, route) = enter(parts);
-    let resolved = match resolve_hooks(config, parts, hooks) {
-        Ok(resolved) => resolved,
-        Err(rejection) => return Settling::Ready(Some(Err(rejection))),
-    };
+    let mut resolved = ArrayVec::new();
+    if let Err(rejection) = resolve_hooks(config, parts, hooks, &mut resolved) {
+        return Settling::Ready(Some(Err(rejection)));
+    }
     let route = route.map(MatchedPath::as_str);
     if let Some(answer) = guard_now(config, route, &resolved) {
         return Settling::Ready(Some(answer));
@@ -762,13 +762,14 @@ fn guard_hooks<'a>(parts: &'a Parts, hooks: &'static [Hooks]) -> Settling<'a, Le
 /// The most attributes on one handler.
 const MAX_SPECS: usize = 8;
 
-/// What attributes without a key function say of this request, through their hooks.
+/// What attributes without a key function say of this request, through their hooks, into
+/// `resolved` (in place: room for eight attributes is too much to move around).
 fn resolve_hooks(
     config: &'static HttpConfig,
     parts: &Parts,
     hooks: &'static [Hooks],
-) -> Result<ArrayVec<One, MAX_SPECS>, Rejection> {
-    let mut resolved = ArrayVec::new();
+    resolved: &mut ArrayVec<One, MAX_SPECS>,
+) -> Result<(), Rejection> {
     for hooks in hooks {
         let policy = (hooks.policy)();
         let exempt = hooks.exempt.is_some_and(|exempt| exempt(parts));
@@ -782,7 +783,7 @@ fn resolve_hooks(
             hooks.cost,
         )?);
     }
-    Ok(resolved)
+    Ok(())
 }
 
 /// [`Guard`] for attributes of which one at least has a key function (`key = path`), which
@@ -897,15 +898,18 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
         };
         let parts: &Parts = parts;
         let (config, route) = enter(parts);
-        let resolved = resolve_hooks(config, parts, S::HOOKS);
-        let layer = match &resolved {
-            Ok(_) => Some(layer_part(config, parts, route)),
-            Err(_) => None,
+        let mut ones = ArrayVec::new();
+        let (resolved, layer) = match resolve_hooks(config, parts, S::HOOKS, &mut ones) {
+            Ok(()) => (
+                Ok(ones.drain(..).collect()),
+                Some(layer_part(config, parts, route)),
+            ),
+            Err(rejection) => (Err(rejection), None),
         };
         Deferring {
             config,
             route: route.cloned(),
-            resolved: Some(resolved.map(|ones| ones.into_iter().collect())),
+            resolved: Some(resolved),
             layer,
             _spec: PhantomData,
         }
