@@ -965,6 +965,7 @@ impl BuildHasher for Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Algorithm, Limits};
 
     #[test]
     fn a_gcra_entry_is_32_bytes() {
@@ -1015,5 +1016,40 @@ mod tests {
         }
         let distinct: std::collections::HashSet<&Vec<u8>> = keys.iter().collect();
         assert_eq!(seen.len(), distinct.len());
+    }
+
+    #[test]
+    fn namespaces_tell_every_part_apart() {
+        let minute = Limits::parse("10/minute").unwrap();
+        let hour = Limits::parse("10/hour").unwrap();
+        let long = "/v1/models/{model}/generate".repeat(3);
+        let names = [
+            ("ratelimit", "", &minute, Algorithm::Gcra),
+            ("ratelimit", "", &minute, Algorithm::FixedWindow),
+            ("ratelimit", "", &hour, Algorithm::Gcra),
+            ("ratelimit", "/predict", &minute, Algorithm::Gcra),
+            // Where the prefix ends and the scope begins.
+            ("ab", "c", &minute, Algorithm::Gcra),
+            ("a", "bc", &minute, Algorithm::Gcra),
+            ("abc", "", &minute, Algorithm::Gcra),
+            ("", "abc", &minute, Algorithm::Gcra),
+            ("ratelimit", &long, &minute, Algorithm::Gcra),
+            (&long, "ratelimit", &minute, Algorithm::Gcra),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (prefix, scope, limits, algorithm) in names {
+            let charge = Charge::new(scope, limits, algorithm, 1);
+            let name = namespace(prefix, &charge);
+            assert_eq!(name, namespace(prefix, &charge), "deterministic");
+            assert!(
+                seen.insert(name),
+                "{prefix:?} {scope:?} {limits} {algorithm:?}"
+            );
+        }
+        // The amounts are not part of it: scaled limits keep their counted state.
+        let ten = Charge::new("", &minute, Algorithm::Gcra, 1);
+        let five = Limits::parse("5/minute").unwrap();
+        let five = Charge::new("", &five, Algorithm::Gcra, 1);
+        assert_eq!(namespace("p", &ten), namespace("p", &five));
     }
 }
