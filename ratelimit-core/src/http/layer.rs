@@ -432,7 +432,10 @@ where
         } = context.finish();
         if let Some(route) = this.route {
             match attributed {
+                // Written once: a store on every request would bounce the line between cores.
+                true if route.kind.load(Ordering::Relaxed) == LIMITED => {}
                 true => route.kind.store(LIMITED, Ordering::Relaxed),
+                false if route.kind.load(Ordering::Relaxed) != UNKNOWN => {}
                 false => {
                     let _ = route.kind.compare_exchange(
                         UNKNOWN,
