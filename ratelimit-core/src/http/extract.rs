@@ -748,15 +748,11 @@ fn guard_hooks<'a>(parts: &'a Parts, hooks: &'static [Hooks]) -> Settling<'a, Le
     if let Err(rejection) = resolve_hooks(config, parts, hooks, &mut resolved) {
         return Settling::Ready(Some(Err(rejection)));
     }
-    let route = route.map(MatchedPath::as_str);
-    if let Some(answer) = guard_now(config, route, &resolved) {
+    // The common case before the attributes are moved anywhere (see [`guard`]).
+    if let Some(answer) = guard_now(config, route.map(MatchedPath::as_str), &resolved) {
         return Settling::Ready(Some(answer));
     }
-    let waits = resolved.iter().any(|one| one.policy.waits());
-    enforce::settling(config, waits, move || async move {
-        let layer = LayerPart::take(config, parts, route.unwrap_or("")).await?;
-        check(config, route, &resolved, None, &layer).await
-    })
+    guard(config, parts, route, resolved)
 }
 
 /// The most attributes on one handler.
@@ -820,23 +816,24 @@ fn enter(parts: &Parts) -> (&'static HttpConfig, Option<&MatchedPath>) {
     (config, route)
 }
 
-/// [`Guard`]'s check, once its attributes are resolved: what the layer left, then the
-/// attributes' limits. Not generic, so compiled once whatever the number of handlers, and
-/// answered as a [`Settling`], so that no handler's future embeds the check's.
-fn guard<'a>(
+/// [`Guard`]'s and [`KeyedGuard`]'s check, once the attributes are resolved (owned, or
+/// borrowed from the extractor's future): what the layer left, then the attributes' limits.
+/// Not generic per handler, so compiled twice whatever the number of handlers, and answered
+/// as a [`Settling`], so that no handler's future embeds the check's.
+fn guard<'a, R: AsRef<[One]> + Send + 'a>(
     config: &'static HttpConfig,
     parts: &'a Parts,
     route: Option<&'a MatchedPath>,
-    resolved: &'a [One],
+    resolved: R,
 ) -> Settling<'a, Leases> {
     let route = route.map(MatchedPath::as_str);
-    if let Some(answer) = guard_now(config, route, resolved) {
+    if let Some(answer) = guard_now(config, route, resolved.as_ref()) {
         return Settling::Ready(Some(answer));
     }
-    let waits = resolved.iter().any(|one| one.policy.waits());
+    let waits = resolved.as_ref().iter().any(|one| one.policy.waits());
     enforce::settling(config, waits, move || async move {
         let layer = LayerPart::take(config, parts, route.unwrap_or("")).await?;
-        check(config, route, resolved, None, &layer).await
+        check(config, route, resolved.as_ref(), None, &layer).await
     })
 }
 
