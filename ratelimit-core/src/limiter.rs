@@ -17,7 +17,8 @@ use crate::decision::Decision;
 use crate::limits::Limits;
 use crate::observe::{Observation, Observer, Outcome};
 use crate::store::{
-    Charge, CheckRequest, MemoryStore, Mode, SlotCheck, SlotRequest, Store, StoreError, StoreFuture,
+    Charge, CheckRequest, MemoryStore, Mode, Prefix, SlotCheck, SlotRequest, Store, StoreError,
+    StoreFuture,
 };
 
 /// Checks keys against limits. Cloning it is cheap and every clone shares the same state.
@@ -47,6 +48,8 @@ struct Inner {
     scale_until: AtomicU64,
     algorithm: Algorithm,
     prefix: String,
+    /// The prefix's part of the names the memory store gives state, worked out once.
+    named: Prefix,
     observer: Option<Box<dyn Observer>>,
     /// Each route's capacity in this instance (`capacity =`), made on its first request.
     #[cfg(feature = "axum")]
@@ -101,7 +104,9 @@ impl Limiter {
         let decision = self
             .check_charges(key.as_bytes(), std::slice::from_ref(&charge), Mode::Charge)
             .await?;
-        self.observe_decision(scope, key.as_bytes(), limits, &decision);
+        if self.is_observed() {
+            self.observe_decision(scope, key.as_bytes(), limits, &decision);
+        }
         Ok(decision)
     }
 
@@ -132,10 +137,14 @@ impl Limiter {
     #[inline(always)]
     pub fn check_now(&self, limits: &Limits, key: &str, cost: u64) -> Option<Decision> {
         let charge = self.charge("", limits, cost);
-        let decision = self
-            .check_charges_now(key.as_bytes(), std::slice::from_ref(&charge), Mode::Charge)?
-            .ok()?;
-        self.observe_decision("", key.as_bytes(), limits, &decision);
+        let request = self.request(key.as_bytes(), std::slice::from_ref(&charge), Mode::Charge);
+        let decision = match &self.inner.backend {
+            Backend::Memory(store) => store.check_named(&request, self.inner.named),
+            Backend::Other(store) => store.answer_now(&request)?.ok()?,
+        };
+        if self.is_observed() {
+            self.observe_decision("", key.as_bytes(), limits, &decision);
+        }
         Some(decision)
     }
 
@@ -165,7 +174,7 @@ impl Limiter {
     ) -> Check<'a> {
         let request = self.request(key, charges, mode);
         Check(match &self.inner.backend {
-            Backend::Memory(store) => Pending::Memory(store, request),
+            Backend::Memory(store) => Pending::Memory(store, request, self.inner.named),
             Backend::Other(store) => Pending::Store(store.check(request)),
         })
     }
@@ -182,7 +191,7 @@ impl Limiter {
     ) -> Option<Result<Decision, StoreError>> {
         let request = self.request(key, charges, mode);
         match &self.inner.backend {
-            Backend::Memory(store) => Some(Ok(store.check_now(&request))),
+            Backend::Memory(store) => Some(Ok(store.check_named(&request, self.inner.named))),
             Backend::Other(store) => store.answer_now(&request),
         }
     }
@@ -207,7 +216,6 @@ impl Limiter {
         self.inner.observer.is_some()
     }
 
-    /// Shows a decision on `limits` to the observer.
     /// Shows a settled reservation to the observer, if any.
     pub(crate) fn observe_settlement(&self, seen: &crate::observe::Settlement<'_>) {
         if let Some(observer) = &self.inner.observer {
@@ -215,6 +223,9 @@ impl Limiter {
         }
     }
 
+    /// Shows a decision on `limits` to the observer, if any.
+    #[cold]
+    #[inline(never)]
     fn observe_decision(&self, route: &str, key: &[u8], limits: &Limits, decision: &Decision) {
         if self.is_observed() {
             let outcome = if decision.is_allowed() {
@@ -404,7 +415,7 @@ impl Limiter {
             limit,
         };
         let checked = match &self.inner.backend {
-            Backend::Memory(store) => store.check_with_slot_now(&request, &slot),
+            Backend::Memory(store) => store.check_with_slot_now(&request, self.inner.named, &slot),
             Backend::Other(store) => store.check_with_slot(request, slot).await?,
         };
         Ok(match checked {
@@ -528,7 +539,7 @@ impl Limiter {
 pub struct Check<'a>(Pending<'a>);
 
 enum Pending<'a> {
-    Memory(&'a MemoryStore, CheckRequest<'a>),
+    Memory(&'a MemoryStore, CheckRequest<'a>, Prefix),
     Store(StoreFuture<'a>),
 }
 
@@ -538,7 +549,9 @@ impl Future for Check<'_> {
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
-            Pending::Memory(store, request) => Poll::Ready(Ok(store.check_now(request))),
+            Pending::Memory(store, request, prefix) => {
+                Poll::Ready(Ok(store.check_named(request, *prefix)))
+            }
             Pending::Store(future) => Pin::new(future).poll(cx),
         }
     }
@@ -714,6 +727,7 @@ impl LimiterBuilder {
                 scale: AtomicU64::new(Scale::FULL.to_bits()),
                 scale_until: AtomicU64::new(u64::MAX),
                 algorithm: self.algorithm,
+                named: Prefix::of(&self.prefix),
                 prefix: self.prefix,
                 observer: self.observer,
                 #[cfg(feature = "axum")]

@@ -484,10 +484,17 @@ impl<C: Clock> MemoryStore<C> {
     // copied out through several frames (which measurably dominated a check).
     #[inline(always)]
     pub fn check_now(&self, request: &CheckRequest<'_>) -> Decision {
+        self.check_named(request, Prefix::of(request.prefix))
+    }
+
+    /// [`check_now`](MemoryStore::check_now) with the prefix's part of the state's name
+    /// worked out already: by the limiter that owns the store, once.
+    #[inline(always)]
+    pub(crate) fn check_named(&self, request: &CheckRequest<'_>, prefix: Prefix) -> Decision {
         let now = self.clock.now();
         match request.charges {
-            [charge] => self.check_charge(request, charge, now, request.mode),
-            charges => self.check_several(request, charges, now),
+            [charge] => self.check_charge(request, prefix, charge, now, request.mode),
+            charges => self.check_several(request, prefix, charges, now),
         }
     }
 
@@ -496,12 +503,13 @@ impl<C: Clock> MemoryStore<C> {
     pub(crate) fn check_with_slot_now(
         &self,
         request: &CheckRequest<'_>,
+        prefix: Prefix,
         slot: &SlotRequest<'_>,
     ) -> SlotCheck {
         if !self.slots.acquire(slot) {
             return SlotCheck::NoSlot;
         }
-        let decision = self.check_now(request);
+        let decision = self.check_named(request, prefix);
         if decision.is_allowed() {
             SlotCheck::Admitted(decision, 0)
         } else {
@@ -516,6 +524,7 @@ impl<C: Clock> MemoryStore<C> {
     fn check_several(
         &self,
         request: &CheckRequest<'_>,
+        prefix: Prefix,
         charges: &[Charge<'_>],
         now: u64,
     ) -> Decision {
@@ -527,17 +536,17 @@ impl<C: Clock> MemoryStore<C> {
         };
         for (i, charge) in charges.iter().enumerate() {
             let decision = self
-                .check_charge(request, charge, now, request.mode)
+                .check_charge(request, prefix, charge, now, request.mode)
                 .at_charge(i);
             if request.mode == Mode::Charge && !decision.is_allowed() {
                 for earlier in &charges[..i] {
-                    self.check_charge(request, earlier, now, Mode::Refund);
+                    self.check_charge(request, prefix, earlier, now, Mode::Refund);
                 }
                 // The longest wait among the rest decides the retry-after.
                 bind(decision);
                 for (j, later) in charges.iter().enumerate().skip(i + 1) {
                     bind(
-                        self.check_charge(request, later, now, Mode::Peek)
+                        self.check_charge(request, prefix, later, now, Mode::Peek)
                             .at_charge(j),
                     );
                 }
@@ -552,11 +561,12 @@ impl<C: Clock> MemoryStore<C> {
     fn check_charge(
         &self,
         request: &CheckRequest<'_>,
+        prefix: Prefix,
         charge: &Charge<'_>,
         now: u64,
         mode: Mode,
     ) -> Decision {
-        let namespace = namespace(request.prefix, charge);
+        let namespace = namespace(prefix, charge);
         let key = StoredKey::new(namespace, request.key, &self.seeds);
         // A charge of cost 0 stores nothing: it is a peek.
         let mode = if charge.cost == 0 && mode == Mode::Charge {
@@ -782,19 +792,35 @@ fn keep_live<V: Slot>(
 }
 
 /// The in-process name of a charge's state: prefix, scope, algorithm and the periods of its
-/// rates ([`Limits::shape`](crate::Limits::shape)), never the amounts.
+/// rates ([`Limits::shape`](crate::Limits::shape)), never the amounts. The prefix's part is
+/// worked out once by the limiter that owns the store ([`Prefix`]), the empty scope's is 0:
+/// a check under [`Limiter::check_now`](crate::Limiter::check_now) hashes no string but the
+/// client's key.
 #[inline]
-fn namespace(prefix: &str, charge: &Charge<'_>) -> u64 {
-    let mut hasher = NAMESPACE.build_hasher();
-    hasher.write(prefix.as_bytes());
-    hasher.write_u8(0xff); // no prefix ends where a scope begins
-    hasher.write(charge.scope.as_bytes());
-    hasher.write_u64(charge.limits.shape() ^ charge.algorithm.index() as u64);
-    hasher.finish()
+fn namespace(prefix: Prefix, charge: &Charge<'_>) -> u64 {
+    let scope = match charge.scope {
+        "" => 0,
+        scope => SCOPE.hash_one(scope),
+    };
+    let shape = charge.limits.shape() ^ charge.algorithm.index() as u64;
+    folded_multiply(prefix.0 ^ scope ^ NAME_SEEDS[0], shape ^ NAME_SEEDS[1])
 }
 
-static NAMESPACE: foldhash::fast::FixedState =
-    foldhash::fast::FixedState::with_seed(0x5eed_0f5c_09e5);
+/// A key prefix's part of the names of the states it counts (see [`namespace`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Prefix(u64);
+
+impl Prefix {
+    pub(crate) fn of(prefix: &str) -> Prefix {
+        Prefix(PREFIX.hash_one(prefix))
+    }
+}
+
+// Fixed, not random: a name tells configured prefixes, scopes and limits apart, none of
+// which a client chooses (the client's key is hashed under the store's random seeds).
+static PREFIX: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5eed_0f5c_09e5);
+static SCOPE: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5c09_e0f5_a1e5);
+const NAME_SEEDS: [u64; 2] = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
 
 impl<C: Clock> Store for MemoryStore<C> {
     fn check<'a>(&'a self, request: CheckRequest<'a>) -> StoreFuture<'a> {
@@ -816,7 +842,11 @@ impl<C: Clock> Store for MemoryStore<C> {
         request: CheckRequest<'a>,
         slot: SlotRequest<'a>,
     ) -> StoreFuture<'a, SlotCheck> {
-        StoreFuture::ready(Ok(self.check_with_slot_now(&request, &slot)))
+        StoreFuture::ready(Ok(self.check_with_slot_now(
+            &request,
+            Prefix::of(request.prefix),
+            &slot,
+        )))
     }
 
     fn release_slot(&self, request: SlotRequest<'_>, _lease: u64) {
@@ -1039,8 +1069,12 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for (prefix, scope, limits, algorithm) in names {
             let charge = Charge::new(scope, limits, algorithm, 1);
-            let name = namespace(prefix, &charge);
-            assert_eq!(name, namespace(prefix, &charge), "deterministic");
+            let name = namespace(Prefix::of(prefix), &charge);
+            assert_eq!(
+                name,
+                namespace(Prefix::of(prefix), &charge),
+                "deterministic"
+            );
             assert!(
                 seen.insert(name),
                 "{prefix:?} {scope:?} {limits} {algorithm:?}"
@@ -1050,6 +1084,9 @@ mod tests {
         let ten = Charge::new("", &minute, Algorithm::Gcra, 1);
         let five = Limits::parse("5/minute").unwrap();
         let five = Charge::new("", &five, Algorithm::Gcra, 1);
-        assert_eq!(namespace("p", &ten), namespace("p", &five));
+        assert_eq!(
+            namespace(Prefix::of("p"), &ten),
+            namespace(Prefix::of("p"), &five)
+        );
     }
 }

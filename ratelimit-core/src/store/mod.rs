@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+pub(crate) use memory::Prefix;
 pub use memory::{DEFAULT_CAPACITY, MemoryStore, WhenFull};
 #[cfg(feature = "redis")]
 pub use redis::{DEFAULT_SLOT_LEASE, DEFAULT_TIMEOUT, FailurePolicy, RedisStore};
