@@ -251,6 +251,27 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// makes the whole key 32.
 const IP_KEY_LEN: usize = 31;
 
+/// Each octet's decimal text and a dot, as the four bytes to store (little-endian, the digits
+/// first), and how many of them count: `7` is `7.` and two unused bytes, `255` is `255.`.
+static OCTET_TEXT: [(u32, u8); 256] = {
+    let mut table = [(0, 0); 256];
+    let mut octet = 0;
+    while octet < 256 {
+        let o = octet as u8;
+        let text = u32::from_le_bytes([b'0' + o / 100, b'0' + o / 10 % 10, b'0' + o % 10, b'.']);
+        let leading = if o >= 100 {
+            0
+        } else if o >= 10 {
+            1
+        } else {
+            2
+        };
+        table[octet] = (text >> (8 * leading), 4 - leading as u8);
+        octet += 1;
+    }
+    table
+};
+
 /// A client address as a key: IPv4 as it is, IPv6 by its /64 network, since one subscriber
 /// commonly holds a whole /64 and could otherwise rotate through it.
 #[derive(Clone, Copy, Debug)]
@@ -300,26 +321,16 @@ impl IpKey {
         key
     }
 
-    /// Appends an octet's decimal digits and a dot, as one 4-byte store of the three digits
-    /// and the dot shifted past the leading zeros (the formatting machinery, or a loop over
-    /// the digits, costs more than the rest of the key).
+    /// Appends an octet's decimal digits and a dot: one 4-byte store from a table (the
+    /// formatting machinery, or the digits worked out per request, cost more than the rest
+    /// of the key).
     #[inline]
     fn push_octet(&mut self, octet: u8) {
-        let digits = u32::from_le_bytes([
-            b'0' + octet / 100,
-            b'0' + octet / 10 % 10,
-            b'0' + octet % 10,
-            b'.',
-        ]);
-        let leading = match octet {
-            100.. => 0,
-            10.. => 1,
-            _ => 2,
-        };
+        let (text, len) = OCTET_TEXT[usize::from(octet)];
         let start = usize::from(self.len);
         // Room for all four bytes: a marked IPv4 key is at most 1 + 12 + 4 bytes long here.
-        self.buf[start..start + 4].copy_from_slice(&(digits >> (8 * leading)).to_le_bytes());
-        self.len += 4 - leading as u8;
+        self.buf[start..start + 4].copy_from_slice(&text.to_le_bytes());
+        self.len += len;
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {
