@@ -9,17 +9,24 @@
 //! `Limiter::layer()` with its default headers (the draft's pair), `no-headers`, `draft`,
 //! `legacy`, `both` the same with `HeaderStyle::None`, `Draft`, `Legacy`, `Both`, and
 //! `metrics` the `layer` router with [`Metrics`] observing every decision (the price of
-//! counting).
+//! counting). `outer`, `outer-noop`, `outer-no-headers` and the like put the layer around the
+//! whole router instead of on every route (`Router::layer`).
 //!
 //! `PORT=8000 MODE=layer cargo run --release --example bench_server`
 
 use std::net::SocketAddr;
 
-use axum::response::IntoResponse;
+use std::convert::Infallible;
+
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Json, Router, ServiceExt};
+use ratelimit::http::{HeaderStyle, RateLimitLayer};
 use ratelimit::observe::Metrics;
 use ratelimit::{Limiter, rate_limit};
+use tower::Layer;
+use tower::util::MapRequestLayer;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -65,37 +72,48 @@ async fn blocked(Json(input): Json<Input>) -> Json<Value> {
     answer(&input)
 }
 
-/// The application.
+/// The application, for the modes that install a layer with `Router::layer` (on every route).
 pub fn app() -> Router {
-    let layer = match std::env::var("MODE").as_deref() {
-        Ok("bare") => return Router::new().route("/plain", post(plain)),
+    let mode = std::env::var("MODE").unwrap_or_default();
+    let layer = match mode.as_str() {
+        "bare" => return Router::new().route("/plain", post(plain)),
         // What any layer costs through `Router::layer`, before doing anything.
-        Ok("noop") => {
-            return Router::new()
-                .route("/plain", post(plain))
-                .layer(tower::util::MapRequestLayer::new(|request| request));
-        }
-        Ok("no-headers") => Limiter::new()
-            .layer()
-            .headers(ratelimit::http::HeaderStyle::None),
-        Ok("draft") => Limiter::new()
-            .layer()
-            .headers(ratelimit::http::HeaderStyle::Draft),
-        Ok("legacy") => Limiter::new()
-            .layer()
-            .headers(ratelimit::http::HeaderStyle::Legacy),
-        Ok("both") => Limiter::new()
-            .layer()
-            .headers(ratelimit::http::HeaderStyle::Both),
-        Ok("metrics") => Limiter::builder().observer(Metrics::new()).build().layer(),
-        _ => Limiter::new().layer(),
+        "noop" => return router().layer(MapRequestLayer::new(|request| request)),
+        mode => limiter_layer(mode),
     };
+    router().layer(layer)
+}
+
+/// The routes, with no layer.
+fn router() -> Router {
     Router::new()
         .route("/plain", post(plain))
         .route("/plain-headers", post(plain_headers))
         .route("/limited", post(limited))
         .route("/blocked", post(blocked))
-        .layer(layer)
+}
+
+/// The limiter's layer of a mode (the part after `outer-` for the modes around the router).
+fn limiter_layer(mode: &str) -> RateLimitLayer {
+    match mode {
+        "no-headers" => Limiter::new().layer().headers(HeaderStyle::None),
+        "draft" => Limiter::new().layer().headers(HeaderStyle::Draft),
+        "legacy" => Limiter::new().layer().headers(HeaderStyle::Legacy),
+        "both" => Limiter::new().layer().headers(HeaderStyle::Both),
+        "metrics" => Limiter::builder().observer(Metrics::new()).build().layer(),
+        _ => Limiter::new().layer(),
+    }
+}
+
+/// Serves `service` with the client's address.
+async fn serve<S>(listener: tokio::net::TcpListener, service: S)
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync,
+    S: 'static,
+    S::Future: Send,
+{
+    let service = ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service);
+    axum::serve(listener, service).await.expect("serve");
 }
 
 #[allow(dead_code)] // tests include this file for `app` alone
@@ -105,10 +123,12 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind(format!("0.0.0.0:{port}"))
         .await
         .expect("bind");
-    axum::serve(
-        listener,
-        app().into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    .expect("serve");
+    let mode = std::env::var("MODE").unwrap_or_default();
+    // `outer`, `outer-noop`, `outer-no-headers`...: the layer around the whole router (the way
+    // axum runs a middleware before routing), where `Router::layer` wraps every route.
+    match mode.strip_prefix("outer").map(|rest| rest.trim_start_matches('-')) {
+        Some("noop") => serve(listener, MapRequestLayer::new(|r| r).layer(router())).await,
+        Some(mode) => serve(listener, limiter_layer(mode).layer(router())).await,
+        None => serve(listener, app()).await,
+    }
 }

@@ -17,7 +17,7 @@ use http_body::{Frame, SizeHint};
 use tokio::time::Sleep;
 
 use super::config::DrainPolicy;
-use super::enforce;
+use super::context;
 
 /// A request body that, when dropped before its end inside the layer's request, hands
 /// itself to the layer to be drained.
@@ -57,7 +57,7 @@ impl HttpBody for Watched {
 impl Drop for Watched {
     fn drop(&mut self) {
         if let Some(body) = self.0.take().filter(|body| !body.is_end_stream()) {
-            enforce::keep_unread(body);
+            context::keep_unread(body);
         }
     }
 }

@@ -4,7 +4,6 @@
 //! none, builds the refusal, logs it, shows the decision to the observer and keeps the
 //! admission for the response headers.
 
-use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -12,9 +11,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use arrayvec::ArrayVec;
-use axum::body::Body;
 
 use super::config::HttpConfig;
+use super::context;
 use super::key::Key;
 use super::response::{RateLimited, Rejection};
 use crate::capacity::Permit;
@@ -176,7 +175,7 @@ pub(crate) async fn enforce_holding(
     // One observation per request: the reservation's admission is kept for the headers only,
     // unless it is all the request had to pass.
     if let Some((decision, entry)) = reserved {
-        record_reserved(decision);
+        context::record_reserved(decision);
         if admitted.is_none() {
             observe_admission(config, route, &entries[entry], &decision, started);
         }
@@ -292,7 +291,7 @@ fn admit(
     started: Started,
 ) -> Decision {
     observe_admission(config, route, entry, &decision, started);
-    record(decision);
+    context::record(decision);
     decision
 }
 
@@ -587,167 +586,4 @@ fn details(
         client,
         message: entry.message.map(Into::into),
     }
-}
-
-/// What the layer shares with the extractors of the request it serves. A task-local rather
-/// than a request extension: nothing is allocated, and nothing shared between requests is
-/// written (a reference count bounced between cores costs more than the whole check).
-pub(crate) struct RequestContext {
-    pub(crate) config: &'static HttpConfig,
-    /// The most restrictive admission so far, for the response headers.
-    admitted: Cell<Option<Decision>>,
-    /// What the layer did about its own limits.
-    layer: RefCell<LayerState>,
-    /// Whether an attribute's extractor ran: the layer learns which routes carry one.
-    attributed: Cell<bool>,
-    /// Whether the extractor records its route in the configuration (when the layer wraps
-    /// several routes and cannot learn them itself).
-    record_route: bool,
-    /// A request body dropped before it was read to its end, for the layer to drain.
-    unread: RefCell<Option<Body>>,
-    /// The reserved budget's state (`reserve =`): as reserved, then as settled.
-    reserved: Cell<Option<Decision>>,
-}
-
-/// What the layer learns when the request's future completes.
-pub(crate) struct Finished {
-    /// The admission to describe in the response headers.
-    pub(crate) admitted: Option<Decision>,
-    /// Whether an attribute ran.
-    pub(crate) attributed: bool,
-    /// The request body, when it was dropped before its end.
-    pub(crate) unread: Option<Body>,
-    /// The reserved budget's state: as settled, or as reserved.
-    pub(crate) reserved: Option<Decision>,
-}
-
-/// What the layer did about its default and application limits before the handler ran.
-#[derive(Debug, Default)]
-pub(crate) enum LayerState {
-    /// Nothing to do, or already accounted for.
-    #[default]
-    Done,
-    /// The route carries an attribute: the application limits are left to its check, so
-    /// that they pass or fail with the attribute's.
-    LeftToAttribute,
-    /// The route was not yet known to carry an attribute: the layer charged `key` for the
-    /// application limits (`application`) and the route's default limits (`default`), under
-    /// the scope of the request's URI path when it saw no matched route (`by_uri`).
-    Charged {
-        key: Key,
-        application: bool,
-        default: bool,
-        by_uri: bool,
-    },
-}
-
-tokio::task_local! {
-    static REQUEST: RequestContext;
-}
-
-impl RequestContext {
-    pub(crate) fn new(
-        config: &'static HttpConfig,
-        layer: LayerState,
-        admitted: Option<Decision>,
-        record_route: bool,
-    ) -> RequestContext {
-        RequestContext {
-            config,
-            admitted: Cell::new(admitted),
-            layer: RefCell::new(layer),
-            attributed: Cell::new(false),
-            record_route,
-            unread: RefCell::new(None),
-            reserved: Cell::new(None),
-        }
-    }
-
-    /// What the request left for the layer.
-    pub(crate) fn finish(self) -> Finished {
-        Finished {
-            admitted: self.admitted.get(),
-            attributed: self.attributed.get(),
-            unread: self.unread.into_inner(),
-            reserved: self.reserved.get(),
-        }
-    }
-
-    /// Runs `future` with this context.
-    pub(crate) fn scope<F: Future>(
-        self,
-        future: F,
-    ) -> tokio::task::futures::TaskLocalFuture<RequestContext, F> {
-        REQUEST.scope(self, future)
-    }
-}
-
-/// The configuration serving this request (the layer's, or the process-wide default), and
-/// whether the attribute should record its route for the layer. Tells the layer that an
-/// attribute runs on this request.
-pub(crate) fn attribute_context() -> (&'static HttpConfig, bool) {
-    REQUEST
-        .try_with(|request| {
-            request.attributed.set(true);
-            (request.config, request.record_route)
-        })
-        .unwrap_or_else(|_| (HttpConfig::global(), false))
-}
-
-/// The configuration serving this request (the layer's, or the process-wide default), for
-/// what reads it without running an attribute (a key function's client address).
-pub(crate) fn current_config() -> &'static HttpConfig {
-    REQUEST
-        .try_with(|request| request.config)
-        .unwrap_or_else(|_| HttpConfig::global())
-}
-
-/// Hands a body dropped before its end to the layer serving this request, to drain it
-/// before the response goes out (outside a layer, it is dropped).
-pub(crate) fn keep_unread(body: Body) {
-    let mut body = Some(body);
-    let _ = REQUEST.try_with(|request| {
-        if let Ok(mut unread) = request.unread.try_borrow_mut() {
-            *unread = body.take();
-        }
-    });
-}
-
-/// Takes what the layer left for the attribute's check.
-pub(crate) fn take_layer_state() -> LayerState {
-    REQUEST
-        .try_with(|request| request.layer.take())
-        .unwrap_or_default()
-}
-
-/// Keeps the reservation's admission for the response headers.
-fn record_reserved(decision: Decision) {
-    let _ = REQUEST.try_with(|request| request.reserved.set(Some(decision)));
-}
-
-/// The reservation's admission in this request, if any.
-pub(crate) fn reserved_admission() -> Option<Decision> {
-    REQUEST
-        .try_with(|request| request.reserved.get())
-        .ok()
-        .flatten()
-}
-
-/// Keeps a reservation's settlement for the response headers (when the handler settles
-/// before it answers).
-pub(crate) fn record_settled(decision: &Decision) {
-    let _ = REQUEST.try_with(|request| request.reserved.set(Some(*decision)));
-}
-
-/// Remembers an admission for the response headers (a no-op outside the layer).
-fn record(decision: Decision) {
-    let _ = REQUEST.try_with(|request| {
-        if request
-            .admitted
-            .get()
-            .is_none_or(|earlier| decision.binds_harder_than(&earlier))
-        {
-            request.admitted.set(Some(decision));
-        }
-    });
 }

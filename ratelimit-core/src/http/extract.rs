@@ -15,8 +15,9 @@ use axum::extract::{FromRequestParts, MatchedPath};
 use http::request::Parts;
 
 use super::config::HttpConfig;
+use super::context::{self, LayerState};
 use super::enforce::{
-    self, Entry, LayerState, Leases, MAX_ENTRIES, Settling, SlotNeed, enforce_holding, take_slots,
+    self, Entry, Leases, MAX_ENTRIES, Settling, SlotNeed, enforce_holding, take_slots,
 };
 use super::identity::{Identity, Who};
 use super::key::{Key, KeySource, missing_connect_info};
@@ -446,7 +447,7 @@ impl LayerPart {
     /// Takes the layer's state; a default-limit charge made before the route was known to
     /// carry an attribute is given back at once.
     async fn take(config: &HttpConfig, parts: &Parts, route: &str) -> Result<LayerPart, Rejection> {
-        Ok(match enforce::take_layer_state() {
+        Ok(match context::take_layer_state() {
             LayerState::Done => LayerPart::Nothing,
             LayerState::LeftToAttribute => LayerPart::ToCheck(
                 Key::of(&config.default_key, parts, &config.trusted_proxies).map_err(|_| {
@@ -808,7 +809,7 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for KeyedGuard<S> {
 /// What every annotated handler does first: the configuration serving the request, and its
 /// matched route, recorded for the layer when it asks.
 fn enter(parts: &Parts) -> (&'static HttpConfig, Option<&MatchedPath>) {
-    let (config, record_route) = enforce::attribute_context();
+    let (config, record_route) = context::attribute_context();
     let route = parts.extensions.get::<MatchedPath>();
     if record_route {
         note_limited_route(config, route.map(MatchedPath::as_str));
@@ -1086,7 +1087,7 @@ impl<'a> Settled<'a> {
                 let reserved = costs.get(index).copied().unwrap_or(one.cost);
                 // The reservation's own admission; outside a layer, which keeps none, the
                 // limits' first rate as spent.
-                let admitted = enforce::reserved_admission().unwrap_or_else(|| {
+                let admitted = context::reserved_admission().unwrap_or_else(|| {
                     let rate = one.limits.limits().rates().next().expect("a rate");
                     Decision::allowed(rate, 0, Duration::ZERO)
                 });
@@ -1098,7 +1099,7 @@ impl<'a> Settled<'a> {
                     reserved,
                     admitted,
                 )
-                .on_settle(enforce::record_settled)
+                .on_settle(context::record_settled)
                 .on_route(route.unwrap_or(one.policy.handler))
             }
         }

@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use http::HeaderName;
 use http::request::Parts;
 
-use super::enforce;
+use super::context;
 use super::key::{IpKey, client_ip};
 use super::response::Rejection;
 use crate::limits::{Limits, LimitsRef};
@@ -46,7 +46,7 @@ impl ClientAddr {
     /// server does not provide the peer address (serve with
     /// `into_make_service_with_connect_info::<SocketAddr>()`).
     pub fn of(parts: &Parts) -> Option<ClientAddr> {
-        let config = enforce::current_config();
+        let config = context::current_config();
         client_ip(&parts.extensions, &parts.headers, &config.trusted_proxies)
             .ok()
             .map(ClientAddr)

@@ -14,12 +14,12 @@ use axum::response::{IntoResponse, Response};
 use http::Request;
 use http::request::Parts;
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
 use super::config::{AsLimits, DrainPolicy, HttpConfig};
+use super::context::{Finished, LayerState, RequestContext};
 use super::drain::{Drain, Watched};
-use super::enforce::{Entry, Finished, LayerState, RequestContext, enforce, now_or_never};
+use super::enforce::{Entry, enforce, now_or_never};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::{HeaderStyle, RateLimited, Rejection, insert_budget_headers, insert_headers};
 use crate::decision::Decision;
@@ -300,11 +300,7 @@ where
         }
         let context = RequestContext::new(config, state, admitted, route.is_none());
         ResponseFuture::new(Inner::Scoped {
-            future: Scoped {
-                future: context.scope(self.inner.call(req)),
-                config,
-                route,
-            },
+            future: Scoped::new(self.inner.call(req), context, config, route),
         })
     }
 }
@@ -343,11 +339,8 @@ impl<S> RateLimitService<S> {
                 body = Watched::body(body);
             }
             let context = RequestContext::new(config, state, admitted, route.is_none());
-            let scoped = Scoped {
-                future: context.scope(inner.call(Request::from_parts(parts, body))),
-                config,
-                route,
-            };
+            let future = inner.call(Request::from_parts(parts, body));
+            let scoped = Scoped::new(future, context, config, route);
             let drain = match scoped.await {
                 Finish::Answer(result) => return result,
                 Finish::Drain(drain) => drain,
@@ -373,6 +366,7 @@ pin_project! {
 }
 
 impl<F, E> ResponseFuture<F, E> {
+    #[inline(always)]
     fn new(inner: Inner<F, E>) -> ResponseFuture<F, E> {
         ResponseFuture { inner }
     }
@@ -395,13 +389,45 @@ pin_project! {
 pin_project! {
     /// A route's future inside its request context: on completion, the admission goes into
     /// the headers and an attribute that ran marks the route as carrying one. Kept small: the
-    /// whole response future is moved several times on its way into axum's box, and swapped
-    /// in and out of the task-local on every poll.
+    /// whole response future is moved several times on its way into axum's box.
     struct Scoped<F> {
+        // `None` once complete, or dropped (in its context, as it may leave a body or a
+        // settlement there).
         #[pin]
-        future: TaskLocalFuture<RequestContext, F>,
+        future: Option<F>,
+        context: Option<RequestContext>,
         config: &'static HttpConfig,
         route: Option<&'static RouteState>,
+    }
+
+    impl<F> PinnedDrop for Scoped<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let mut future = this.future;
+            if future.is_some() {
+                match this.context {
+                    Some(context) => context.run(|| future.set(None)),
+                    None => future.set(None),
+                }
+            }
+        }
+    }
+}
+
+impl<F> Scoped<F> {
+    #[inline(always)]
+    fn new(
+        future: F,
+        context: RequestContext,
+        config: &'static HttpConfig,
+        route: Option<&'static RouteState>,
+    ) -> Scoped<F> {
+        Scoped {
+            future: Some(future),
+            context: Some(context),
+            config,
+            route,
+        }
     }
 }
 
@@ -419,9 +445,24 @@ where
     type Output = Finish<E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finish<E>> {
-        let mut this = self.project();
-        let result = ready!(this.future.as_mut().poll(cx));
-        let Some(context) = this.future.take_value() else {
+        let this = self.project();
+        let mut slot = this.future;
+        // Polled, and dropped once complete, in the request's context.
+        let mut poll = || {
+            let Some(future) = slot.as_mut().as_pin_mut() else {
+                panic!("a rate limited route's future polled after it completed");
+            };
+            let poll = future.poll(cx);
+            if poll.is_ready() {
+                slot.set(None);
+            }
+            poll
+        };
+        let result = ready!(match this.context {
+            Some(context) => context.run(poll),
+            None => poll(),
+        });
+        let Some(context) = this.context.as_mut() else {
             return Poll::Ready(Finish::Answer(result));
         };
         let Finished {

@@ -6,6 +6,7 @@
 //! - `key`: who is counted (client IP behind trusted proxies, headers);
 //! - `identity`: what key functions answer (a key, the client address, a tier) and API keys
 //!   that a client cannot forge ([`ApiKeys`]);
+//! - `context`: what the layer shares with the extractors of the request it serves;
 //! - `enforce`: the one place that checks a request and refuses it;
 //! - `drain`: reading what a refused request leaves of its body, so the connection lives;
 //! - `extract`: the extractors and the spec the attribute generates;
@@ -14,6 +15,7 @@
 //! - `response`: the 429 answer and the rate limit headers.
 
 mod config;
+mod context;
 mod drain;
 mod enforce;
 mod extract;

@@ -86,10 +86,11 @@ fn modules_depend_downward_only_and_nothing_below_http_names_http() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// Within `http`, lowest first: the answer, keys, the configuration, the one enforcement
-/// site, then the two things built on it.
-const HTTP_ORDER: [&str; 9] = [
-    "response", "key", "config", "enforce", "identity", "extract", "drain", "layer", "metrics",
+/// Within `http`, lowest first: the answer, keys, the configuration, what the layer shares
+/// with the extractors, the one enforcement site, then the two things built on it.
+const HTTP_ORDER: [&str; 10] = [
+    "response", "key", "config", "context", "enforce", "identity", "extract", "drain", "layer",
+    "metrics",
 ];
 
 #[test]
