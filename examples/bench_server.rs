@@ -25,10 +25,10 @@ use axum::{Json, Router, ServiceExt};
 use ratelimit::http::{HeaderStyle, RateLimitLayer};
 use ratelimit::observe::Metrics;
 use ratelimit::{Limiter, rate_limit};
-use tower::Layer;
-use tower::util::MapRequestLayer;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tower::Layer;
+use tower::util::MapRequestLayer;
 
 /// The request body: `{"data": [1,2,3]}`.
 #[derive(Deserialize)]
@@ -126,9 +126,15 @@ async fn main() {
     let mode = std::env::var("MODE").unwrap_or_default();
     // `outer`, `outer-noop`, `outer-no-headers`...: the layer around the whole router (the way
     // axum runs a middleware before routing), where `Router::layer` wraps every route.
-    match mode.strip_prefix("outer").map(|rest| rest.trim_start_matches('-')) {
+    match mode
+        .strip_prefix("outer")
+        .map(|rest| rest.trim_start_matches('-'))
+    {
         Some("noop") => serve(listener, MapRequestLayer::new(|r| r).layer(router())).await,
         Some(mode) => serve(listener, limiter_layer(mode).layer(router())).await,
-        None => serve(listener, app()).await,
+        None => {
+            let app = app().into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, app).await.expect("serve");
+        }
     }
 }

@@ -149,28 +149,36 @@ impl Slots {
             config: self.config.replace(Some(context.config)),
             held: self.held.replace(context.held),
         };
-        if (outer.held | context.held) & PARTS != 0 {
-            self.swap_parts(context);
-        }
+        self.swap_parts(context, outer.held | context.held);
         outer
     }
 
     fn leave(&self, context: &mut RequestContext, outer: Outer) {
         let held = self.held.replace(outer.held);
         self.config.set(outer.config);
-        if (outer.held | held) & PARTS != 0 {
-            self.swap_parts(context);
-        }
+        self.swap_parts(context, outer.held | held);
         context.held = held;
     }
 
-    /// Exchanges the parts in the slots with the context's: an empty part is `Done` or `None`
-    /// on both sides.
-    fn swap_parts(&self, context: &mut RequestContext) {
-        context.layer = self.layer.replace(mem::take(&mut context.layer));
-        context.admitted = self.admitted.replace(context.admitted);
-        context.reserved = self.reserved.replace(context.reserved);
-        context.unread = self.unread.replace(context.unread.take());
+    /// Exchanges the parts that either side holds (`held`, both sides' bits) between the
+    /// slots and the context: an empty part is `Done` or `None` on both sides.
+    #[inline]
+    fn swap_parts(&self, context: &mut RequestContext, held: u8) {
+        if held & PARTS == 0 {
+            return;
+        }
+        if held & LAYER != 0 {
+            context.layer = self.layer.replace(mem::take(&mut context.layer));
+        }
+        if held & ADMITTED != 0 {
+            context.admitted = self.admitted.replace(context.admitted);
+        }
+        if held & RESERVED != 0 {
+            context.reserved = self.reserved.replace(context.reserved);
+        }
+        if held & UNREAD != 0 {
+            context.unread = self.unread.replace(context.unread.take());
+        }
     }
 
     /// Runs `f` on the slots of a request in progress; `None` outside a layer's poll.
