@@ -81,45 +81,65 @@ impl Limiter {
 
     /// Checks a request of `cost` units from `key` against `limits` and, when every rate
     /// admits it, charges it to all of them. A refused request is charged nothing. One store
-    /// call.
-    pub async fn check(
-        &self,
-        limits: &Limits,
-        key: &str,
+    /// call, made when the future is first polled.
+    pub fn check<'a>(
+        &'a self,
+        limits: &'a Limits,
+        key: &'a str,
         cost: u64,
-    ) -> Result<Decision, StoreError> {
-        self.check_scoped("", limits, key, cost).await
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send + 'a {
+        self.check_scoped("", limits, key, cost)
     }
 
     /// [`check`](Limiter::check) within `scope`: the same key under another scope is another
     /// budget (the attribute scopes keys by route).
-    pub async fn check_scoped(
-        &self,
-        scope: &str,
-        limits: &Limits,
-        key: &str,
+    pub fn check_scoped<'a>(
+        &'a self,
+        scope: &'a str,
+        limits: &'a Limits,
+        key: &'a str,
         cost: u64,
-    ) -> Result<Decision, StoreError> {
-        let charge = self.charge(scope, limits, cost);
-        let decision = self
-            .check_charges(key.as_bytes(), std::slice::from_ref(&charge), Mode::Charge)
-            .await?;
-        if self.is_observed() {
-            self.observe_decision(scope, key.as_bytes(), limits, &decision);
-        }
-        Ok(decision)
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send + 'a {
+        self.checking(scope, limits, key, cost, Mode::Charge)
     }
 
     /// Answers what [`check`](Limiter::check) would, without charging anything.
-    pub async fn peek(
-        &self,
-        limits: &Limits,
-        key: &str,
+    pub fn peek<'a>(
+        &'a self,
+        limits: &'a Limits,
+        key: &'a str,
         cost: u64,
-    ) -> Result<Decision, StoreError> {
-        let charge = self.charge("", limits, cost);
-        self.check_charges(key.as_bytes(), std::slice::from_ref(&charge), Mode::Peek)
-            .await
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send + 'a {
+        self.checking("", limits, key, cost, Mode::Peek)
+    }
+
+    /// The future of a check or a peek: the in-memory store answers in its first poll,
+    /// without the state machine a store that waits needs.
+    fn checking<'a>(
+        &'a self,
+        scope: &'a str,
+        limits: &'a Limits,
+        key: &'a str,
+        cost: u64,
+        mode: Mode,
+    ) -> Checking<'a, impl Future<Output = Result<Decision, StoreError>> + Send + 'a> {
+        let args = CheckArgs {
+            limiter: self,
+            scope,
+            limits,
+            key,
+            cost,
+            mode,
+        };
+        match &self.inner.backend {
+            Backend::Memory(store) => Checking::Memory {
+                store,
+                args: Some(args),
+            },
+            Backend::Other(_) => Checking::Waiting {
+                future: args.waiting(),
+            },
+        }
     }
 
     /// Checks like [`check`](Limiter::check) without a future, when the store answers without
@@ -528,6 +548,84 @@ impl Limiter {
                 .entry(scope.into())
                 .or_insert_with(|| Arc::new(Capacity::new(spec))),
         )
+    }
+}
+
+/// What [`Limiter::check_scoped`] or [`Limiter::peek`] was asked.
+#[derive(Clone, Copy)]
+struct CheckArgs<'a> {
+    limiter: &'a Limiter,
+    scope: &'a str,
+    limits: &'a Limits,
+    key: &'a str,
+    cost: u64,
+    mode: Mode,
+}
+
+impl CheckArgs<'_> {
+    #[inline]
+    fn in_memory(self, store: &MemoryStore) -> Decision {
+        let CheckArgs {
+            limiter,
+            scope,
+            limits,
+            key,
+            cost,
+            mode,
+        } = self;
+        let charge = limiter.charge(scope, limits, cost);
+        let request = limiter.request(key.as_bytes(), std::slice::from_ref(&charge), mode);
+        let decision = store.check_named(&request, limiter.inner.named);
+        if mode == Mode::Charge && limiter.is_observed() {
+            limiter.observe_decision(scope, key.as_bytes(), limits, &decision);
+        }
+        decision
+    }
+
+    async fn waiting(self) -> Result<Decision, StoreError> {
+        let CheckArgs {
+            limiter,
+            scope,
+            limits,
+            key,
+            cost,
+            mode,
+        } = self;
+        let charge = limiter.charge(scope, limits, cost);
+        let decision = limiter
+            .check_charges(key.as_bytes(), std::slice::from_ref(&charge), mode)
+            .await?;
+        if mode == Mode::Charge && limiter.is_observed() {
+            limiter.observe_decision(scope, key.as_bytes(), limits, &decision);
+        }
+        Ok(decision)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Limiter::check_scoped`] and [`Limiter::peek`].
+    #[project = CheckingProjection]
+    enum Checking<'a, F> {
+        Memory { store: &'a MemoryStore, args: Option<CheckArgs<'a>> },
+        Waiting { #[pin] future: F },
+    }
+}
+
+impl<F> Future for Checking<'_, F>
+where
+    F: Future<Output = Result<Decision, StoreError>>,
+{
+    type Output = Result<Decision, StoreError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CheckingProjection::Memory { store, args } => {
+                let args = args.take().expect("a check polled after it completed");
+                Poll::Ready(Ok(args.in_memory(store)))
+            }
+            CheckingProjection::Waiting { future } => future.poll(cx),
+        }
     }
 }
 

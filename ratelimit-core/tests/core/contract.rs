@@ -195,3 +195,50 @@ async fn a_check_is_one_store_call_ready_or_pending() {
         assert_eq!(store.calls.load(Ordering::SeqCst), before);
     }
 }
+
+/// Counts what the observer is shown.
+#[derive(Default)]
+struct Seen(Mutex<Vec<(String, Vec<u8>, bool)>>);
+
+impl ratelimit_core::observe::Observer for Seen {
+    fn observe(&self, seen: &ratelimit_core::observe::Observation<'_>) {
+        let allowed = seen.outcome == ratelimit_core::observe::Outcome::Allowed;
+        let entry = (seen.route.to_owned(), seen.key.to_vec(), allowed);
+        self.0.lock().unwrap().push(entry);
+    }
+}
+
+/// `check` and `peek` are futures like any other, in memory as in a store of one's own:
+/// nothing is charged before the first poll (a future dropped unpolled charges nothing), and
+/// the observer is shown the checks, with their scope, not the peeks.
+#[tokio::test]
+async fn a_check_does_nothing_until_polled_and_shows_checks_to_the_observer() {
+    let own = std::sync::Arc::new(OwnStore::default());
+    let limits = Limits::parse("2/minute").unwrap();
+    for store in ["memory", "own"] {
+        let seen = std::sync::Arc::new(Seen::default());
+        let builder = Limiter::builder().observer(seen.clone());
+        let limiter = match store {
+            "memory" => builder.build(),
+            _ => builder.shared_store(own.clone()).build(),
+        };
+        drop(limiter.check(&limits, "k", 1));
+        drop(limiter.check_scoped("s", &limits, "k", 2));
+        let peeked = limiter.peek(&limits, "k", 2).await.unwrap();
+        assert!(peeked.is_allowed(), "{store}: nothing was charged yet");
+        assert!(limiter.check(&limits, "k", 2).await.unwrap().is_allowed());
+        assert!(!limiter.check(&limits, "k", 1).await.unwrap().is_allowed());
+        let scoped = limiter.check_scoped("s", &limits, "k", 2).await.unwrap();
+        assert!(
+            scoped.is_allowed(),
+            "{store}: another scope, another budget"
+        );
+        let seen = seen.0.lock().unwrap().clone();
+        let expected = [
+            (String::new(), b"k".to_vec(), true),
+            (String::new(), b"k".to_vec(), false),
+            ("s".to_owned(), b"k".to_vec(), true),
+        ];
+        assert_eq!(seen, expected, "{store}");
+    }
+}
