@@ -562,43 +562,39 @@ struct CheckArgs<'a> {
     mode: Mode,
 }
 
-impl CheckArgs<'_> {
+impl<'a> CheckArgs<'a> {
     #[inline]
-    fn in_memory(self, store: &MemoryStore) -> Decision {
-        let CheckArgs {
-            limiter,
-            scope,
-            limits,
-            key,
-            cost,
-            mode,
-        } = self;
-        let charge = limiter.charge(scope, limits, cost);
-        let request = limiter.request(key.as_bytes(), std::slice::from_ref(&charge), mode);
-        let decision = store.check_named(&request, limiter.inner.named);
-        if mode == Mode::Charge && limiter.is_observed() {
-            limiter.observe_decision(scope, key.as_bytes(), limits, &decision);
+    fn charge(&self) -> Charge<'a> {
+        self.limiter.charge(self.scope, self.limits, self.cost)
+    }
+
+    /// `decision`, shown to the observer if it is a check's.
+    #[inline]
+    fn observed(&self, decision: Decision) -> Decision {
+        if self.mode == Mode::Charge && self.limiter.is_observed() {
+            let key = self.key.as_bytes();
+            self.limiter
+                .observe_decision(self.scope, key, self.limits, &decision);
         }
         decision
     }
 
+    #[inline]
+    fn in_memory(self, store: &MemoryStore) -> Decision {
+        let charge = self.charge();
+        let charges = std::slice::from_ref(&charge);
+        let request = self
+            .limiter
+            .request(self.key.as_bytes(), charges, self.mode);
+        self.observed(store.check_named(&request, self.limiter.inner.named))
+    }
+
     async fn waiting(self) -> Result<Decision, StoreError> {
-        let CheckArgs {
-            limiter,
-            scope,
-            limits,
-            key,
-            cost,
-            mode,
-        } = self;
-        let charge = limiter.charge(scope, limits, cost);
-        let decision = limiter
-            .check_charges(key.as_bytes(), std::slice::from_ref(&charge), mode)
-            .await?;
-        if mode == Mode::Charge && limiter.is_observed() {
-            limiter.observe_decision(scope, key.as_bytes(), limits, &decision);
-        }
-        Ok(decision)
+        let charge = self.charge();
+        let charges = std::slice::from_ref(&charge);
+        let key = self.key.as_bytes();
+        let decision = self.limiter.check_charges(key, charges, self.mode).await?;
+        Ok(self.observed(decision))
     }
 }
 
