@@ -444,6 +444,49 @@ async fn a_layer_around_a_whole_router_learns_routes_by_path() {
     assert_eq!(codes, [200, 200, 200, 429]);
 }
 
+/// The layer around the router, served as the README says (`Layer::layer` and axum's
+/// `ServiceExt`): the attributes find the layer's limiter and header style, the unannotated
+/// route gets the layer's defaults by its path, and the refusal is the layer's.
+#[tokio::test]
+async fn a_layer_around_the_router_served_directly_serves_every_route() {
+    use axum::ServiceExt as _;
+    use tower::Layer as _;
+    let router = Router::new()
+        .route("/limited", post(one_a_minute))
+        .route("/plain", post(unannotated));
+    let layer = Limiter::new()
+        .layer()
+        .headers(HeaderStyle::Legacy)
+        .default_limits("2/minute");
+    let service = layer.layer(router);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let service = service.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, service).await.unwrap();
+    });
+    let c = client_from("127.0.4.20");
+    let limited = format!("http://{addr}/limited");
+    let r = c.post(&limited).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["x-ratelimit-limit"],
+        "1",
+        "the attribute's rate"
+    );
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+    let refused = c.post(&limited).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let plain = format!("http://{addr}/plain");
+    for left in ["1", "0"] {
+        let r = c.post(&plain).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["x-ratelimit-remaining"], left, "the defaults");
+    }
+    assert_eq!(status(c.post(&plain)).await, 429);
+}
+
 #[rate_limit("3/minute", key = ip)]
 async fn three_a_minute() -> &'static str {
     "ok"
