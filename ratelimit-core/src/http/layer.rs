@@ -395,7 +395,7 @@ pin_project! {
         // settlement there).
         #[pin]
         future: Option<F>,
-        context: Option<RequestContext>,
+        context: RequestContext,
         config: &'static HttpConfig,
         route: Option<&'static RouteState>,
     }
@@ -405,10 +405,7 @@ pin_project! {
             let this = this.project();
             let mut future = this.future;
             if future.is_some() {
-                match this.context {
-                    Some(context) => context.run(|| future.set(None)),
-                    None => future.set(None),
-                }
+                this.context.run(|| future.set(None));
             }
         }
     }
@@ -424,7 +421,7 @@ impl<F> Scoped<F> {
     ) -> Scoped<F> {
         Scoped {
             future: Some(future),
-            context: Some(context),
+            context,
             config,
             route,
         }
@@ -448,7 +445,7 @@ where
         let this = self.project();
         let mut slot = this.future;
         // Polled, and dropped once complete, in the request's context.
-        let mut poll = || {
+        let poll = || {
             let Some(future) = slot.as_mut().as_pin_mut() else {
                 panic!("a rate limited route's future polled after it completed");
             };
@@ -458,19 +455,13 @@ where
             }
             poll
         };
-        let result = ready!(match this.context {
-            Some(context) => context.run(poll),
-            None => poll(),
-        });
-        let Some(context) = this.context.as_mut() else {
-            return Poll::Ready(Finish::Answer(result));
-        };
+        let result = ready!(this.context.run(poll));
         let Finished {
             admitted,
             attributed,
             unread,
             reserved,
-        } = context.finish();
+        } = this.context.finish();
         if let Some(route) = this.route {
             match attributed {
                 // Written once: a store on every request would bounce the line between cores.
