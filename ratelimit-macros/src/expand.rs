@@ -162,7 +162,8 @@ fn expand(options: &[Options], function: ItemFn) -> TokenStream {
     let function = if deferred {
         gen_deferred(options, &specs, keyed, function, &private)
     } else {
-        gen_guarded(&specs, keyed, function, &private)
+        let holds = options.iter().any(holds);
+        gen_guarded(&specs, keyed, holds, function, &private)
     };
     quote! {
         #(#spec_items)*
@@ -180,6 +181,11 @@ fn gen_spec(
     private: &TokenStream,
 ) -> TokenStream {
     let policy = gen_policy(options, handler, private);
+    let holds = holds(options).then(|| {
+        quote!(
+            const HOLDS: bool = true;
+        )
+    });
     let limits = gen_limits_hook(options, private);
     let key = gen_key_hook(options, private);
     let exempt = gen_exempt_hook(options, private);
@@ -194,6 +200,7 @@ fn gen_spec(
                 static DATA: #private::PolicyData = #policy;
                 #private::policy_of(&POLICY, &DATA)
             }
+            #holds
             #limits
             #key
             #cost
@@ -376,12 +383,20 @@ fn gen_guard_type(wrapper: &str, specs: &[Ident], private: &TokenStream) -> Toke
     quote!(#private::#wrapper<(#(#specs,)*)>)
 }
 
+/// Whether the request holds something while the handler runs: a slot or a place in the
+/// route's capacity.
+fn holds(options: &Options) -> bool {
+    options.concurrency.is_some() || options.capacity.is_some()
+}
+
 /// The handler with a `Guard` in front of its arguments: the check runs before any of them
 /// is extracted, and the body is untouched. The costs, which need no argument, go in a hook.
-/// A key function, which may be `async`, is awaited by a `KeyedGuard`.
+/// A key function, which may be `async`, is awaited by a `KeyedGuard`; slots and capacity
+/// are held by a `HoldingGuard` (a plain `Guard` holds nothing, and needs no drop code).
 fn gen_guarded(
     specs: &[Ident],
     keyed: bool,
+    holds: bool,
     function: ItemFn,
     private: &TokenStream,
 ) -> TokenStream {
@@ -391,7 +406,11 @@ fn gen_guarded(
         mut sig,
         block,
     } = function;
-    let wrapper = if keyed { "KeyedGuard" } else { "Guard" };
+    let wrapper = match (keyed, holds) {
+        (true, _) => "KeyedGuard",
+        (false, true) => "HoldingGuard",
+        (false, false) => "Guard",
+    };
     let guard = gen_guard_type(wrapper, specs, private);
     sig.inputs.insert(0, syn::parse_quote!(_: #guard));
     quote! {

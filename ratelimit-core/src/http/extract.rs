@@ -192,6 +192,11 @@ pub trait Spec: Send + Sync + 'static {
     /// compile time.
     const KEYED: bool = false;
 
+    /// Whether the request holds something while the handler runs (`concurrency = N` or
+    /// `capacity`): such a spec is checked by [`HoldingGuard`] (or [`Deferred`], or
+    /// [`KeyedGuard`]); [`Guard`] refuses it at compile time.
+    const HOLDS: bool = false;
+
     /// The attribute's fixed part.
     fn policy() -> &'static Policy;
 
@@ -221,6 +226,9 @@ pub trait Specs: Send + Sync + 'static {
 
     /// Whether any attribute has a key function ([`Spec::KEYED`]).
     const KEYED: bool;
+
+    /// Whether any attribute holds slots or capacity ([`Spec::HOLDS`]).
+    const HOLDS: bool;
 
     /// Each attribute's hooks but the key function, as plain functions: what [`Guard`]
     /// resolves them with, in a function compiled once for every handler.
@@ -410,6 +418,8 @@ macro_rules! specs {
             const LEN: usize = $len;
 
             const KEYED: bool = $($s::KEYED)||+;
+
+            const HOLDS: bool = $($s::HOLDS)||+;
 
             const HOOKS: &'static [Hooks] = &[$(Hooks::of::<$s>()),+];
 
@@ -688,15 +698,47 @@ fn note_limited_route(config: &HttpConfig, route: Option<&str>) {
 /// The extractor the attribute injects: by the time the handler runs, the request has passed
 /// every limit of its attributes (or is exempt), and otherwise the client got the 429 answer.
 ///
-/// With `concurrency = N` it holds the request's slots: they are given back when the
-/// handler's future, which owns the guard, completes or is dropped.
+/// It holds nothing, so that a handler's future carries no drop code for it: attributes
+/// with `concurrency = N` or `capacity` use [`HoldingGuard`], which holds what the request
+/// takes while the handler runs ([`Spec::HOLDS`]; `Guard` refuses them at compile time).
 ///
 /// Its attributes have no key function (see [`KeyedGuard`]): they are resolved and checked
 /// by one function compiled once for every handler, through their [`Hooks`]; what is
 /// generic per handler is a call and a small future around the answer.
 pub struct Guard<S: Specs> {
+    _spec: PhantomData<fn() -> S>,
+}
+
+/// [`Guard`] for attributes with `concurrency = N` or `capacity`: it holds the request's
+/// slots and its place in the route's capacity, given back when the handler's future, which
+/// owns the guard, completes or is dropped.
+pub struct HoldingGuard<S: Specs> {
     _slots: Leases,
     _spec: PhantomData<fn() -> S>,
+}
+
+/// A guard made from what its check's request holds.
+trait FromLeases {
+    fn from_leases(leases: Leases) -> Self;
+}
+
+impl<S: Specs> FromLeases for Guard<S> {
+    #[inline]
+    fn from_leases(leases: Leases) -> Guard<S> {
+        // Nothing to hold: no attribute takes a slot or capacity (checked at compile time).
+        drop(leases);
+        Guard { _spec: PhantomData }
+    }
+}
+
+impl<S: Specs> FromLeases for HoldingGuard<S> {
+    #[inline]
+    fn from_leases(leases: Leases) -> HoldingGuard<S> {
+        HoldingGuard {
+            _slots: leases,
+            _spec: PhantomData,
+        }
+    }
 }
 
 impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
@@ -710,31 +752,52 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
             assert!(
                 !S::KEYED,
                 "a key function is awaited by `KeyedGuard`, not `Guard`"
-            )
+            );
+            assert!(
+                !S::HOLDS,
+                "slots and capacity are held by `HoldingGuard`, not `Guard`"
+            );
         };
         Guarded {
             settling: guard_hooks(parts, S::HOOKS),
-            _spec: PhantomData,
+            _guard: PhantomData,
         }
     }
 }
 
-/// [`Guard`]'s extraction: the check's answer, made a guard.
-struct Guarded<'a, S> {
-    settling: Settling<'a, Leases>,
-    _spec: PhantomData<fn() -> S>,
+impl<S: Specs, St: Send + Sync> FromRequestParts<St> for HoldingGuard<S> {
+    type Rejection = Rejection;
+
+    fn from_request_parts(
+        parts: &mut Parts,
+        _state: &St,
+    ) -> impl Future<Output = Result<HoldingGuard<S>, Rejection>> + Send {
+        const {
+            assert!(
+                !S::KEYED,
+                "a key function is awaited by `KeyedGuard`, not `HoldingGuard`"
+            )
+        };
+        Guarded {
+            settling: guard_hooks(parts, S::HOOKS),
+            _guard: PhantomData,
+        }
+    }
 }
 
-impl<S: Specs> Future for Guarded<'_, S> {
-    type Output = Result<Guard<S>, Rejection>;
+/// [`Guard`]'s and [`HoldingGuard`]'s extraction: the check's answer, made a guard.
+struct Guarded<'a, G> {
+    settling: Settling<'a, Leases>,
+    _guard: PhantomData<fn() -> G>,
+}
+
+impl<G: FromLeases> Future for Guarded<'_, G> {
+    type Output = Result<G, Rejection>;
 
     // Matches rather than `map`s: each closure would be one more function per handler.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut().settling.poll_unpin(cx) {
-            Poll::Ready(Ok(slots)) => Poll::Ready(Ok(Guard {
-                _slots: slots,
-                _spec: PhantomData,
-            })),
+            Poll::Ready(Ok(slots)) => Poll::Ready(Ok(G::from_leases(slots))),
             Poll::Ready(Err(rejection)) => Poll::Ready(Err(rejection)),
             Poll::Pending => Poll::Pending,
         }

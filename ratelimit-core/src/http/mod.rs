@@ -30,8 +30,8 @@ pub use crate::limits::LimitsRef;
 pub use config::AsLimits;
 pub use enforce::Leases;
 pub use extract::{
-    Deferred, Guard, Hooks, KeyedDeferred, KeyedGuard, One, Policy, PolicyData, Resolved, Spec,
-    Specs, policy_of, resolve_one, support,
+    Deferred, Guard, HoldingGuard, Hooks, KeyedDeferred, KeyedGuard, One, Policy, PolicyData,
+    Resolved, Spec, Specs, policy_of, resolve_one, support,
 };
 pub use identity::{
     ApiKeys, ClientAddr, Identity, IntoKey, KeyLookup, KeyTable, KnownKey, UnknownKey,
