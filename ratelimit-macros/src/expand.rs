@@ -421,6 +421,9 @@ fn gen_guarded(
 
 /// The handler with a `Deferred` in front of its arguments: keys and limits are found before
 /// the body is read, and the check runs once the arguments (which a cost uses) are extracted.
+/// The handler stays an `async fn` (attributes below this one see what they expect); its
+/// body moves into an `async move` block that keeps the handler's return type for `?` and
+/// `return`, which the core's `Run` future polls once the check passes.
 fn gen_deferred(
     options: &[Options],
     specs: &[Ident],
@@ -464,25 +467,27 @@ fn gen_deferred(
     sig.output = syn::parse_quote!(-> ::core::result::Result<#output, #private::Rejection>);
     let costs = options.iter().map(|options| gen_cost(options, private));
     let len = options.len();
-    let check = match &reservation {
+    let run = match &reservation {
+        // The check makes the reservation, which the body is given: checked first, then run.
         Some(syn::PatType { pat, ty, .. }) => quote! {
             let (__ratelimit_slots, __ratelimit_reservation) =
-                __ratelimit_guard.settled().check_reserving(&__ratelimit_costs).await?;
+                __ratelimit_guard.reserving(&__ratelimit_costs).await?;
             let #pat: #ty = __ratelimit_reservation;
+            let __ratelimit_output = #body.await;
+            // The request's concurrency slots, if any, are held until the body completes.
+            ::core::mem::drop(__ratelimit_slots);
+            ::core::result::Result::Ok(__ratelimit_output)
         },
+        // One future checks, then runs the body holding the slots: one `await` here.
         None => quote! {
-            let __ratelimit_slots = __ratelimit_guard.settled().check(&__ratelimit_costs).await?;
+            __ratelimit_guard.run(&__ratelimit_costs, #body).await
         },
     };
     quote! {
         #(#attrs)*
         #vis #sig {
             let __ratelimit_costs: [u64; #len] = [#(#costs),*];
-            // Holds the request's concurrency slots, if any, until the body completes.
-            #check
-            let __ratelimit_output = #body.await;
-            ::core::mem::drop(__ratelimit_slots);
-            ::core::result::Result::Ok(__ratelimit_output)
+            #run
         }
     }
 }

@@ -937,11 +937,17 @@ fn guard_now(
 /// keys and limits before the body is read, and the rewritten handler calls
 /// [`check`](Deferred::check) once the arguments are extracted.
 pub struct Deferred<S: Specs> {
+    pending: Pending<S::Resolved>,
+    _spec: PhantomData<fn() -> S>,
+}
+
+/// A [`Deferred`] without its attributes' types (generic only over how many there are): what
+/// its check needs, owned.
+struct Pending<R> {
     config: &'static HttpConfig,
     route: Option<MatchedPath>,
-    resolved: S::Resolved,
+    resolved: R,
     layer: LayerPart,
-    _spec: PhantomData<fn() -> S>,
 }
 
 impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
@@ -1001,10 +1007,12 @@ impl<S: Specs> Future for Deferring<'_, S> {
         };
         Poll::Ready(match (this.resolved.take(), layer) {
             (Some(Ok(resolved)), Ok(layer)) => Ok(Deferred {
-                config: this.config,
-                route: this.route.take(),
-                resolved,
-                layer,
+                pending: Pending {
+                    config: this.config,
+                    route: this.route.take(),
+                    resolved,
+                    layer,
+                },
                 _spec: PhantomData,
             }),
             (Some(Err(rejection)), _) | (_, Err(rejection)) => Err(rejection),
@@ -1038,10 +1046,12 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for KeyedDeferred<S> {
         let resolved = S::resolve(Serving(config), parts).await?;
         let layer = layer_part(config, parts, route.as_ref()).await?;
         Ok(KeyedDeferred(Deferred {
-            config,
-            route,
-            resolved,
-            layer,
+            pending: Pending {
+                config,
+                route,
+                resolved,
+                layer,
+            },
             _spec: PhantomData,
         }))
     }
@@ -1062,26 +1072,130 @@ impl<S: Specs> Deferred<S> {
     /// cost, in order. The slots of `concurrency = N` come back in the result: hold it
     /// while the handler runs.
     pub async fn check(&self, costs: &[u64]) -> Result<Leases, Rejection> {
-        self.settled().check(costs).await
+        self.pending.settled().check(costs).await
     }
 
     /// [`check`](Deferred::check), and the reservation of the attribute with `reserve =`
     /// (its cost in `costs` is the estimate): the handler settles it.
     pub async fn check_reserving(&self, costs: &[u64]) -> Result<(Leases, Reservation), Rejection> {
-        self.settled().check_reserving(costs).await
+        self.pending.settled().check_reserving(costs).await
     }
 
-    /// The check without the attributes' types, which the rewritten handler awaits: a small
-    /// value of one type for every handler (the answer itself with an in-memory store), not
-    /// a state machine compiled into each handler.
+    /// What the rewritten handler of an attribute with `reserve =` awaits before its body:
+    /// [`check_reserving`](Deferred::check_reserving) as one small value of one type for
+    /// every handler (the answer itself with an in-memory store), not a state machine
+    /// compiled into each.
     #[doc(hidden)]
-    pub fn settled(&self) -> Settled<'_> {
+    pub fn reserving<'a>(&'a self, costs: &'a [u64]) -> Settling<'a, (Leases, Reservation)> {
+        self.pending.settled().check_reserving(costs)
+    }
+
+    /// What the rewritten handler awaits: the check at `costs` (one per attribute, in
+    /// order), then `body` (the original body) while the request holds its slots, given back
+    /// when the body completes or is dropped. The extractor is taken, so that what it holds
+    /// is gone once the check answers. One small future around the body's for every
+    /// handler: the check itself is the same value whatever the handler (the answer itself
+    /// with an in-memory store), compiled once.
+    #[doc(hidden)]
+    pub fn run<F: Future>(self, costs: &[u64], body: F) -> Run<F> {
+        Run {
+            check: Some(self.pending.start(costs)),
+            slots: None,
+            body,
+        }
+    }
+}
+
+impl<S: Specs> KeyedDeferred<S> {
+    /// [`Deferred::run`].
+    #[doc(hidden)]
+    pub fn run<F: Future>(self, costs: &[u64], body: F) -> Run<F> {
+        self.0.run(costs, body)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Deferred::run`]'s future: the check, then the handler's body, holding the request's
+    /// slots. Its `poll` is all that is compiled per handler.
+    #[doc(hidden)]
+    pub struct Run<F> {
+        // `None` once answered.
+        check: Option<Settling<'static, Leases>>,
+        #[pin]
+        body: F,
+        // Declared after the body, so dropped after it: a body dropped before it completes (a
+        // client that hangs up) holds the slots to its end, and gives them back with it.
+        slots: Option<Leases>,
+    }
+}
+
+impl<F> std::fmt::Debug for Run<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run").finish_non_exhaustive()
+    }
+}
+
+/// [`Run`]'s check, not generic: ready once answered, keeping the slots in `slots`.
+fn poll_check(
+    check: &mut Option<Settling<'static, Leases>>,
+    slots: &mut Option<Leases>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Rejection>> {
+    let Some(settling) = check else {
+        return Poll::Ready(Ok(()));
+    };
+    let answer = std::task::ready!(settling.poll_unpin(cx));
+    *check = None;
+    Poll::Ready(answer.map(|held| *slots = Some(held)))
+}
+
+impl<F: Future> Future for Run<F> {
+    type Output = Result<F::Output, Rejection>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Err(rejection) = std::task::ready!(poll_check(this.check, this.slots, cx)) {
+            return Poll::Ready(Err(rejection));
+        }
+        let output = std::task::ready!(this.body.poll(cx));
+        *this.slots = None;
+        Poll::Ready(Ok(output))
+    }
+}
+
+impl<R: AsRef<[One]> + Send + Sync + 'static> Pending<R> {
+    fn settled(&self) -> Settled<'_> {
         Settled {
             config: self.config,
             route: self.route.as_ref().map(MatchedPath::as_str),
             resolved: self.resolved.as_ref(),
             layer: &self.layer,
         }
+    }
+
+    /// [`Run`]'s check: answered at once with a store that answers at once and no queue to
+    /// wait in; else a boxed future that owns what it needs.
+    fn start(self, costs: &[u64]) -> Settling<'static, Leases> {
+        let waits = self.resolved.as_ref().iter().any(|one| one.policy.waits());
+        if !waits && self.config.limiter.answers_now() {
+            // Cannot be pending; were it, refuse rather than let the request through unchecked.
+            let answer = enforce::now_or_never(self.check(costs));
+            return Settling::Ready(Some(
+                answer.unwrap_or_else(|| Err(Rejection::store_failed())),
+            ));
+        }
+        let costs: ArrayVec<u64, MAX_SPECS> = costs.iter().copied().collect();
+        Settling::Waiting(Box::pin(async move { self.check(&costs).await }))
+    }
+
+    async fn check(&self, costs: &[u64]) -> Result<Leases, Rejection> {
+        let Settled {
+            config,
+            route,
+            resolved,
+            layer,
+        } = self.settled();
+        check(config, route, resolved, Some(costs), layer).await
     }
 }
 
