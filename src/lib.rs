@@ -108,15 +108,13 @@ pub use ratelimit_core::*;
 ///
 /// ```
 /// # use axum::Json;
-/// use ratelimit::__private::{Guard, KeySource, Policy, PolicyData, Spec, policy_of};
-/// use std::sync::OnceLock;
+/// use ratelimit::__private::{Guard, KeySource, PolicyData, Spec, SpecData};
 ///
 /// struct PredictLimit;
 ///
 /// impl Spec for PredictLimit {
-///     fn policy() -> &'static Policy {
-///         static POLICY: OnceLock<Policy> = OnceLock::new();
-///         static DATA: PolicyData = PolicyData {
+///     const SPEC: &'static SpecData = {
+///         static SPEC: SpecData = SpecData::new(PolicyData {
 ///             handler: "my_app::predict",
 ///             limits: Some("10/minute"),
 ///             algorithm: None,
@@ -128,9 +126,9 @@ pub use ratelimit_core::*;
 ///             concurrency: None,
 ///             capacity: None,
 ///             queue: None,
-///         };
-///         policy_of(&POLICY, &DATA)
-///     }
+///         });
+///         &SPEC
+///     };
 /// }
 ///
 /// async fn predict(_: Guard<(PredictLimit,)>, Json(input): Json<Vec<f32>>) -> Json<f32> {
@@ -153,12 +151,11 @@ pub mod __private {
     pub use ratelimit_core::http::support::{Cost, KeyFromFuture, KeyFromValue, Probe, returns};
     pub use ratelimit_core::http::{
         Deferred, Guard, HoldingGuard, Identity, KeySource, KeyedDeferred, KeyedGuard, LimitsRef,
-        Policy, PolicyData, Rejection, Spec, policy_of,
+        Policy, PolicyData, Rejection, Spec, SpecData,
     };
     pub use ratelimit_core::{Algorithm, CapacityLimit, Limits};
     pub use std::borrow::Cow;
     pub use std::num::{NonZeroU32, NonZeroU64};
-    pub use std::sync::OnceLock;
     pub use std::time::Duration;
 
     pub use http::HeaderName;

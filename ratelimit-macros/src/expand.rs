@@ -195,11 +195,10 @@ fn gen_spec(
         #vis struct #spec;
 
         impl #private::Spec for #spec {
-            fn policy() -> &'static #private::Policy {
-                static POLICY: #private::OnceLock<#private::Policy> = #private::OnceLock::new();
-                static DATA: #private::PolicyData = #policy;
-                #private::policy_of(&POLICY, &DATA)
-            }
+            const SPEC: &'static #private::SpecData = {
+                static SPEC: #private::SpecData = #private::SpecData::new(#policy);
+                &SPEC
+            };
             #holds
             #limits
             #key

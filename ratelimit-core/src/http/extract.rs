@@ -122,8 +122,8 @@ impl Policy {
 }
 
 /// An attribute's options as the generated code writes them: data in a `static`, made a
-/// [`Policy`] on first use by [`policy_of`], one function for every handler (a builder
-/// chain per handler would be compiled per handler).
+/// [`Policy`] on first use by [`SpecData::policy`], one function for every handler (a
+/// builder chain per handler would be compiled per handler).
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct PolicyData {
@@ -177,14 +177,32 @@ impl PolicyData {
     }
 }
 
-/// A spec's policy, made from `data` on first use: one function for every handler, where a
-/// `LazyLock` per handler compiles its own initialisation.
+/// One attribute's spec as the generated code writes it: its [`PolicyData`], made a
+/// [`Policy`] on first use. One `static` per attribute, and no function: its initialisation
+/// is compiled once for every handler.
 #[doc(hidden)]
-pub fn policy_of(cell: &'static OnceLock<Policy>, data: &'static PolicyData) -> &'static Policy {
-    cell.get_or_init(|| data.policy())
+#[derive(Debug)]
+pub struct SpecData {
+    data: PolicyData,
+    policy: OnceLock<Policy>,
 }
 
-/// The hooks the generated code fills in for one attribute. Every method but `policy` has a
+impl SpecData {
+    /// The spec of `data`.
+    pub const fn new(data: PolicyData) -> SpecData {
+        SpecData {
+            data,
+            policy: OnceLock::new(),
+        }
+    }
+
+    /// The attribute's policy.
+    pub fn policy(&'static self) -> &'static Policy {
+        self.policy.get_or_init(|| self.data.policy())
+    }
+}
+
+/// The hooks the generated code fills in for one attribute. Every item but `SPEC` has a
 /// default: an attribute overrides only what it uses.
 pub trait Spec: Send + Sync + 'static {
     /// Whether [`key`](Spec::key) is the user's key function (`key = path`): such a spec is
@@ -197,8 +215,13 @@ pub trait Spec: Send + Sync + 'static {
     /// [`KeyedGuard`]); [`Guard`] refuses it at compile time.
     const HOLDS: bool = false;
 
-    /// The attribute's fixed part.
-    fn policy() -> &'static Policy;
+    /// The attribute's fixed part: a `static` of the generated code.
+    const SPEC: &'static SpecData;
+
+    /// The attribute's policy.
+    fn policy() -> &'static Policy {
+        Self::SPEC.policy()
+    }
 
     /// `key = path`: the user's key function.
     fn key(parts: &Parts) -> impl Future<Output = Result<Identity, Rejection>> + Send {
@@ -263,7 +286,7 @@ impl std::fmt::Debug for Serving {
 #[doc(hidden)]
 #[derive(Clone, Copy)]
 pub struct Hooks {
-    policy: fn() -> &'static Policy,
+    spec: &'static SpecData,
     exempt: Option<fn(&Parts) -> bool>,
     limits: Option<fn(&Parts) -> Option<LimitsRef>>,
     cost: Option<fn(&Parts) -> u64>,
@@ -273,7 +296,7 @@ impl Hooks {
     /// The hooks of `S`.
     pub const fn of<S: Spec>() -> Hooks {
         Hooks {
-            policy: S::policy,
+            spec: S::SPEC,
             exempt: S::EXEMPT,
             limits: S::LIMITS,
             cost: S::COST,
@@ -284,7 +307,7 @@ impl Hooks {
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hooks")
-            .field("policy", (self.policy)())
+            .field("policy", self.spec.policy())
             .finish_non_exhaustive()
     }
 }
@@ -831,7 +854,7 @@ fn resolve_hooks(
     resolved: &mut ArrayVec<One, MAX_SPECS>,
 ) -> Result<(), Rejection> {
     for hooks in hooks {
-        let policy = (hooks.policy)();
+        let policy = hooks.spec.policy();
         let exempt = hooks.exempt.is_some_and(|exempt| exempt(parts));
         resolved.push(resolve_with(
             config,
@@ -963,57 +986,76 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
                 "a key function is awaited by `KeyedDeferred`, not `Deferred`"
             )
         };
-        let parts: &Parts = parts;
-        let (config, route) = enter(parts);
-        let mut ones = ArrayVec::new();
-        let (resolved, layer) = match resolve_hooks(config, parts, S::HOOKS, &mut ones) {
-            Ok(()) => (
-                Ok(ones.drain(..).collect()),
-                Some(layer_part(config, parts, route)),
-            ),
-            Err(rejection) => (Err(rejection), None),
-        };
         Deferring {
-            config,
-            route: route.cloned(),
-            resolved: Some(resolved),
-            layer,
+            pending: Resolving::new(parts, S::HOOKS),
             _spec: PhantomData,
         }
     }
 }
 
-/// [`Deferred`]'s extraction: the attributes resolved at once, then what the layer left.
+/// [`Deferred`]'s extraction: what [`Resolving`] finds, made a `Deferred`. All that is
+/// compiled per handler.
 struct Deferring<'a, S: Specs> {
-    config: &'static HttpConfig,
-    route: Option<MatchedPath>,
-    resolved: Option<Result<S::Resolved, Rejection>>,
-    layer: Option<Settling<'a, LayerPart>>,
+    pending: Resolving<'a, S::Resolved>,
     _spec: PhantomData<fn() -> S>,
 }
 
 impl<S: Specs> Future for Deferring<'_, S> {
     type Output = Result<Deferred<S>, Rejection>;
 
-    // Matches rather than closures: each closure would be one more function per handler.
+    // Matches rather than `map`s: each closure would be one more function per handler.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let layer = match &mut this.layer {
-            Some(layer) => match layer.poll_unpin(cx) {
-                Poll::Ready(layer) => layer,
-                Poll::Pending => return Poll::Pending,
-            },
+        match self.get_mut().pending.poll_unpin(cx) {
+            Poll::Ready(Ok(pending)) => Poll::Ready(Ok(Deferred {
+                pending,
+                _spec: PhantomData,
+            })),
+            Poll::Ready(Err(rejection)) => Poll::Ready(Err(rejection)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// What a [`Deferred`] finds before the body is read: its attributes, resolved at once
+/// through their hooks, then what the layer left. Generic only over how many attributes
+/// there are.
+struct Resolving<'a, R> {
+    config: &'static HttpConfig,
+    route: Option<MatchedPath>,
+    resolved: Option<Result<R, Rejection>>,
+    layer: Option<Settling<'a, LayerPart>>,
+}
+
+impl<'a, R: FromIterator<One>> Resolving<'a, R> {
+    fn new(parts: &'a Parts, hooks: &'static [Hooks]) -> Resolving<'a, R> {
+        let (config, route) = enter(parts);
+        let mut ones = ArrayVec::new();
+        let (resolved, layer) = match resolve_hooks(config, parts, hooks, &mut ones) {
+            Ok(()) => (
+                Ok(ones.drain(..).collect()),
+                Some(layer_part(config, parts, route)),
+            ),
+            Err(rejection) => (Err(rejection), None),
+        };
+        Resolving {
+            config,
+            route: route.cloned(),
+            resolved: Some(resolved),
+            layer,
+        }
+    }
+
+    fn poll_unpin(&mut self, cx: &mut Context<'_>) -> Poll<Result<Pending<R>, Rejection>> {
+        let layer = match &mut self.layer {
+            Some(layer) => std::task::ready!(layer.poll_unpin(cx)),
             None => Ok(LayerPart::Nothing),
         };
-        Poll::Ready(match (this.resolved.take(), layer) {
-            (Some(Ok(resolved)), Ok(layer)) => Ok(Deferred {
-                pending: Pending {
-                    config: this.config,
-                    route: this.route.take(),
-                    resolved,
-                    layer,
-                },
-                _spec: PhantomData,
+        Poll::Ready(match (self.resolved.take(), layer) {
+            (Some(Ok(resolved)), Ok(layer)) => Ok(Pending {
+                config: self.config,
+                route: self.route.take(),
+                resolved,
+                layer,
             }),
             (Some(Err(rejection)), _) | (_, Err(rejection)) => Err(rejection),
             (None, _) => panic!("a finished extraction is not polled again"),

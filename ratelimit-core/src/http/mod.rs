@@ -31,7 +31,7 @@ pub use config::AsLimits;
 pub use enforce::Leases;
 pub use extract::{
     Deferred, Guard, HoldingGuard, Hooks, KeyedDeferred, KeyedGuard, One, Policy, PolicyData,
-    Resolved, Spec, Specs, policy_of, resolve_one, support,
+    Resolved, Spec, SpecData, Specs, resolve_one, support,
 };
 pub use identity::{
     ApiKeys, ClientAddr, Identity, IntoKey, KeyLookup, KeyTable, KnownKey, UnknownKey,
