@@ -51,18 +51,6 @@ pub(crate) struct RequestContext {
     unread: Option<Body>,
 }
 
-/// What the layer learns when the request's future completes.
-pub(crate) struct Finished {
-    /// The admission to describe in the response headers.
-    pub(crate) admitted: Option<Decision>,
-    /// Whether an attribute ran.
-    pub(crate) attributed: bool,
-    /// The request body, when it was dropped before its end.
-    pub(crate) unread: Option<Body>,
-    /// The reserved budget's state: as settled, or as reserved.
-    pub(crate) reserved: Option<Decision>,
-}
-
 impl RequestContext {
     pub(crate) fn new(
         config: &'static HttpConfig,
@@ -100,14 +88,29 @@ impl RequestContext {
         f()
     }
 
-    /// What the request left for the layer.
-    pub(crate) fn finish(&mut self) -> Finished {
-        Finished {
-            admitted: self.admitted.take(),
-            attributed: self.held & ATTRIBUTED != 0,
-            unread: self.unread.take(),
-            reserved: self.reserved.take(),
+    /// Whether an attribute ran in the request.
+    pub(crate) fn attributed(&self) -> bool {
+        self.held & ATTRIBUTED != 0
+    }
+
+    /// What the response headers describe, once the request's future completes: the most
+    /// restrictive admission, and the reserved budget's state (as settled, or as reserved).
+    /// Nothing is moved when the request recorded neither (a route without an attribute).
+    pub(crate) fn take_budget(&mut self) -> Option<(Option<Decision>, Option<Decision>)> {
+        if self.held & (ADMITTED | RESERVED) == 0 {
+            return None;
         }
+        self.held &= !(ADMITTED | RESERVED);
+        Some((self.admitted.take(), self.reserved.take()))
+    }
+
+    /// The request body, when it was dropped before its end: the layer drains it.
+    pub(crate) fn take_unread(&mut self) -> Option<Body> {
+        if self.held & UNREAD == 0 {
+            return None;
+        }
+        self.held &= !UNREAD;
+        self.unread.take()
     }
 }
 
@@ -359,11 +362,12 @@ mod tests {
             record(admission(4));
             keep_unread(Body::from("left"));
         });
-        let finished = context.finish();
-        assert!(finished.attributed);
-        assert_eq!(finished.admitted.map(|d| d.remaining()), Some(4));
-        assert_eq!(finished.reserved.map(|d| d.remaining()), Some(9));
-        assert!(finished.unread.is_some());
+        assert!(context.attributed());
+        let (admitted, reserved) = context.take_budget().expect("both recorded");
+        assert_eq!(admitted.map(|d| d.remaining()), Some(4));
+        assert_eq!(reserved.map(|d| d.remaining()), Some(9));
+        assert!(context.take_unread().is_some());
+        assert!(context.take_budget().is_none() && context.take_unread().is_none());
     }
 
     #[test]
@@ -394,11 +398,13 @@ mod tests {
             assert!(matches!(take_layer_state(), LayerState::LeftToAttribute));
             assert!(!attribute_context().1);
         });
-        let (outer, inner) = (outer.finish(), inner.finish());
-        assert_eq!(outer.admitted.map(|d| d.remaining()), Some(6));
-        assert!(outer.unread.is_none() && outer.attributed);
-        assert_eq!(inner.admitted.map(|d| d.remaining()), Some(9));
-        assert!(inner.unread.is_some() && inner.attributed && inner.reserved.is_none());
+        let outer_budget = outer.take_budget().expect("the outer admission");
+        assert_eq!(outer_budget.0.map(|d| d.remaining()), Some(6));
+        assert!(outer.take_unread().is_none() && outer.attributed());
+        let inner_budget = inner.take_budget().expect("the inner admission");
+        assert_eq!(inner_budget.0.map(|d| d.remaining()), Some(9));
+        assert!(inner_budget.1.is_none());
+        assert!(inner.take_unread().is_some() && inner.attributed());
     }
 
     #[test]
@@ -414,6 +420,7 @@ mod tests {
         assert!(panicked.is_err());
         assert!(is_current(HttpConfig::global()));
         assert!(reserved_admission().is_none());
-        assert_eq!(context.finish().admitted.map(|d| d.remaining()), Some(1));
+        let budget = context.take_budget().expect("the admission");
+        assert_eq!(budget.0.map(|d| d.remaining()), Some(1));
     }
 }

@@ -17,7 +17,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::config::{AsLimits, DrainPolicy, HttpConfig};
-use super::context::{Finished, LayerState, RequestContext};
+use super::context::{LayerState, RequestContext};
 use super::drain::{Drain, Watched};
 use super::enforce::{Entry, enforce, now_or_never};
 use super::key::{Key, KeySource, missing_connect_info};
@@ -340,12 +340,12 @@ impl<S> RateLimitService<S> {
             }
             let context = RequestContext::new(config, state, admitted, route.is_none());
             let future = inner.call(Request::from_parts(parts, body));
-            let scoped = Scoped::new(future, context, config, route);
-            let drain = match scoped.await {
-                Finish::Answer(result) => return result,
-                Finish::Drain(drain) => drain,
-            };
-            Ok(drain.await)
+            let mut scoped = std::pin::pin!(Scoped::new(future, context, config, route));
+            let response = scoped.as_mut().await?;
+            Ok(match scoped.unread() {
+                Some((body, policy)) => Drain::new(body, response, policy).await,
+                None => response,
+            })
         };
         ResponseFuture::new(Inner::Waiting {
             future: Box::pin(future),
@@ -428,20 +428,23 @@ impl<F> Scoped<F> {
     }
 }
 
-/// How a route's future ends: its answer, or its answer once the body it left unread is
-/// drained.
-enum Finish<E> {
-    Answer(Result<Response, E>),
-    Drain(Drain),
+impl<F> Scoped<F> {
+    /// The body the route left unread, once its future completed, and how to drain it
+    /// before the answer goes out.
+    fn unread(self: Pin<&mut Self>) -> Option<(Body, DrainPolicy)> {
+        let this = self.project();
+        let body = this.context.take_unread()?;
+        Some((body, this.config.drain))
+    }
 }
 
 impl<F, E> Future for Scoped<F>
 where
     F: Future<Output = Result<Response, E>>,
 {
-    type Output = Finish<E>;
+    type Output = Result<Response, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finish<E>> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Response, E>> {
         let this = self.project();
         let mut slot = this.future;
         // Polled, and dropped once complete, in the request's context.
@@ -456,14 +459,8 @@ where
             poll
         };
         let result = ready!(this.context.run(poll));
-        let Finished {
-            admitted,
-            attributed,
-            unread,
-            reserved,
-        } = this.context.finish();
         if let Some(route) = this.route {
-            match attributed {
+            match this.context.attributed() {
                 // Written once: a store on every request would bounce the line between cores.
                 true if route.kind.load(Ordering::Relaxed) == LIMITED => {}
                 true => route.kind.store(LIMITED, Ordering::Relaxed),
@@ -478,25 +475,24 @@ where
                 }
             }
         }
-        let mut response = match result {
-            Ok(response) => response,
-            Err(error) => return Poll::Ready(Finish::Answer(Err(error))),
-        };
-        let style = this.config.headers;
-        match (admitted, reserved) {
-            (admitted, Some(reserved)) => insert_budget_headers(
-                response.headers_mut(),
-                admitted.as_ref(),
-                Some(&reserved),
-                style,
-            ),
-            (Some(decision), None) => insert_headers(response.headers_mut(), &decision, style),
-            (None, None) => {}
+        let mut response = result?;
+        // A route without an attribute, and no layer limits, recorded nothing: no headers.
+        if let Some(budget) = this.context.take_budget() {
+            let style = this.config.headers;
+            match budget {
+                (admitted, Some(reserved)) => insert_budget_headers(
+                    response.headers_mut(),
+                    admitted.as_ref(),
+                    Some(&reserved),
+                    style,
+                ),
+                (Some(decision), None) => {
+                    insert_headers(response.headers_mut(), &decision, style);
+                }
+                (None, None) => {}
+            }
         }
-        Poll::Ready(match unread {
-            None => Finish::Answer(Ok(response)),
-            Some(body) => Finish::Drain(Drain::new(body, response, this.config.drain)),
-        })
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -509,17 +505,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut inner = self.project().inner;
         match inner.as_mut().project() {
-            InnerProjection::Scoped { future } => match ready!(future.poll(cx)) {
-                Finish::Answer(result) => Poll::Ready(result),
+            InnerProjection::Scoped { mut future } => {
+                let response = ready!(future.as_mut().poll(cx))?;
                 // The body left unread is drained in the future's own place.
-                Finish::Drain(drain) => {
-                    inner.set(Inner::Draining { drain });
-                    match inner.project() {
-                        InnerProjection::Draining { drain } => Pin::new(drain).poll(cx).map(Ok),
-                        _ => unreachable!("just set"),
-                    }
+                let drain = match future.unread() {
+                    Some((body, policy)) => Drain::new(body, response, policy),
+                    None => return Poll::Ready(Ok(response)),
+                };
+                inner.set(Inner::Draining { drain });
+                match inner.project() {
+                    InnerProjection::Draining { drain } => Pin::new(drain).poll(cx).map(Ok),
+                    _ => unreachable!("just set"),
                 }
-            },
+            }
             InnerProjection::Ready { response } => Poll::Ready(Ok(response
                 .take()
                 .unwrap_or_else(|| Rejection::store_failed().into_response()))),
