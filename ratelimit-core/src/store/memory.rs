@@ -10,6 +10,7 @@ use dashmap::mapref::entry::Entry;
 
 use super::slots::Slots;
 use super::state::check_states;
+use super::table::Table;
 use super::{
     Charge, CheckRequest, LimitState, Mode, SlotCheck, SlotRequest, Store, StoreError, StoreFuture,
 };
@@ -66,8 +67,10 @@ pub enum WhenFull {
 /// assert!(check());
 /// ```
 pub struct MemoryStore<C: Clock = MonotonicClock> {
-    /// Keys limited by a single GCRA rate: one theoretical arrival time each, lock-free.
-    gcra: DashMap<StoredKey, GcraSlot, Lane>,
+    /// Keys limited by a single GCRA rate: one theoretical arrival time each, updated by a
+    /// compare-and-swap under the shard's read lock, in a table that keeps each key beside
+    /// its state (one cache line read per check among a million keys).
+    gcra: Table<GcraSlot>,
     /// Keys limited by several rates, or by a window algorithm: their states behind a
     /// per-key mutex, which makes several rates pass or fail together.
     locked: DashMap<StoredKey, Box<Mutex<Locked>>, Lane>,
@@ -110,6 +113,7 @@ impl Sweep {
 /// the interval as an `f32`, 0 before the first write), so that a limit scaled since keeps
 /// the number of requests outstanding ([`gcra::rescale`]). Two words: with the 16-byte key,
 /// 32 bytes a key.
+#[derive(Default)]
 struct GcraSlot {
     tat: AtomicU64,
     meta: AtomicU64,
@@ -151,6 +155,28 @@ trait Slot: Send + Sync + Sized + 'static {
     fn expires_at(&mut self) -> u64;
     /// When the slot was last checked, as a tick (see [`tick`]).
     fn touched(&mut self, now: u64) -> u64;
+}
+
+/// A table of slots: the [`Table`] of single-rate GCRA keys, or a `DashMap`.
+trait SlotMap<V> {
+    /// `f` on the slot of `key`, after storing `slot` if there was none (`f` is told whether
+    /// there was), the key's shard locked for writing.
+    fn upsert<R>(&self, key: StoredKey, slot: V, f: impl FnOnce(&mut V, bool) -> R) -> R;
+}
+
+impl<V: Default> SlotMap<V> for Table<V> {
+    fn upsert<R>(&self, key: StoredKey, slot: V, f: impl FnOnce(&mut V, bool) -> R) -> R {
+        Table::upsert(self, key, slot, f)
+    }
+}
+
+impl<V> SlotMap<V> for DashMap<StoredKey, V, Lane> {
+    fn upsert<R>(&self, key: StoredKey, slot: V, f: impl FnOnce(&mut V, bool) -> R) -> R {
+        match self.entry(key) {
+            Entry::Occupied(mut existing) => f(existing.get_mut(), true),
+            Entry::Vacant(vacant) => f(vacant.insert(slot).value_mut(), false),
+        }
+    }
 }
 
 impl Slot for GcraSlot {
@@ -414,7 +440,7 @@ impl<C: Clock> MemoryStore<C> {
     /// tests).
     pub fn with_clock(clock: C) -> MemoryStore<C> {
         MemoryStore {
-            gcra: DashMap::with_hasher(Lane(0)),
+            gcra: Table::default(),
             locked: DashMap::with_hasher(Lane(0)),
             windows: DashMap::with_hasher(Lane(0)),
             clock,
@@ -576,10 +602,15 @@ impl<C: Clock> MemoryStore<C> {
         };
         let single = charge.limits.params().len() == 1;
         match charge.algorithm {
-            Algorithm::Gcra if single => match self.gcra.get(&key) {
-                Some(slot) => slot.check_shared(charge, now, mode),
-                None => self.check_new(&self.gcra, key, charge, now, mode),
-            },
+            Algorithm::Gcra if single => {
+                match self
+                    .gcra
+                    .with(&key, |slot| slot.check_shared(charge, now, mode))
+                {
+                    Some(decision) => decision,
+                    None => self.check_new(&self.gcra, key, charge, now, mode),
+                }
+            }
             Algorithm::FixedWindow | Algorithm::SlidingWindow if single => {
                 match self.windows.get_mut(&key) {
                     Some(mut slot) => slot.check(charge, now, mode),
@@ -600,9 +631,9 @@ impl<C: Clock> MemoryStore<C> {
     /// a slot.
     #[cold]
     #[inline(never)]
-    fn check_new<V: Slot>(
+    fn check_new<V: Slot, M: SlotMap<V>>(
         &self,
-        map: &DashMap<StoredKey, V, Lane>,
+        map: &M,
         key: StoredKey,
         charge: &Charge<'_>,
         now: u64,
@@ -628,15 +659,7 @@ impl<C: Clock> MemoryStore<C> {
                 if !self.reserve(now) {
                     return self.refusal(charge, now);
                 }
-                return match map.entry(key) {
-                    Entry::Occupied(mut existing) => {
-                        self.len.fetch_sub(1, Ordering::Relaxed);
-                        existing.get_mut().check(charge, now, mode)
-                    }
-                    Entry::Vacant(vacant) => {
-                        vacant.insert(slot).value_mut().check(charge, now, mode)
-                    }
-                };
+                return self.charge_new(map, key, slot, charge, now, mode);
             }
         }
         let decision = slot.check(charge, now, Mode::Peek);
@@ -646,14 +669,27 @@ impl<C: Clock> MemoryStore<C> {
         if !self.reserve(now) {
             return self.refusal(charge, now);
         }
-        match map.entry(key) {
-            Entry::Occupied(mut existing) => {
-                // Another thread inserted the key since we looked: charge its slot instead.
+        self.charge_new(map, key, slot, charge, now, mode)
+    }
+
+    /// Stores `slot` for `key` and charges it, once a place is reserved: unless another
+    /// thread inserted the key since it was looked up, whose slot is charged instead (and
+    /// the place given back).
+    fn charge_new<V: Slot, M: SlotMap<V>>(
+        &self,
+        map: &M,
+        key: StoredKey,
+        slot: V,
+        charge: &Charge<'_>,
+        now: u64,
+        mode: Mode,
+    ) -> Decision {
+        map.upsert(key, slot, |slot, existed| {
+            if existed {
                 self.len.fetch_sub(1, Ordering::Relaxed);
-                existing.get_mut().check(charge, now, mode)
             }
-            Entry::Vacant(vacant) => vacant.insert(slot).value_mut().check(charge, now, mode),
-        }
+            slot.check(charge, now, mode)
+        })
     }
 
     /// Takes a place for one more key, making room when the store is full.
@@ -693,7 +729,7 @@ impl<C: Clock> MemoryStore<C> {
         let mut earliest = u64::MAX;
         let mut touched = Vec::new();
         self.gcra
-            .retain(|_, slot| keep_live(slot, now, &mut removed, &mut earliest, &mut touched));
+            .retain(|slot| keep_live(slot, now, &mut removed, &mut earliest, &mut touched));
         self.locked
             .retain(|_, slot| keep_live(slot, now, &mut removed, &mut earliest, &mut touched));
         self.windows
@@ -720,7 +756,7 @@ impl<C: Clock> MemoryStore<C> {
                         true
                     }
                 };
-                self.gcra.retain(|_, slot| evicting(slot.touched(now)));
+                self.gcra.retain(|slot| evicting(slot.touched(now)));
                 self.locked.retain(|_, slot| evicting(slot.touched(now)));
                 self.windows.retain(|_, slot| evicting(slot.touched(now)));
                 let evicted = evict - left;
@@ -870,7 +906,25 @@ impl<C: Clock> std::fmt::Debug for MemoryStore<C> {
 /// more than another. Fixed-size: a GCRA entry is 32 bytes, a lookup allocates nothing, and
 /// the table's hash is the first lane as it is.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct StoredKey([u64; 2]);
+pub(super) struct StoredKey([u64; 2]);
+
+impl StoredKey {
+    /// A free entry's key in the [`Table`].
+    pub(super) const EMPTY: StoredKey = StoredKey([0, 0]);
+    /// Where the table keeps the one key equal to [`EMPTY`](StoredKey::EMPTY).
+    pub(super) const EMPTY_STAND_IN: StoredKey = StoredKey([0, 1]);
+
+    /// The first lane: the tables' hash.
+    #[inline]
+    pub(super) fn lane(&self) -> u64 {
+        self.0[0]
+    }
+
+    #[cfg(test)]
+    pub(super) fn from_lanes(first: u64, second: u64) -> StoredKey {
+        StoredKey([first, second])
+    }
+}
 
 const INLINE_KEY_LEN: usize = 15;
 const HASHED: u64 = 1 << 63;

@@ -11,6 +11,7 @@ mod memory;
 mod redis;
 mod slots;
 mod state;
+mod table;
 
 use std::fmt;
 use std::future::Future;
