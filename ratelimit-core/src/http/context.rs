@@ -75,7 +75,14 @@ impl RequestContext {
         }
     }
 
+    /// The configuration serving the request.
+    #[inline]
+    pub(crate) fn config(&self) -> &'static HttpConfig {
+        self.config
+    }
+
     /// Runs `f` (a poll or a drop of the request's future) with this context current.
+    #[inline(always)]
     pub(crate) fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
         // During the thread's teardown the slots are gone: `f` runs without a context.
         let Ok(outer) = CURRENT.try_with(|slots| slots.enter(self)) else {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -257,6 +257,14 @@ where
         let (kind, learn) = self.route.kind(req.extensions().get::<MatchedPath>());
         let route = learn.then_some(self.route);
         let layer_limits = config.application_limits.is_some() || config.default_limits.is_some();
+        if !layer_limits {
+            // No limits of the layer's own: the route is called at once, in its context.
+            let context = RequestContext::new(config, LayerState::Done, None, route.is_none());
+            if kind != PLAIN && config.drain.watches(req.body()) {
+                return self.scoped(req.map(Watched::body), context, route);
+            }
+            return self.scoped(req, context, route);
+        }
         let limited = kind == LIMITED
             || (kind == UNKNOWN && layer_limits && !learn && {
                 // A layer around several routes: what the attributes recorded, by path.
@@ -299,13 +307,34 @@ where
             req = req.map(Watched::body);
         }
         let context = RequestContext::new(config, state, admitted, route.is_none());
-        ResponseFuture::new(Inner::Scoped {
-            future: Scoped::new(self.inner.call(req), context, config, route),
-        })
+        self.scoped(req, context, route)
     }
 }
 
 impl<S> RateLimitService<S> {
+    /// The wrapped service's future for `req`, in the request's context.
+    #[inline(always)]
+    fn scoped<E>(
+        &mut self,
+        req: Request<Body>,
+        context: RequestContext,
+        route: Option<&'static RouteState>,
+    ) -> ResponseFuture<S::Future, E>
+    where
+        S: Service<Request<Body>>,
+    {
+        // Built in place, the route's future last.
+        ResponseFuture {
+            inner: Inner::Scoped {
+                future: Scoped {
+                    context,
+                    route,
+                    future: Some(self.inner.call(req)),
+                },
+            },
+        }
+    }
+
     /// With a store that waits (Redis), the layer's own limits are awaited before the wrapped
     /// service is called: a clone of it serves the request (tower's usual swap), in a boxed
     /// future.
@@ -339,8 +368,12 @@ impl<S> RateLimitService<S> {
                 body = Watched::body(body);
             }
             let context = RequestContext::new(config, state, admitted, route.is_none());
-            let future = inner.call(Request::from_parts(parts, body));
-            let mut scoped = std::pin::pin!(Scoped::new(future, context, config, route));
+            let future = Some(inner.call(Request::from_parts(parts, body)));
+            let mut scoped = std::pin::pin!(Scoped {
+                context,
+                route,
+                future,
+            });
             let response = scoped.as_mut().await?;
             Ok(match scoped.unread() {
                 Some((body, policy)) => Drain::new(body, response, policy).await,
@@ -396,7 +429,6 @@ pin_project! {
         #[pin]
         future: Option<F>,
         context: RequestContext,
-        config: &'static HttpConfig,
         route: Option<&'static RouteState>,
     }
 
@@ -412,29 +444,12 @@ pin_project! {
 }
 
 impl<F> Scoped<F> {
-    #[inline(always)]
-    fn new(
-        future: F,
-        context: RequestContext,
-        config: &'static HttpConfig,
-        route: Option<&'static RouteState>,
-    ) -> Scoped<F> {
-        Scoped {
-            future: Some(future),
-            context,
-            config,
-            route,
-        }
-    }
-}
-
-impl<F> Scoped<F> {
     /// The body the route left unread, once its future completed, and how to drain it
     /// before the answer goes out.
     fn unread(self: Pin<&mut Self>) -> Option<(Body, DrainPolicy)> {
         let this = self.project();
         let body = this.context.take_unread()?;
-        Some((body, this.config.drain))
+        Some((body, this.context.config().drain))
     }
 }
 
@@ -444,11 +459,14 @@ where
 {
     type Output = Result<Response, E>;
 
+    /// The route's answer, given its headers where it stands (a response moved is about
+    /// twenty instructions, each time).
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Response, E>> {
         let this = self.project();
         let mut slot = this.future;
         // Polled, and dropped once complete, in the request's context.
-        let poll = || {
+        let mut poll = this.context.run(|| {
             let Some(future) = slot.as_mut().as_pin_mut() else {
                 panic!("a rate limited route's future polled after it completed");
             };
@@ -457,8 +475,10 @@ where
                 slot.set(None);
             }
             poll
+        });
+        let Poll::Ready(result) = &mut poll else {
+            return poll;
         };
-        let result = ready!(this.context.run(poll));
         if let Some(route) = this.route {
             match this.context.attributed() {
                 // Written once: a store on every request would bounce the line between cores.
@@ -475,10 +495,13 @@ where
                 }
             }
         }
-        let mut response = result?;
         // A route without an attribute, and no layer limits, recorded nothing: no headers.
-        if let Some(budget) = this.context.take_budget() {
-            let style = this.config.headers;
+        let style = this.context.config().headers;
+        let budget = match style {
+            HeaderStyle::None => None,
+            _ => this.context.take_budget(),
+        };
+        if let (Ok(response), Some(budget)) = (result, budget) {
             match budget {
                 (admitted, Some(reserved)) => insert_budget_headers(
                     response.headers_mut(),
@@ -492,7 +515,7 @@ where
                 (None, None) => {}
             }
         }
-        Poll::Ready(Ok(response))
+        poll
     }
 }
 
@@ -506,13 +529,20 @@ where
         let mut inner = self.project().inner;
         match inner.as_mut().project() {
             InnerProjection::Scoped { mut future } => {
-                let response = ready!(future.as_mut().poll(cx))?;
+                let poll = future.as_mut().poll(cx);
+                if !matches!(poll, Poll::Ready(Ok(_))) {
+                    return poll;
+                }
                 // The body left unread is drained in the future's own place.
-                let drain = match future.unread() {
-                    Some((body, policy)) => Drain::new(body, response, policy),
-                    None => return Poll::Ready(Ok(response)),
+                let Some((body, policy)) = future.unread() else {
+                    return poll;
                 };
-                inner.set(Inner::Draining { drain });
+                let Poll::Ready(Ok(response)) = poll else {
+                    unreachable!("matched above");
+                };
+                inner.set(Inner::Draining {
+                    drain: Drain::new(body, response, policy),
+                });
                 match inner.project() {
                     InnerProjection::Draining { drain } => Pin::new(drain).poll(cx).map(Ok),
                     _ => unreachable!("just set"),
