@@ -12,6 +12,11 @@
 //! counting). `outer`, `outer-noop`, `outer-no-headers` and the like put the layer around the
 //! whole router instead of on every route (`Router::layer`).
 //!
+//! `WORKERS` sets the runtime's worker threads (tokio's default: one per core). Under
+//! callgrind, which runs one thread at a time anyway, `WORKERS=1` keeps every allocation and
+//! wake-up on one thread, so that a figure does not move with how the client's requests fell
+//! between two workers (`scripts/callgrind-http.sh` sets it).
+//!
 //! `PORT=8000 MODE=layer cargo run --release --example bench_server`
 
 use std::net::SocketAddr;
@@ -106,6 +111,12 @@ fn limiter_layer(mode: &str) -> RateLimitLayer {
 }
 
 /// Serves `service` with the client's address.
+/// The router with its handlers made routes once, as `into_make_service` does (else each
+/// request would make its handler's route again: an allocation and a clone).
+fn finished() -> Router {
+    router().with_state::<()>(())
+}
+
 async fn serve<S>(listener: tokio::net::TcpListener, service: S)
 where
     S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync,
@@ -117,8 +128,19 @@ where
 }
 
 #[allow(dead_code)] // tests include this file for `app` alone
-#[tokio::main]
-async fn main() {
+fn main() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = std::env::var("WORKERS").ok().and_then(|w| w.parse().ok()) {
+        runtime.worker_threads(workers);
+    }
+    runtime
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run());
+}
+
+async fn run() {
     let port = std::env::var("PORT").unwrap_or_else(|_| "8000".into());
     let listener = tokio::net::TcpListener::bind(format!("0.0.0.0:{port}"))
         .await
@@ -130,8 +152,8 @@ async fn main() {
         .strip_prefix("outer")
         .map(|rest| rest.trim_start_matches('-'))
     {
-        Some("noop") => serve(listener, MapRequestLayer::new(|r| r).layer(router())).await,
-        Some(mode) => serve(listener, limiter_layer(mode).layer(router())).await,
+        Some("noop") => serve(listener, MapRequestLayer::new(|r| r).layer(finished())).await,
+        Some(mode) => serve(listener, limiter_layer(mode).layer(finished())).await,
         None => {
             let app = app().into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(listener, app).await.expect("serve");

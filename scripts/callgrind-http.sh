@@ -9,7 +9,13 @@
 #   scripts/callgrind-http.sh                 (N=2000 WARMUP=200 ROUNDS=3 by default; CASES;
 #                                              BODY_BYTES pads the JSON body with spaces;
 #                                              BEFORE=path/to/an/older/bench_server measures
-#                                              each case on it too, interleaved, as "before:")
+#                                              each case on it too, interleaved, as "before:";
+#                                              WORKERS=1 by default: the server's runtime on one
+#                                              worker thread, see below)
+# One worker thread: callgrind runs one thread at a time anyway, and with two workers a figure
+# moved by ±300 instructions from one server to the next with how the requests and their
+# allocations fell between the threads (malloc's per-thread caches, wake-ups); with one it
+# repeats to within ten. (bench_server built before 2026-12-06 ignores WORKERS.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-2000}
@@ -46,7 +52,7 @@ PY
 measure() {
   local mode=$1 path=$2 binary=${3:-./target/release/examples/bench_server}
   PORT=$((PORT + 1)) # a fresh port: the previous server may still be letting go of its own
-  MODE=$mode PORT=$PORT valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out.%p" \
+  MODE=$mode PORT=$PORT WORKERS=${WORKERS:-1} valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out.%p" \
     "$binary" >/dev/null 2>&1 &
   local server=$!
   for _ in $(seq 200); do curl -s -o /dev/null "localhost:$PORT" && break; sleep 0.1; done
