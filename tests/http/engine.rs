@@ -356,6 +356,41 @@ async fn exempt_when_and_a_constant_cost_combine_with_a_stacked_attribute() {
     );
 }
 
+// One attribute alone with a constant cost and `exempt_when`: resolved and checked where
+// the extractor stands (its common case), under a layer that sends no rate limit headers.
+#[rate_limit("4/minute", key = ip, cost = 2, exempt_when = internal)]
+async fn costed_exempt_alone() -> &'static str {
+    "ok"
+}
+
+#[tokio::test]
+async fn exempt_when_and_a_constant_cost_on_one_attribute_without_headers() {
+    let app = Router::new()
+        .route("/alone", post(costed_exempt_alone))
+        .layer(Limiter::new().layer().headers(HeaderStyle::None));
+    let addr = serve(app).await;
+    let c = client_from("127.0.4.8");
+    let url = format!("http://{addr}/alone");
+    for _ in 0..3 {
+        let r = c.post(&url).header("x-internal", "1");
+        assert_eq!(status(r).await, 200, "exempt: charged nothing");
+    }
+    // Cost 2 on 4 a minute: two requests, then refused.
+    for _ in 0..2 {
+        let r = c.post(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().get("ratelimit").is_none(), "no headers asked");
+    }
+    let refused = c.post(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert!(refused.headers().get("ratelimit").is_none());
+    // Another client has its own budget; an exempt request still passes.
+    assert_eq!(status(client_from("127.0.4.9").post(&url)).await, 200);
+    let r = c.post(&url).header("x-internal", "1");
+    assert_eq!(status(r).await, 200);
+}
+
 /// Delegates to a memory store and counts its calls; its future waits one poll before
 /// answering, as a networked store's does.
 struct Counting {

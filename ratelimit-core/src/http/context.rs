@@ -12,7 +12,7 @@
 //! falls back to the process-wide configuration and every writer does nothing.
 
 use std::cell::Cell;
-use std::mem;
+use std::mem::{self, ManuallyDrop};
 
 use axum::body::Body;
 
@@ -84,15 +84,16 @@ impl RequestContext {
     /// Runs `f` (a poll or a drop of the request's future) with this context current.
     #[inline(always)]
     pub(crate) fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        // During the thread's teardown the slots are gone: `f` runs without a context.
-        let Ok(outer) = CURRENT.try_with(|slots| slots.enter(self)) else {
-            return f();
-        };
-        let _restore = Restore {
-            context: self,
-            outer: Some(outer),
-        };
-        f()
+        CURRENT.with(|slots| {
+            let outer = slots.enter(self);
+            // Puts everything back when `f` returns, or unwinds.
+            let _restore = Restore {
+                slots,
+                context: self,
+                outer,
+            };
+            f()
+        })
     }
 
     /// Whether an attribute ran in the request.
@@ -122,14 +123,19 @@ impl RequestContext {
 }
 
 /// The current request's context, while the layer polls its future.
+///
+/// The parts that own something are kept as `ManuallyDrop`, so that the thread-local has no
+/// destructor and each access is a plain load (no registration state to check first). The
+/// slots are empty whenever no poll is in progress, so nothing is left to drop when a thread
+/// ends.
 struct Slots {
     /// `None` outside a layer's poll.
     config: Cell<Option<&'static HttpConfig>>,
     held: Cell<u8>,
-    layer: Cell<LayerState>,
+    layer: Cell<ManuallyDrop<LayerState>>,
     admitted: Cell<Option<Decision>>,
     reserved: Cell<Option<Decision>>,
-    unread: Cell<Option<Body>>,
+    unread: Cell<ManuallyDrop<Option<Body>>>,
 }
 
 thread_local! {
@@ -137,10 +143,10 @@ thread_local! {
         Slots {
             config: Cell::new(None),
             held: Cell::new(0),
-            layer: Cell::new(LayerState::Done),
+            layer: Cell::new(ManuallyDrop::new(LayerState::Done)),
             admitted: Cell::new(None),
             reserved: Cell::new(None),
-            unread: Cell::new(None),
+            unread: Cell::new(ManuallyDrop::new(None)),
         }
     };
 }
@@ -148,6 +154,7 @@ thread_local! {
 /// What was current before a context was entered: none, or the request whose poll serves
 /// this one (a service called inside a handler). The parts that request left in the slots
 /// wait in the inner request's context meanwhile.
+#[derive(Clone, Copy)]
 struct Outer {
     config: Option<&'static HttpConfig>,
     held: u8,
@@ -178,7 +185,8 @@ impl Slots {
             return;
         }
         if held & LAYER != 0 {
-            context.layer = self.layer.replace(mem::take(&mut context.layer));
+            let layer = ManuallyDrop::new(mem::take(&mut context.layer));
+            context.layer = ManuallyDrop::into_inner(self.layer.replace(layer));
         }
         if held & ADMITTED != 0 {
             context.admitted = self.admitted.replace(context.admitted);
@@ -187,16 +195,14 @@ impl Slots {
             context.reserved = self.reserved.replace(context.reserved);
         }
         if held & UNREAD != 0 {
-            context.unread = self.unread.replace(context.unread.take());
+            let unread = ManuallyDrop::new(context.unread.take());
+            context.unread = ManuallyDrop::into_inner(self.unread.replace(unread));
         }
     }
 
     /// Runs `f` on the slots of a request in progress; `None` outside a layer's poll.
     fn with<R>(f: impl FnOnce(&Slots, &'static HttpConfig) -> R) -> Option<R> {
-        CURRENT
-            .try_with(|slots| slots.config.get().map(|config| f(slots, config)))
-            .ok()
-            .flatten()
+        CURRENT.with(|slots| slots.config.get().map(|config| f(slots, config)))
     }
 
     fn mark(&self, bit: u8) {
@@ -206,15 +212,15 @@ impl Slots {
 
 /// Puts the context back in the layer's hands when the poll returns, or unwinds.
 struct Restore<'a> {
+    slots: &'a Slots,
     context: &'a mut RequestContext,
-    outer: Option<Outer>,
+    outer: Outer,
 }
 
 impl Drop for Restore<'_> {
+    #[inline]
     fn drop(&mut self) {
-        if let Some(outer) = self.outer.take() {
-            let _ = CURRENT.try_with(|slots| slots.leave(self.context, outer));
-        }
+        self.slots.leave(self.context, self.outer);
     }
 }
 
@@ -241,7 +247,7 @@ pub(crate) fn keep_unread(body: Body) {
     let mut body = Some(body);
     let earlier = Slots::with(|slots, _| {
         slots.mark(UNREAD);
-        slots.unread.replace(body.take())
+        ManuallyDrop::into_inner(slots.unread.replace(ManuallyDrop::new(body.take())))
     });
     // Dropped here, out of the slots' way.
     drop((earlier, body));
@@ -255,7 +261,7 @@ pub(crate) fn take_layer_state() -> LayerState {
             return LayerState::Done;
         }
         slots.held.set(held & !LAYER);
-        slots.layer.take()
+        ManuallyDrop::into_inner(slots.layer.replace(ManuallyDrop::new(LayerState::Done)))
     })
     .unwrap_or_default()
 }

@@ -15,7 +15,7 @@ use arrayvec::ArrayVec;
 use super::config::HttpConfig;
 use super::context;
 use super::key::Key;
-use super::response::{RateLimited, Rejection};
+use super::response::{HeaderStyle, RateLimited, Rejection};
 use crate::capacity::Permit;
 use crate::decision::Decision;
 use crate::limiter::SlotLease;
@@ -291,7 +291,10 @@ fn admit(
     started: Started,
 ) -> Decision {
     observe_admission(config, route, entry, &decision, started);
-    context::record(decision);
+    // Kept for the response headers, if any go out.
+    if config.headers != HeaderStyle::None {
+        context::record(decision);
+    }
     decision
 }
 
@@ -505,11 +508,32 @@ pub(crate) struct SlotNeed<'r> {
 }
 
 /// What a request holds while its handler runs: its concurrency slots and its place in the
-/// route's capacity, each given back when dropped.
+/// route's capacity, each given back when dropped. Most requests hold nothing: that is one
+/// word to test when they are dropped.
 #[derive(Debug, Default)]
 pub struct Leases {
-    pub(crate) _slots: Vec<SlotLease>,
-    pub(crate) _capacity: Option<Permit>,
+    _held: Option<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    _slots: Vec<SlotLease>,
+    _capacity: Option<Permit>,
+}
+
+impl Leases {
+    /// `slots` and `capacity`, held until the leases are dropped.
+    pub(crate) fn holding(slots: Vec<SlotLease>, capacity: Option<Permit>) -> Leases {
+        match slots.is_empty() && capacity.is_none() {
+            true => Leases { _held: None },
+            false => Leases {
+                _held: Some(Held {
+                    _slots: slots,
+                    _capacity: capacity,
+                }),
+            },
+        }
+    }
 }
 
 /// The longest pause between two tries for a slot while waiting for one: a slot given back

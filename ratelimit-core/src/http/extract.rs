@@ -389,36 +389,64 @@ fn resolve_with(
     limits: Option<fn(&Parts) -> Option<LimitsRef>>,
     cost: Option<fn(&Parts) -> u64>,
 ) -> Result<One, Rejection> {
-    let mut tier = None;
-    let key = if exempt {
-        None
-    } else {
-        let misconfigured = |_| {
-            missing_connect_info(policy.handler);
-            Rejection::misconfigured()
-        };
-        let trusted = &config.trusted_proxies;
-        Some(match identity {
-            Some(identity) => {
-                tier = identity.limits;
-                match identity.who {
-                    Who::Key(text) => Key::text(text),
-                    Who::Client => {
-                        Key::of(&KeySource::Ip, parts, trusted).map_err(misconfigured)?
-                    }
-                    Who::Anonymous => Key::anonymous(parts, trusted).map_err(misconfigured)?,
-                }
-            }
-            None => Key::of(
-                policy.key.as_ref().unwrap_or(&config.default_key),
-                parts,
-                trusted,
-            )
-            .map_err(misconfigured)?,
-        })
+    let (key, tier) = match exempt {
+        true => (None, None),
+        false => {
+            let (key, tier) = attribute_key(config, parts, policy, identity)?;
+            (Some(key), tier)
+        }
     };
-    // A tier the key function found binds instead of the attribute's limits.
-    let limits = match tier.or_else(|| limits.and_then(|limits| limits(parts))) {
+    Ok(One {
+        policy,
+        key,
+        limits: attribute_limits(policy, tier, limits, parts),
+        cost: cost.map_or(1, |cost| cost(parts)),
+    })
+}
+
+/// The key an attribute counts this request under (`identity`: what its key function
+/// answered, if it has one), and the tier that function found, if any.
+#[inline]
+fn attribute_key(
+    config: &HttpConfig,
+    parts: &Parts,
+    policy: &'static Policy,
+    identity: Option<Identity>,
+) -> Result<(Key, Option<LimitsRef>), Rejection> {
+    let misconfigured = |_| {
+        missing_connect_info(policy.handler);
+        Rejection::misconfigured()
+    };
+    let trusted = &config.trusted_proxies;
+    Ok(match identity {
+        Some(identity) => {
+            let key = match identity.who {
+                Who::Key(text) => Key::text(text),
+                Who::Client => Key::of(&KeySource::Ip, parts, trusted).map_err(misconfigured)?,
+                Who::Anonymous => Key::anonymous(parts, trusted).map_err(misconfigured)?,
+            };
+            (key, identity.limits)
+        }
+        None => {
+            let source = policy.key.as_ref().unwrap_or(&config.default_key);
+            (
+                Key::of(source, parts, trusted).map_err(misconfigured)?,
+                None,
+            )
+        }
+    })
+}
+
+/// The limits an attribute applies to this request: the tier its key function found binds
+/// instead of its own, else its limits function's answer, else its fixed limits.
+#[inline]
+fn attribute_limits(
+    policy: &'static Policy,
+    tier: Option<LimitsRef>,
+    limits: Option<fn(&Parts) -> Option<LimitsRef>>,
+    parts: &Parts,
+) -> LimitsRef {
+    match tier.or_else(|| limits.and_then(|limits| limits(parts))) {
         Some(dynamic) => dynamic,
         None => LimitsRef::Static(
             policy
@@ -426,13 +454,7 @@ fn resolve_with(
                 .as_ref()
                 .expect("the attribute gives either fixed limits or a limits function"),
         ),
-    };
-    Ok(One {
-        policy,
-        key,
-        limits,
-        cost: cost.map_or(1, |cost| cost(parts)),
-    })
+    }
 }
 
 macro_rules! specs {
@@ -623,10 +645,7 @@ async fn check(
             }
         }
     };
-    Ok(Leases {
-        _slots: slots,
-        _capacity: capacity,
-    })
+    Ok(Leases::holding(slots, capacity))
 }
 
 /// Gives a request's rates back when it is dropped waiting for capacity (its client hung
@@ -831,15 +850,42 @@ impl<G: FromLeases> Future for Guarded<'_, G> {
 /// then checked ([`guard`]).
 fn guard_hooks<'a>(parts: &'a Parts, hooks: &'static [Hooks]) -> Settling<'a, Leases> {
     let (config, route) = enter(parts);
+    // The common case, resolved and checked in place: one attribute of rates alone.
+    if let [hooks] = hooks {
+        if let Some(answer) = guard_one_now(config, parts, route.map(MatchedPath::as_str), hooks) {
+            return Settling::Ready(Some(answer));
+        }
+    }
     let mut resolved = ArrayVec::new();
     if let Err(rejection) = resolve_hooks(config, parts, hooks, &mut resolved) {
         return Settling::Ready(Some(Err(rejection)));
     }
-    // The common case before the attributes are moved anywhere (see [`guard`]).
-    if let Some(answer) = guard_now(config, route.map(MatchedPath::as_str), &resolved) {
-        return Settling::Ready(Some(answer));
-    }
     guard(config, parts, route, resolved)
+}
+
+/// [`guard_now`] for one attribute through its hooks, resolved where it is checked (no
+/// [`One`] built and moved); `None` when it is not checked alone, or the store waits.
+fn guard_one_now(
+    config: &'static HttpConfig,
+    parts: &Parts,
+    route: Option<&str>,
+    hooks: &Hooks,
+) -> Option<Result<Leases, Rejection>> {
+    let policy = hooks.spec.policy();
+    // Decided before anything is resolved: the general path would resolve it again.
+    if !checked_alone(config, policy) || !config.limiter.answers_now() {
+        return None;
+    }
+    if hooks.exempt.is_some_and(|exempt| exempt(parts)) {
+        return Some(Ok(Leases::default()));
+    }
+    let key = match attribute_key(config, parts, policy, None) {
+        Ok((key, _)) => key,
+        Err(rejection) => return Some(Err(rejection)),
+    };
+    let limits = attribute_limits(policy, None, hooks.limits, parts);
+    let cost = hooks.cost.map_or(1, |cost| cost(parts));
+    check_alone(config, route, policy, Some(&key), &limits, cost)
 }
 
 /// The most attributes on one handler.
@@ -934,21 +980,48 @@ fn guard_now(
     resolved: &[One],
 ) -> Option<Result<Leases, Rejection>> {
     let [one] = resolved else { return None };
-    let policy = one.policy;
+    check_alone(
+        config,
+        route,
+        one.policy,
+        one.key.as_ref(),
+        &one.limits,
+        one.cost,
+    )
+}
+
+/// Whether an attribute is checked alone, without a future: rates only (no slot, no
+/// capacity, no reservation), and no limits of the layer's own to pass or fail with.
+#[inline]
+fn checked_alone(config: &HttpConfig, policy: &Policy) -> bool {
     let simple = policy.concurrency.is_none() && policy.capacity.is_none() && !policy.reserves;
     let layer_limits = config.application_limits.is_some() || config.default_limits.is_some();
-    if !simple || layer_limits {
+    simple && !layer_limits
+}
+
+/// One attribute's check without a future (`key`: `None` when the request is exempt);
+/// `None` when it is not checked alone, or the store waits.
+#[inline]
+fn check_alone(
+    config: &HttpConfig,
+    route: Option<&str>,
+    policy: &'static Policy,
+    key: Option<&Key>,
+    limits: &LimitsRef,
+    cost: u64,
+) -> Option<Result<Leases, Rejection>> {
+    if !checked_alone(config, policy) {
         return None;
     }
-    let Some(key) = &one.key else {
+    let Some(key) = key else {
         // Exempt: nothing to check.
         return Some(Ok(Leases::default()));
     };
     let entry = Entry {
         key,
         scope: policy.scope.or(route).unwrap_or(policy.handler),
-        limits: one.limits.limits(),
-        cost: one.cost,
+        limits: limits.limits(),
+        cost,
         message: policy.error_message,
         reserves: false,
     };
