@@ -58,6 +58,7 @@ impl DrainPolicy {
     /// sent in the read that brought the request's head (its first read buffer is 8 KiB), and
     /// closes the connection only when more is to come; a small body of known length sent
     /// with its head therefore costs nothing here (no allocation, no timer).
+    #[inline]
     pub(crate) fn watches(&self, body: &Body) -> bool {
         /// A body at most this long, of known length, comes with its head.
         const SENT_WITH_THE_HEAD: u64 = 4 * 1024;

@@ -161,6 +161,7 @@ struct Outer {
 }
 
 impl Slots {
+    #[inline(always)]
     fn enter(&self, context: &mut RequestContext) -> Outer {
         let outer = Outer {
             config: self.config.replace(Some(context.config)),
@@ -170,6 +171,7 @@ impl Slots {
         outer
     }
 
+    #[inline(always)]
     fn leave(&self, context: &mut RequestContext, outer: Outer) {
         let held = self.held.replace(outer.held);
         self.config.set(outer.config);

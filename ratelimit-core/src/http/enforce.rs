@@ -192,7 +192,7 @@ pub(crate) fn enforce_one_now(
     config: &HttpConfig,
     route: &str,
     entry: &Entry<'_>,
-) -> Option<Result<Option<Decision>, Rejection>> {
+) -> Option<Result<(), Rejection>> {
     let started = Started::now(config);
     let charge = config.limiter.charge(entry.scope, entry.limits, entry.cost);
     let key = entry.key.as_bytes();
@@ -200,7 +200,15 @@ pub(crate) fn enforce_one_now(
         config
             .limiter
             .check_charges_now(key, std::slice::from_ref(&charge), Mode::Charge)?;
-    Some(judged(config, route, entry, checked, started))
+    // The decision stays where the store put it: observed and recorded by reference.
+    Some(match checked {
+        Ok(ref decision) if decision.is_allowed() => {
+            admitted(config, route, entry, decision, started);
+            Ok(())
+        }
+        Ok(decision) => Err(refuse(config, route, entry, decision, started)),
+        Err(error) => Err(store_failed(config, route, entry, error, started)),
+    })
 }
 
 /// What the store answered for one limit: the admission kept, or the refusal built.
@@ -290,12 +298,24 @@ fn admit(
     decision: Decision,
     started: Started,
 ) -> Decision {
-    observe_admission(config, route, entry, &decision, started);
+    admitted(config, route, entry, &decision, started);
+    decision
+}
+
+/// [`admit`] by reference.
+#[inline]
+fn admitted(
+    config: &HttpConfig,
+    route: &str,
+    entry: &Entry<'_>,
+    decision: &Decision,
+    started: Started,
+) {
+    observe_admission(config, route, entry, decision, started);
     // Kept for the response headers, if any go out.
     if config.headers != HeaderStyle::None {
-        context::record(decision);
+        context::record(*decision);
     }
-    decision
 }
 
 #[inline]

@@ -406,7 +406,7 @@ fn resolve_with(
 
 /// The key an attribute counts this request under (`identity`: what its key function
 /// answered, if it has one), and the tier that function found, if any.
-#[inline]
+#[inline(always)]
 fn attribute_key(
     config: &HttpConfig,
     parts: &Parts,
@@ -439,7 +439,7 @@ fn attribute_key(
 
 /// The limits an attribute applies to this request: the tier its key function found binds
 /// instead of its own, else its limits function's answer, else its fixed limits.
-#[inline]
+#[inline(always)]
 fn attribute_limits(
     policy: &'static Policy,
     tier: Option<LimitsRef>,
@@ -728,12 +728,10 @@ fn application_entry<'r>(key: &'r Key, limits: &'r Limits) -> Entry<'r> {
 
 /// Remembers that `route` carries an attribute: default limits skip it, and application
 /// limits are checked with the attribute's.
-fn note_limited_route(config: &HttpConfig, route: Option<&str>) {
-    let layer_limits = config.default_limits.is_some() || config.application_limits.is_some();
-    if let (Some(route), true) = (route, layer_limits) {
-        if !config.limited_routes.contains(route) {
-            config.limited_routes.insert(route.to_owned());
-        }
+#[inline(never)]
+fn note_limited_route(config: &HttpConfig, route: &str) {
+    if !config.limited_routes.contains(route) {
+        config.limited_routes.insert(route.to_owned());
     }
 }
 
@@ -865,6 +863,7 @@ fn guard_hooks<'a>(parts: &'a Parts, hooks: &'static [Hooks]) -> Settling<'a, Le
 
 /// [`guard_now`] for one attribute through its hooks, resolved where it is checked (no
 /// [`One`] built and moved); `None` when it is not checked alone, or the store waits.
+#[inline(always)]
 fn guard_one_now(
     config: &'static HttpConfig,
     parts: &Parts,
@@ -940,11 +939,14 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for KeyedGuard<S> {
 
 /// What every annotated handler does first: the configuration serving the request, and its
 /// matched route, recorded for the layer when it asks.
+#[inline(always)]
 fn enter(parts: &Parts) -> (&'static HttpConfig, Option<&MatchedPath>) {
     let (config, record_route) = context::attribute_context();
     let route = parts.extensions.get::<MatchedPath>();
-    if record_route {
-        note_limited_route(config, route.map(MatchedPath::as_str));
+    // Only default limits skip the routes recorded (a layer without them reads none).
+    let layer_limits = config.default_limits.is_some() || config.application_limits.is_some();
+    if let (true, true, Some(route)) = (record_route, layer_limits, route) {
+        note_limited_route(config, route.as_str());
     }
     (config, route)
 }
@@ -992,7 +994,7 @@ fn guard_now(
 
 /// Whether an attribute is checked alone, without a future: rates only (no slot, no
 /// capacity, no reservation), and no limits of the layer's own to pass or fail with.
-#[inline]
+#[inline(always)]
 fn checked_alone(config: &HttpConfig, policy: &Policy) -> bool {
     let simple = policy.concurrency.is_none() && policy.capacity.is_none() && !policy.reserves;
     let layer_limits = config.application_limits.is_some() || config.default_limits.is_some();
@@ -1001,7 +1003,7 @@ fn checked_alone(config: &HttpConfig, policy: &Policy) -> bool {
 
 /// One attribute's check without a future (`key`: `None` when the request is exempt);
 /// `None` when it is not checked alone, or the store waits.
-#[inline]
+#[inline(always)]
 fn check_alone(
     config: &HttpConfig,
     route: Option<&str>,
@@ -1026,7 +1028,7 @@ fn check_alone(
         reserves: false,
     };
     let answer = enforce::enforce_one_now(config, route.unwrap_or(policy.handler), &entry)?;
-    Some(answer.map(|_| Leases::default()))
+    Some(answer.map(|()| Leases::default()))
 }
 
 /// The extractor for attributes whose `cost` needs the handler's arguments: it finds the

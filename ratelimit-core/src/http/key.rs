@@ -61,6 +61,7 @@ impl Key {
     }
 
     /// The key of `source` for this request; `Custom` is the attribute's to resolve.
+    #[inline]
     pub(crate) fn of(
         source: &KeySource,
         parts: &Parts,
@@ -150,6 +151,7 @@ impl TrustedProxies {
 pub(crate) struct MissingConnectInfo;
 
 /// The client's address of a request with these extensions and headers.
+#[inline]
 pub(crate) fn client_ip(
     extensions: &Extensions,
     headers: &HeaderMap,

@@ -212,6 +212,7 @@ const PLAIN: u8 = 2;
 
 impl RouteState {
     /// What is known of `route`, and whether this service may learn it.
+    #[inline(always)]
     fn kind(&self, route: Option<&MatchedPath>) -> (u8, bool) {
         let Some(route) = route else {
             return (UNKNOWN, false);
