@@ -84,16 +84,21 @@ impl RequestContext {
     /// Runs `f` (a poll or a drop of the request's future) with this context current.
     #[inline(always)]
     pub(crate) fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        CURRENT.with(|slots| {
-            let outer = slots.enter(self);
-            // Puts everything back when `f` returns, or unwinds.
-            let _restore = Restore {
-                slots,
-                context: self,
-                outer,
-            };
-            f()
-        })
+        let _current = self.enter();
+        f()
+    }
+
+    /// Makes this context current until the guard is dropped (the end of a poll, or an
+    /// unwinding one). Two plain loads of the thread-local (it has no destructor to
+    /// register), and what runs in between is no closure: the route's answer is not moved
+    /// out of one.
+    #[inline(always)]
+    pub(crate) fn enter(&mut self) -> Current<'_> {
+        let outer = CURRENT.with(|slots| slots.enter(self));
+        Current {
+            context: self,
+            outer,
+        }
     }
 
     /// Whether an attribute ran in the request.
@@ -212,17 +217,17 @@ impl Slots {
     }
 }
 
-/// Puts the context back in the layer's hands when the poll returns, or unwinds.
-struct Restore<'a> {
-    slots: &'a Slots,
+/// A request's context made current ([`RequestContext::enter`]): dropped, it puts the
+/// context back in the layer's hands and the outer one (if any) back in the slots.
+pub(crate) struct Current<'a> {
     context: &'a mut RequestContext,
     outer: Outer,
 }
 
-impl Drop for Restore<'_> {
+impl Drop for Current<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.slots.leave(self.context, self.outer);
+        CURRENT.with(|slots| slots.leave(self.context, self.outer));
     }
 }
 

@@ -211,16 +211,23 @@ const LIMITED: u8 = 1;
 const PLAIN: u8 = 2;
 
 impl RouteState {
-    /// What is known of `route`, and whether this service may learn it.
+    /// What is known of the request's matched route, and whether this service may learn it.
     #[inline(always)]
-    fn kind(&self, route: Option<&MatchedPath>) -> (u8, bool) {
-        let Some(route) = route else {
+    fn kind(&self, extensions: &http::Extensions) -> (u8, bool) {
+        let known = self.path.load(Ordering::Relaxed);
+        if known == MIXED {
+            // Around a whole router: no need to look for a matched path.
+            return (UNKNOWN, false);
+        }
+        let Some(route) = extensions.get::<MatchedPath>() else {
+            // Requests that reach this service unrouted (it goes around a router, or serves
+            // a fallback): it never learns.
+            self.path.store(MIXED, Ordering::Relaxed);
             return (UNKNOWN, false);
         };
         let at = route.as_str().as_ptr() as usize;
-        match self.path.load(Ordering::Relaxed) {
+        match known {
             known if known == at => (self.kind.load(Ordering::Relaxed), true),
-            MIXED => (UNKNOWN, false),
             0 => match self
                 .path
                 .compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed)
@@ -255,16 +262,15 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let config = self.config;
-        let (kind, learn) = self.route.kind(req.extensions().get::<MatchedPath>());
+        let (kind, learn) = self.route.kind(req.extensions());
         let route = learn.then_some(self.route);
         let layer_limits = config.application_limits.is_some() || config.default_limits.is_some();
         if !layer_limits {
             // No limits of the layer's own: the route is called at once, in its context.
-            let context = RequestContext::new(config, LayerState::Done, None, route.is_none());
             if kind != PLAIN && config.drain.watches(req.body()) {
-                return self.scoped(req.map(Watched::body), context, route);
+                return self.scoped(req.map(Watched::body), LayerState::Done, None, route);
             }
-            return self.scoped(req, context, route);
+            return self.scoped(req, LayerState::Done, None, route);
         }
         let limited = kind == LIMITED
             || (kind == UNKNOWN && layer_limits && !learn && {
@@ -307,8 +313,7 @@ where
             // A refusal, or a handler, may leave the body unread: it comes back to be drained.
             req = req.map(Watched::body);
         }
-        let context = RequestContext::new(config, state, admitted, route.is_none());
-        self.scoped(req, context, route)
+        self.scoped(req, state, admitted, route)
     }
 }
 
@@ -318,7 +323,8 @@ impl<S> RateLimitService<S> {
     fn scoped<E>(
         &mut self,
         req: Request<Body>,
-        context: RequestContext,
+        layer: LayerState,
+        admitted: Option<Decision>,
         route: Option<&'static RouteState>,
     ) -> ResponseFuture<S::Future, E>
     where
@@ -328,7 +334,7 @@ impl<S> RateLimitService<S> {
         ResponseFuture {
             inner: Inner::Scoped {
                 future: Scoped {
-                    context,
+                    context: RequestContext::new(self.config, layer, admitted, route.is_none()),
                     route,
                     future: Some(self.inner.call(req)),
                 },
@@ -467,16 +473,15 @@ where
         let this = self.project();
         let mut slot = this.future;
         // Polled, and dropped once complete, in the request's context.
-        let mut poll = this.context.run(|| {
-            let Some(future) = slot.as_mut().as_pin_mut() else {
-                panic!("a rate limited route's future polled after it completed");
-            };
-            let poll = future.poll(cx);
-            if poll.is_ready() {
-                slot.set(None);
-            }
-            poll
-        });
+        let current = this.context.enter();
+        let Some(future) = slot.as_mut().as_pin_mut() else {
+            panic!("a rate limited route's future polled after it completed");
+        };
+        let mut poll = future.poll(cx);
+        if poll.is_ready() {
+            slot.set(None);
+        }
+        drop(current);
         let Poll::Ready(result) = &mut poll else {
             return poll;
         };
