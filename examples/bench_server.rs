@@ -111,8 +111,9 @@ fn limiter_layer(mode: &str) -> RateLimitLayer {
 }
 
 /// Serves `service` with the client's address.
-/// The router with its handlers made routes once, as `into_make_service` does (else each
-/// request would make its handler's route again: an allocation and a clone).
+/// The router with its handlers made routes once, as `into_make_service` and
+/// `RateLimitLayer::around` do (else each request would make its handler's route again: an
+/// allocation and a clone).
 fn finished() -> Router {
     router().with_state::<()>(())
 }
@@ -153,7 +154,7 @@ async fn run() {
         .map(|rest| rest.trim_start_matches('-'))
     {
         Some("noop") => serve(listener, MapRequestLayer::new(|r| r).layer(finished())).await,
-        Some(mode) => serve(listener, limiter_layer(mode).layer(finished())).await,
+        Some(mode) => serve(listener, limiter_layer(mode).around(router())).await,
         None => {
             let app = app().into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(listener, app).await.expect("serve");

@@ -479,13 +479,12 @@ async fn a_layer_around_a_whole_router_learns_routes_by_path() {
     assert_eq!(codes, [200, 200, 200, 429]);
 }
 
-/// The layer around the router, served as the README says (`Layer::layer` and axum's
-/// `ServiceExt`): the attributes find the layer's limiter and header style, the unannotated
-/// route gets the layer's defaults by its path, and the refusal is the layer's.
+/// The layer around the router, served as the README says (`RateLimitLayer::around` and
+/// axum's `ServiceExt`): the attributes find the layer's limiter and header style, the
+/// unannotated route gets the layer's defaults by its path, and the refusal is the layer's.
 #[tokio::test]
 async fn a_layer_around_the_router_served_directly_serves_every_route() {
     use axum::ServiceExt as _;
-    use tower::Layer as _;
     let router = Router::new()
         .route("/limited", post(one_a_minute))
         .route("/plain", post(unannotated));
@@ -493,7 +492,7 @@ async fn a_layer_around_the_router_served_directly_serves_every_route() {
         .layer()
         .headers(HeaderStyle::Legacy)
         .default_limits("2/minute");
-    let service = layer.layer(router);
+    let service = layer.around(router);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -167,6 +167,32 @@ impl RateLimitLayer {
     }
 }
 
+impl RateLimitLayer {
+    /// The layer around a whole router, the way axum runs a middleware before routing,
+    /// instead of on every route (`Router::layer`, for which axum boxes each route and
+    /// clones the box for each request: about 900 instructions a request before the layer
+    /// does anything). Serve the result with axum's
+    /// `ServiceExt::into_make_service_with_connect_info`.
+    ///
+    /// The router's handlers are made routes once (`Router::with_state(())`, as axum's own
+    /// `into_make_service` does): a router served without it would make each request's
+    /// route again, an allocation each. The layer then sees no matched route before the
+    /// handler runs: `default_limits` count by the request's path (a templated route's
+    /// attribute gives the layer's charge back), and `exempt` names paths.
+    ///
+    /// ```
+    /// use axum::{Router, routing::get};
+    /// use ratelimit_core::Limiter;
+    ///
+    /// let app = Router::new().route("/", get(|| async { "hi" }));
+    /// let service = Limiter::new().layer().default_limits("100/minute").around(app);
+    /// // axum::serve(listener, service.into_make_service_with_connect_info::<SocketAddr>())
+    /// ```
+    pub fn around(&self, router: axum::Router) -> RateLimitService<axum::Router> {
+        self.layer(router.with_state(()))
+    }
+}
+
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimitService<S>;
 
