@@ -356,7 +356,7 @@ impl<S> RateLimitService<S> {
     where
         S: Service<Request<Body>>,
     {
-        // Built in place, the route's future last.
+        // The context first, then the route's future: it is called once its context is ready.
         ResponseFuture {
             inner: Inner::Scoped {
                 future: Scoped {
