@@ -1,13 +1,18 @@
 //! Expansion: the checked options of every `#[rate_limit]` on a handler turned into one spec
-//! item per attribute and the handler with one injected extractor. Small `gen_*` functions,
-//! joined in one `quote!`.
+//! item for the handler (a type and a `static` array of its attributes' data) and the
+//! handler with one injected extractor. Small `gen_*` functions, joined in one `quote!`.
+//!
+//! What it emits is compiled in every crate of handlers, so it is kept short: the options
+//! an attribute does not give are left to the core's defaults, and the handler's body is
+//! never parsed, only passed along.
 
 use std::collections::HashSet;
 
-use proc_macro2::{Span, TokenStream, TokenTree};
+use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned as _;
-use syn::{Attribute, FnArg, Ident, ItemFn, Pat, ReturnType, Signature, Visibility};
+use syn::{Attribute, FnArg, Ident, Pat, ReturnType, Signature, Visibility};
 
 use crate::attr::{Args, Errors};
 use crate::validate::{Capacity, Key, Limits, Options, Spanned, validate};
@@ -15,11 +20,53 @@ use crate::validate::{Capacity, Key, Limits, Options, Spanned, validate};
 /// The most attributes one handler can carry (the core checks tuples of up to eight).
 const MAX_ATTRIBUTES: usize = 8;
 
+/// The handler as the attribute reads it: its body is kept as written (the expansion moves
+/// it, never looks inside), which spares parsing every statement of every handler.
+struct Handler {
+    attrs: Vec<Attribute>,
+    vis: Visibility,
+    sig: Signature,
+    block: Group,
+}
+
+impl Parse for Handler {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Handler> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis = input.parse()?;
+        let sig = input.parse()?;
+        let block: Group = input.parse()?;
+        if block.delimiter() != Delimiter::Brace {
+            return Err(syn::Error::new(
+                block.span(),
+                "expected the function's body",
+            ));
+        }
+        Ok(Handler {
+            attrs,
+            vis,
+            sig,
+            block,
+        })
+    }
+}
+
+impl ToTokens for Handler {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        let Handler {
+            attrs,
+            vis,
+            sig,
+            block,
+        } = self;
+        tokens.extend(quote!(#(#attrs)* #vis #sig #block));
+    }
+}
+
 /// The driver. This attribute takes the `#[rate_limit]` attributes below it too (they would
 /// expand after it), so that everything a handler must pass is checked as one. On any error,
 /// the errors beside the user's function, so that the IDE keeps working.
 pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
-    let mut function: ItemFn = match syn::parse2(item.clone()) {
+    let mut function: Handler = match syn::parse2(item.clone()) {
         Ok(function) => function,
         Err(error) => return with_error(error, item),
     };
@@ -128,15 +175,13 @@ fn check_reservation(options: &[Options], sig: &Signature, errors: &mut Errors) 
     }
 }
 
-fn expand(options: &[Options], function: ItemFn) -> TokenStream {
+fn expand(options: &[Options], function: Handler) -> TokenStream {
     let private = match options.iter().find_map(|o| o.krate.as_ref()) {
         Some(krate) => quote!(#krate::__private),
         None => quote!(::ratelimit::__private),
     };
     let name = function.sig.ident.clone();
-    let specs: Vec<Ident> = (0..options.len())
-        .map(|i| format_ident!("__ratelimit_{}_{}", name, i))
-        .collect();
+    let spec = format_ident!("__ratelimit_{}", name);
     let bound = bound_names(&function.sig.inputs);
     // A reservation is made by the check, which then runs where the handler can take it.
     let deferred = options.iter().any(|o| {
@@ -145,141 +190,155 @@ fn expand(options: &[Options], function: ItemFn) -> TokenStream {
                 .as_ref()
                 .is_some_and(|cost| mentions(cost.to_token_stream(), &bound))
     });
-    let spec_items: Vec<TokenStream> = options
-        .iter()
-        .zip(&specs)
-        .map(|(options, spec)| {
-            // Deferred, every cost is passed to the check; otherwise each is a hook.
-            let cost = (!deferred)
-                .then(|| gen_cost_hook(options, &private))
-                .flatten();
-            gen_spec(options, spec, &function.vis, &name, cost, &private)
-        })
-        .collect();
     let keyed = options
         .iter()
         .any(|o| matches!(o.key, Some(Key::Function(_))));
+    let spec_item = gen_spec(options, &spec, &function.vis, &name, deferred, &private);
     let function = if deferred {
-        gen_deferred(options, &specs, keyed, function, &private)
+        gen_deferred(options, &spec, keyed, function, &private)
     } else {
         let holds = options.iter().any(holds);
-        gen_guarded(&specs, keyed, holds, function, &private)
+        gen_guarded(&spec, keyed, holds, function, &private)
     };
     quote! {
-        #(#spec_items)*
+        #spec_item
         #function
     }
 }
 
-/// The hidden item that describes one attribute.
+/// The hidden item that describes the handler's attributes: a type whose `SPECS` is one
+/// `static` array, an element per attribute, with its hooks beside it.
 fn gen_spec(
-    options: &Options,
+    options: &[Options],
     spec: &Ident,
     vis: &Visibility,
     handler: &Ident,
-    cost: Option<TokenStream>,
+    deferred: bool,
     private: &TokenStream,
 ) -> TokenStream {
-    let policy = gen_policy(options, handler, private);
-    let holds = holds(options).then(|| {
-        quote!(
-            const HOLDS: bool = true;
-        )
+    let handler = format!("::{handler}");
+    let mut hooks = Vec::new();
+    let data: Vec<TokenStream> = options
+        .iter()
+        .enumerate()
+        .map(|(index, options)| {
+            let mut fields = gen_policy(options, private);
+            let limits = format_ident!("limits_{}", index);
+            if let Some(hook) = gen_limits_hook(options, &limits, private) {
+                hooks.push(hook);
+                fields.extend(quote!(limits_of: ::core::option::Option::Some(#limits),));
+            }
+            // Deferred, every cost is passed to the check; otherwise each is a hook.
+            let cost = format_ident!("cost_{}", index);
+            if let Some(hook) = (!deferred)
+                .then(|| gen_cost_hook(options, &cost, private))
+                .flatten()
+            {
+                hooks.push(hook);
+                fields.extend(quote!(cost: ::core::option::Option::Some(#cost),));
+            }
+            let exempt = format_ident!("exempt_{}", index);
+            if let Some(hook) = gen_exempt_hook(options, &exempt, private) {
+                hooks.push(hook);
+                fields.extend(quote!(exempt: ::core::option::Option::Some(#exempt),));
+            }
+            quote! {
+                #private::SpecData::new(#private::PolicyData {
+                    handler: ::core::concat!(::core::module_path!(), #handler),
+                    #fields
+                    ..#private::PolicyData::DEFAULT
+                })
+            }
+        })
+        .collect();
+    let len = options.len();
+    let key = gen_key_hook(options, private).map(|key| {
+        quote! {
+            impl #private::KeyedSpec for #spec {
+                #key
+            }
+        }
     });
-    let limits = gen_limits_hook(options, private);
-    let key = gen_key_hook(options, private);
-    let exempt = gen_exempt_hook(options, private);
     quote! {
         #[doc(hidden)]
         #[allow(non_camel_case_types)]
         #vis struct #spec;
 
         impl #private::Spec for #spec {
-            const SPEC: &'static #private::SpecData = {
-                static SPEC: #private::SpecData = #private::SpecData::new(#policy);
-                &SPEC
+            const SPECS: &'static [#private::SpecData] = {
+                #(#hooks)*
+                static SPECS: [#private::SpecData; #len] = [#(#data),*];
+                &SPECS
             };
-            #holds
-            #limits
-            #key
-            #cost
-            #exempt
         }
+        #key
     }
 }
 
-/// The attribute's options as a `PolicyData` literal: data, made a `Policy` on first use.
-fn gen_policy(options: &Options, handler: &Ident, private: &TokenStream) -> TokenStream {
+/// The options an attribute gives, as fields of its `PolicyData` literal (the rest are the
+/// core's defaults).
+fn gen_policy(options: &Options, private: &TokenStream) -> TokenStream {
     let some = |value: TokenStream| quote!(::core::option::Option::Some(#value));
-    let none = quote!(::core::option::Option::None);
-    let limits = match &options.limits {
-        Limits::Literal(lit) => some(quote!(#lit)),
-        Limits::Function(_) => none.clone(),
-    };
-    // Tuning of limits given as a function is applied by its hook.
-    let literal = matches!(options.limits, Limits::Literal(_));
-    let algorithm = match (&options.algorithm, literal) {
-        (Some(algorithm), true) => some(gen_algorithm(algorithm, private)),
-        _ => none.clone(),
-    };
-    let burst = match (options.burst, literal) {
-        (Some(burst), true) => {
+    let mut fields = TokenStream::new();
+    if let Limits::Literal(lit) = &options.limits {
+        // Tuning of limits given as a function is applied by its hook.
+        let limits = some(quote!(#lit));
+        fields.extend(quote!(limits: #limits,));
+        if let Some(algorithm) = &options.algorithm {
+            let algorithm = some(gen_algorithm(algorithm, private));
+            fields.extend(quote!(algorithm: #algorithm,));
+        }
+        if let Some(burst) = options.burst {
             let burst = burst.get();
-            some(quote!(#private::NonZeroU64::new(#burst).expect("checked by #[rate_limit]")))
-        }
-        _ => none.clone(),
-    };
-    let key = match &options.key {
-        Some(Key::Ip) => some(quote!(#private::KeySource::Ip)),
-        Some(Key::Global) => some(quote!(#private::KeySource::Global)),
-        Some(Key::Header(name)) => some(quote!(#private::KeySource::Header(
-            #private::HeaderName::from_static(#name)
-        ))),
-        Some(Key::Function(_)) => some(quote!(#private::KeySource::Custom)),
-        None => none.clone(),
-    };
-    let scope = match &options.scope {
-        Some(scope) => some(quote!(#scope)),
-        None => none.clone(),
-    };
-    let error_message = match &options.error_message {
-        Some(message) => some(quote!(#message)),
-        None => none.clone(),
-    };
-    let reserves = options.reserves.is_some();
-    let concurrency = match options.concurrency {
-        Some(slots) => {
-            let slots = slots.get();
-            some(quote!(#private::NonZeroU32::new(#slots).expect("checked by #[rate_limit]")))
-        }
-        None => none.clone(),
-    };
-    let capacity = match &options.capacity {
-        Some(Capacity::Adaptive { min, max }) => {
-            some(quote!(#private::CapacityLimit::adaptive().min(#min).max(#max)))
-        }
-        Some(Capacity::Fixed(limit)) => some(quote!(#private::CapacityLimit::fixed(#limit))),
-        None => none.clone(),
-    };
-    let queue = match options.queue {
-        Some(nanos) => some(quote!(#private::Duration::from_nanos(#nanos))),
-        None => none,
-    };
-    quote! {
-        #private::PolicyData {
-            handler: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#handler)),
-            limits: #limits,
-            algorithm: #algorithm,
-            burst: #burst,
-            key: #key,
-            scope: #scope,
-            error_message: #error_message,
-            reserves: #reserves,
-            concurrency: #concurrency,
-            capacity: #capacity,
-            queue: #queue,
+            let burst =
+                some(quote!(#private::NonZeroU64::new(#burst).expect("checked by #[rate_limit]")));
+            fields.extend(quote!(burst: #burst,));
         }
     }
+    let key = match &options.key {
+        Some(Key::Ip) => Some(quote!(#private::KeyData::Ip)),
+        Some(Key::Global) => Some(quote!(#private::KeyData::Global)),
+        Some(Key::Header(name)) => Some(quote!(#private::KeyData::Header(#name))),
+        Some(Key::Function(_)) => Some(quote!(#private::KeyData::Custom)),
+        None => None,
+    };
+    if let Some(key) = key {
+        let key = some(key);
+        fields.extend(quote!(key: #key,));
+    }
+    if let Some(scope) = &options.scope {
+        let scope = some(quote!(#scope));
+        fields.extend(quote!(scope: #scope,));
+    }
+    if let Some(message) = &options.error_message {
+        let message = some(quote!(#message));
+        fields.extend(quote!(error_message: #message,));
+    }
+    if options.reserves.is_some() {
+        fields.extend(quote!(reserves: true,));
+    }
+    if let Some(slots) = options.concurrency {
+        let slots = slots.get();
+        let slots =
+            some(quote!(#private::NonZeroU32::new(#slots).expect("checked by #[rate_limit]")));
+        fields.extend(quote!(concurrency: #slots,));
+    }
+    let capacity = match &options.capacity {
+        Some(Capacity::Adaptive { min, max }) => Some(quote!(
+            #private::CapacityLimit::adaptive().min(#min).max(#max)
+        )),
+        Some(Capacity::Fixed(limit)) => Some(quote!(#private::CapacityLimit::fixed(#limit))),
+        None => None,
+    };
+    if let Some(capacity) = capacity {
+        let capacity = some(capacity);
+        fields.extend(quote!(capacity: #capacity,));
+    }
+    if let Some(nanos) = options.queue {
+        let queue = some(quote!(#private::Duration::from_nanos(#nanos)));
+        fields.extend(quote!(queue: #queue,));
+    }
+    fields
 }
 
 fn gen_tuned(limits: TokenStream, options: &Options, private: &TokenStream) -> TokenStream {
@@ -303,7 +362,8 @@ fn gen_algorithm(
     quote_spanned!(algorithm.span=> #private::Algorithm::ALL[#index])
 }
 
-fn gen_limits_hook(options: &Options, private: &TokenStream) -> Option<TokenStream> {
+/// `limits = path`: a function named `name` for the attribute's `limits_of`.
+fn gen_limits_hook(options: &Options, name: &Ident, private: &TokenStream) -> Option<TokenStream> {
     let Limits::Function(path) = &options.limits else {
         return None;
     };
@@ -315,56 +375,73 @@ fn gen_limits_hook(options: &Options, private: &TokenStream) -> Option<TokenStre
         call
     };
     Some(quote! {
-        const LIMITS: ::core::option::Option<
-            fn(&#private::Parts) -> ::core::option::Option<#private::LimitsRef>,
-        > = {
-            fn limits(parts: &#private::Parts) -> ::core::option::Option<#private::LimitsRef> {
-                ::core::option::Option::Some(#call)
-            }
-            ::core::option::Option::Some(limits)
-        };
-    })
-}
-
-fn gen_key_hook(options: &Options, private: &TokenStream) -> Option<TokenStream> {
-    let Some(Key::Function(path)) = &options.key else {
-        return None;
-    };
-    let call = quote_spanned!(path.span()=> #path(parts));
-    Some(quote! {
-        const KEYED: bool = true;
-
-        fn key(parts: &#private::Parts) -> impl ::core::future::Future<Output = ::core::result::Result<#private::Identity, #private::Rejection>> + ::core::marker::Send {
-            #[allow(unused_imports)]
-            use #private::{KeyFromFuture as _, KeyFromValue as _};
-            #private::Probe::new(#call).key_future()
+        fn #name(parts: &#private::Parts) -> ::core::option::Option<#private::LimitsRef> {
+            ::core::option::Option::Some(#call)
         }
     })
 }
 
-fn gen_exempt_hook(options: &Options, private: &TokenStream) -> Option<TokenStream> {
-    let path = options.exempt_when.as_ref()?;
-    let call = quote_spanned!(path.span()=> #path(parts));
-    Some(quote! {
-        const EXEMPT: ::core::option::Option<fn(&#private::Parts) -> bool> = {
-            fn exempt(parts: &#private::Parts) -> bool {
-                #call
+/// `key = path` on any attribute: `Spec::key`, which awaits the key function of the
+/// attribute at `index` (a future, or a plain value made one).
+fn gen_key_hook(options: &[Options], private: &TokenStream) -> Option<TokenStream> {
+    let calls: Vec<(usize, TokenStream)> = options
+        .iter()
+        .enumerate()
+        .filter_map(|(index, options)| match &options.key {
+            Some(Key::Function(path)) => Some((
+                index,
+                quote_spanned!(path.span()=> #private::Probe::new(#path(parts)).key_future()),
+            )),
+            _ => None,
+        })
+        .collect();
+    let body = match calls.as_slice() {
+        [] => return None,
+        // The one key function's future itself.
+        [(_, call)] => call.clone(),
+        calls => {
+            let arms = calls
+                .iter()
+                .map(|(index, call)| quote!(#index => #call.await,));
+            quote! {
+                async move {
+                    match index {
+                        #(#arms)*
+                        _ => ::core::result::Result::Ok(#private::Identity::client()),
+                    }
+                }
             }
-            ::core::option::Option::Some(exempt)
-        };
+        }
+    };
+    Some(quote! {
+        fn key(index: usize, parts: &#private::Parts) -> impl ::core::future::Future<Output = ::core::result::Result<#private::Identity, #private::Rejection>> + ::core::marker::Send {
+            #[allow(unused_imports)]
+            use #private::{KeyFromFuture as _, KeyFromValue as _};
+            let _ = index;
+            #body
+        }
     })
 }
 
-fn gen_cost_hook(options: &Options, private: &TokenStream) -> Option<TokenStream> {
+/// `exempt_when = path`: a function named `name` for the attribute's `exempt`.
+fn gen_exempt_hook(options: &Options, name: &Ident, private: &TokenStream) -> Option<TokenStream> {
+    let path = options.exempt_when.as_ref()?;
+    let call = quote_spanned!(path.span()=> #path(parts));
+    Some(quote! {
+        fn #name(parts: &#private::Parts) -> bool {
+            #call
+        }
+    })
+}
+
+/// `cost = EXPR` that uses no argument: a function named `name` for the attribute's `cost`.
+fn gen_cost_hook(options: &Options, name: &Ident, private: &TokenStream) -> Option<TokenStream> {
     options.cost.as_ref()?;
     let cost = gen_cost(options, private);
     Some(quote! {
-        const COST: ::core::option::Option<fn(&#private::Parts) -> u64> = {
-            fn cost(_parts: &#private::Parts) -> u64 {
-                #cost
-            }
-            ::core::option::Option::Some(cost)
-        };
+        fn #name(_parts: &#private::Parts) -> u64 {
+            #cost
+        }
     })
 }
 
@@ -376,10 +453,10 @@ fn gen_cost(options: &Options, private: &TokenStream) -> TokenStream {
     }
 }
 
-/// The guard type: every attribute's spec, as one tuple.
-fn gen_guard_type(wrapper: &str, specs: &[Ident], private: &TokenStream) -> TokenStream {
+/// The guard type: the extractor `wrapper` over the handler's spec.
+fn gen_guard_type(wrapper: &str, spec: &Ident, private: &TokenStream) -> TokenStream {
     let wrapper = Ident::new(wrapper, Span::call_site());
-    quote!(#private::#wrapper<(#(#specs,)*)>)
+    quote!(#private::#wrapper<#spec>)
 }
 
 /// Whether the request holds something while the handler runs: a slot or a place in the
@@ -393,13 +470,13 @@ fn holds(options: &Options) -> bool {
 /// A key function, which may be `async`, is awaited by a `KeyedGuard`; slots and capacity
 /// are held by a `HoldingGuard` (a plain `Guard` holds nothing, and needs no drop code).
 fn gen_guarded(
-    specs: &[Ident],
+    spec: &Ident,
     keyed: bool,
     holds: bool,
-    function: ItemFn,
+    function: Handler,
     private: &TokenStream,
 ) -> TokenStream {
-    let ItemFn {
+    let Handler {
         attrs,
         vis,
         mut sig,
@@ -410,7 +487,7 @@ fn gen_guarded(
         (false, true) => "HoldingGuard",
         (false, false) => "Guard",
     };
-    let guard = gen_guard_type(wrapper, specs, private);
+    let guard = gen_guard_type(wrapper, spec, private);
     sig.inputs.insert(0, syn::parse_quote!(_: #guard));
     quote! {
         #(#attrs)*
@@ -425,19 +502,23 @@ fn gen_guarded(
 /// `return`, which the core's `Run` future polls once the check passes.
 fn gen_deferred(
     options: &[Options],
-    specs: &[Ident],
+    spec: &Ident,
     keyed: bool,
-    function: ItemFn,
+    function: Handler,
     private: &TokenStream,
 ) -> TokenStream {
-    let ItemFn {
+    let Handler {
         attrs,
         vis,
         mut sig,
         block,
     } = function;
-    let wrapper = if keyed { "KeyedDeferred" } else { "Deferred" };
-    let guard_type = gen_guard_type(wrapper, specs, private);
+    let wrapper = Ident::new(
+        if keyed { "KeyedDeferred" } else { "Deferred" },
+        Span::call_site(),
+    );
+    let len = options.len();
+    let guard_type = quote!(#private::#wrapper<#spec, #len>);
     // The reservation is no extractor: the check makes it, and binds it for the body.
     let reservation = reservation_parameter(&sig).and_then(|at| {
         let mut inputs: Vec<FnArg> = std::mem::take(&mut sig.inputs).into_iter().collect();

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use arrayvec::ArrayVec;
 use axum::extract::{FromRequestParts, MatchedPath};
+use http::HeaderName;
 use http::request::Parts;
 
 use super::config::HttpConfig;
@@ -123,9 +124,11 @@ impl Policy {
 
 /// An attribute's options as the generated code writes them: data in a `static`, made a
 /// [`Policy`] on first use by [`SpecData::policy`], one function for every handler (a
-/// builder chain per handler would be compiled per handler).
+/// builder chain per handler would be compiled per handler). The generated code names only
+/// the options the attribute gives, the rest taken from [`PolicyData::DEFAULT`]: a short
+/// literal is a quick constant for the compiler to check and evaluate.
 #[doc(hidden)]
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct PolicyData {
     /// `module::path::fn_name`.
     pub handler: &'static str,
@@ -136,7 +139,7 @@ pub struct PolicyData {
     /// `burst = ..`, for limits given as a string.
     pub burst: Option<NonZeroU64>,
     /// `key = ..`.
-    pub key: Option<KeySource>,
+    pub key: Option<KeyData>,
     /// `scope = ..`.
     pub scope: Option<&'static str>,
     /// `error_message = ..`.
@@ -149,9 +152,34 @@ pub struct PolicyData {
     pub capacity: Option<CapacityLimit>,
     /// `queue = ..`.
     pub queue: Option<Duration>,
+    /// `limits = path`: the limits of this request (`None` from it: the policy's). Hooks
+    /// are plain functions, so that what every handler does with them is compiled once.
+    pub limits_of: Option<fn(&Parts) -> Option<LimitsRef>>,
+    /// `cost = EXPR` when the expression uses no handler argument (`None`: 1).
+    pub cost: Option<fn(&Parts) -> u64>,
+    /// `exempt_when = path`: requests that skip this limit (`None`: none).
+    pub exempt: Option<fn(&Parts) -> bool>,
 }
 
 impl PolicyData {
+    /// No option given: what the generated code's literal starts from.
+    pub const DEFAULT: PolicyData = PolicyData {
+        handler: "",
+        limits: None,
+        algorithm: None,
+        burst: None,
+        key: None,
+        scope: None,
+        error_message: None,
+        reserves: false,
+        concurrency: None,
+        capacity: None,
+        queue: None,
+        limits_of: None,
+        cost: None,
+        exempt: None,
+    };
+
     fn policy(&self) -> Policy {
         let limits = self.limits.map(|text| {
             let mut limits = Limits::parse(text).expect("checked by #[rate_limit]");
@@ -166,7 +194,7 @@ impl PolicyData {
         Policy {
             handler: self.handler,
             limits,
-            key: self.key.clone(),
+            key: self.key.map(KeyData::source),
             scope: self.scope,
             error_message: self.error_message,
             concurrency: self.concurrency,
@@ -177,14 +205,48 @@ impl PolicyData {
     }
 }
 
+/// `key = ..` as the generated code writes it: plain data (a [`KeySource`] holds a
+/// `HeaderName`, which would make every attribute's `static` a value with a destructor for
+/// the compiler to check).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub enum KeyData {
+    /// `key = ip`.
+    Ip,
+    /// `key = global`.
+    Global,
+    /// `key = header("name")`: the name, lowercase (checked at compile time).
+    Header(&'static str),
+    /// `key = path`.
+    Custom,
+}
+
+impl KeyData {
+    fn source(self) -> KeySource {
+        match self {
+            KeyData::Ip => KeySource::Ip,
+            KeyData::Global => KeySource::Global,
+            KeyData::Header(name) => KeySource::Header(HeaderName::from_static(name)),
+            KeyData::Custom => KeySource::Custom,
+        }
+    }
+}
+
+/// The policy of a [`SpecData`] not yet used. A constant, so that each `static` of the
+/// generated code copies its value instead of evaluating the cell's constructor again.
+#[allow(clippy::declare_interior_mutable_const)]
+const UNUSED: OnceLock<&'static Policy> = OnceLock::new();
+
 /// One attribute's spec as the generated code writes it: its [`PolicyData`], made a
-/// [`Policy`] on first use. One `static` per attribute, and no function: its initialisation
-/// is compiled once for every handler.
+/// [`Policy`] on first use. A handler's attributes are one `static` array of these, and no
+/// function: its initialisation is compiled once for every handler.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct SpecData {
     data: PolicyData,
-    policy: OnceLock<Policy>,
+    // A reference, made once per attribute and kept for the process: a cell of a plain
+    // reference is a quicker `static` for the compiler to check than one of the policy.
+    policy: OnceLock<&'static Policy>,
 }
 
 impl SpecData {
@@ -192,127 +254,34 @@ impl SpecData {
     pub const fn new(data: PolicyData) -> SpecData {
         SpecData {
             data,
-            policy: OnceLock::new(),
+            policy: UNUSED,
         }
     }
 
     /// The attribute's policy.
     pub fn policy(&'static self) -> &'static Policy {
-        self.policy.get_or_init(|| self.data.policy())
+        self.policy
+            .get_or_init(|| Box::leak(Box::new(self.data.policy())))
     }
 }
 
-/// The hooks the generated code fills in for one attribute. Every item but `SPEC` has a
-/// default: an attribute overrides only what it uses.
+/// A handler's `#[rate_limit]` attributes, as the generated code describes them: one type
+/// per handler, whose [`SPECS`](Spec::SPECS) hold every attribute's options and hooks in
+/// order. Several attributes on one handler are checked as one.
 pub trait Spec: Send + Sync + 'static {
-    /// Whether [`key`](Spec::key) is the user's key function (`key = path`): such a spec is
-    /// checked by [`KeyedGuard`] or [`Deferred`], which await it; [`Guard`] refuses it at
-    /// compile time.
-    const KEYED: bool = false;
-
-    /// Whether the request holds something while the handler runs (`concurrency = N` or
-    /// `capacity`): such a spec is checked by [`HoldingGuard`] (or [`Deferred`], or
-    /// [`KeyedGuard`]); [`Guard`] refuses it at compile time.
-    const HOLDS: bool = false;
-
-    /// The attribute's fixed part: a `static` of the generated code.
-    const SPEC: &'static SpecData;
-
-    /// The attribute's policy.
-    fn policy() -> &'static Policy {
-        Self::SPEC.policy()
-    }
-
-    /// `key = path`: the user's key function.
-    fn key(parts: &Parts) -> impl Future<Output = Result<Identity, Rejection>> + Send {
-        let _ = parts;
-        std::future::ready(Ok(Identity::client()))
-    }
-
-    /// `LIMITS` given as a function: the limits of this request (`None`: the policy's).
-    /// Hooks are constants, not methods with defaults, so that a handler compiles only the
-    /// hooks its attribute has.
-    const LIMITS: Option<fn(&Parts) -> Option<LimitsRef>> = None;
-
-    /// `cost = EXPR` when the expression uses no handler argument (`None`: 1).
-    const COST: Option<fn(&Parts) -> u64> = None;
-
-    /// `exempt_when = path`: requests that skip this limit (`None`: none).
-    const EXEMPT: Option<fn(&Parts) -> bool> = None;
+    /// Each attribute's options and hooks: a `static` of the generated code.
+    const SPECS: &'static [SpecData];
 }
 
-/// The attributes of one handler, in order: a [`Spec`] or a tuple of up to eight. Several
-/// `#[rate_limit]` attributes on one handler become one tuple, checked as one.
-pub trait Specs: Send + Sync + 'static {
-    /// How many attributes.
-    const LEN: usize;
-
-    /// Whether any attribute has a key function ([`Spec::KEYED`]).
-    const KEYED: bool;
-
-    /// Whether any attribute holds slots or capacity ([`Spec::HOLDS`]).
-    const HOLDS: bool;
-
-    /// Each attribute's hooks but the key function, as plain functions: what [`Guard`]
-    /// resolves them with, in a function compiled once for every handler.
-    #[doc(hidden)]
-    const HOOKS: &'static [Hooks];
-
-    /// What the attributes say of one request: room for exactly `LEN`.
-    #[doc(hidden)]
-    type Resolved: AsRef<[One]> + FromIterator<One> + Send + Sync + Unpin + 'static;
-
-    /// What each attribute says of this request.
-    #[doc(hidden)]
-    fn resolve(
-        config: Serving,
-        parts: &Parts,
-    ) -> impl Future<Output = Result<Self::Resolved, Rejection>> + Send;
+/// A [`Spec`] of which one attribute at least has a key function (`key = path`), which may
+/// be `async`: [`KeyedGuard`] and [`KeyedDeferred`] await it.
+pub trait KeyedSpec: Spec {
+    /// The key function of the attribute at `index` (any other index: the client).
+    fn key(index: usize, parts: &Parts)
+    -> impl Future<Output = Result<Identity, Rejection>> + Send;
 }
 
-/// The configuration serving a request, as the attributes' hooks pass it along.
-#[doc(hidden)]
-#[derive(Clone, Copy)]
-pub struct Serving(&'static HttpConfig);
-
-impl std::fmt::Debug for Serving {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Serving").finish_non_exhaustive()
-    }
-}
-
-/// One attribute's hooks as plain functions (all but its key function, which may be
-/// `async`).
-#[doc(hidden)]
-#[derive(Clone, Copy)]
-pub struct Hooks {
-    spec: &'static SpecData,
-    exempt: Option<fn(&Parts) -> bool>,
-    limits: Option<fn(&Parts) -> Option<LimitsRef>>,
-    cost: Option<fn(&Parts) -> u64>,
-}
-
-impl Hooks {
-    /// The hooks of `S`.
-    pub const fn of<S: Spec>() -> Hooks {
-        Hooks {
-            spec: S::SPEC,
-            exempt: S::EXEMPT,
-            limits: S::LIMITS,
-            cost: S::COST,
-        }
-    }
-}
-
-impl std::fmt::Debug for Hooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hooks")
-            .field("policy", self.spec.policy())
-            .finish_non_exhaustive()
-    }
-}
-
-/// What the `N` attributes of a handler say of one request; built by [`Specs::resolve`].
+/// What the `N` attributes of a handler say of one request.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct Resolved<const N: usize>(ArrayVec<One, N>);
@@ -342,32 +311,34 @@ pub struct One {
     cost: u64,
 }
 
-/// What attribute `S` says of this request. Generic only as far as `S`'s own hooks need:
-/// an `async` key function is awaited here, and everything else is
-/// [`resolve_with`]'s, compiled once for every handler (the attribute's build cost).
-#[doc(hidden)]
-pub async fn resolve_one<S: Spec, const N: usize>(
-    Serving(config): Serving,
+/// What the attributes of `S`, of which one at least has a key function, say of this
+/// request. Generic only as far as the key functions need: they are awaited here, and
+/// everything else is [`resolve_with`]'s, compiled once for every handler.
+async fn resolve_keyed<S: KeyedSpec, R: FromIterator<One>>(
+    config: &'static HttpConfig,
     parts: &Parts,
-    into: &mut Resolved<N>,
-) -> Result<(), Rejection> {
-    let policy = S::policy();
-    let exempt = S::EXEMPT.is_some_and(|exempt| exempt(parts));
-    let identity = if !exempt && custom_key(config, policy) {
-        Some(S::key(parts).await?)
-    } else {
-        None
-    };
-    into.0.push(resolve_with(
-        config,
-        parts,
-        policy,
-        exempt,
-        identity,
-        S::LIMITS,
-        S::COST,
-    )?);
-    Ok(())
+) -> Result<R, Rejection> {
+    let mut resolved: ArrayVec<One, MAX_SPECS> = ArrayVec::new();
+    for (index, spec) in S::SPECS.iter().enumerate() {
+        let policy = spec.policy();
+        let hooks = &spec.data;
+        let exempt = hooks.exempt.is_some_and(|exempt| exempt(parts));
+        let identity = if !exempt && custom_key(config, policy) {
+            Some(S::key(index, parts).await?)
+        } else {
+            None
+        };
+        resolved.push(resolve_with(
+            config,
+            parts,
+            policy,
+            exempt,
+            identity,
+            hooks.limits_of,
+            hooks.cost,
+        )?);
+    }
+    Ok(resolved.drain(..).collect())
 }
 
 /// Whether the attribute's key is its key function (`key = path`).
@@ -456,37 +427,6 @@ fn attribute_limits(
         ),
     }
 }
-
-macro_rules! specs {
-    ($len:literal: $($s:ident),+) => {
-        impl<$($s: Spec),+> Specs for ($($s,)+) {
-            const LEN: usize = $len;
-
-            const KEYED: bool = $($s::KEYED)||+;
-
-            const HOLDS: bool = $($s::HOLDS)||+;
-
-            const HOOKS: &'static [Hooks] = &[$(Hooks::of::<$s>()),+];
-
-            type Resolved = Resolved<$len>;
-
-            async fn resolve(config: Serving, parts: &Parts) -> Result<Resolved<$len>, Rejection> {
-                let mut resolved = Resolved(ArrayVec::new());
-                $(resolve_one::<$s, $len>(config, parts, &mut resolved).await?;)+
-                Ok(resolved)
-            }
-        }
-    };
-}
-
-specs!(1: A);
-specs!(2: A, B);
-specs!(3: A, B, C);
-specs!(4: A, B, C, D);
-specs!(5: A, B, C, D, E);
-specs!(6: A, B, C, D, E, F);
-specs!(7: A, B, C, D, E, F, G);
-specs!(8: A, B, C, D, E, F, G, H);
 
 /// What the layer left for the attributes' check.
 #[derive(Debug)]
@@ -740,19 +680,19 @@ fn note_limited_route(config: &HttpConfig, route: &str) {
 ///
 /// It holds nothing, so that a handler's future carries no drop code for it: attributes
 /// with `concurrency = N` or `capacity` use [`HoldingGuard`], which holds what the request
-/// takes while the handler runs ([`Spec::HOLDS`]; `Guard` refuses them at compile time).
+/// takes while the handler runs (the attribute chooses which).
 ///
 /// Its attributes have no key function (see [`KeyedGuard`]): they are resolved and checked
-/// by one function compiled once for every handler, through their [`Hooks`]; what is
+/// by one function compiled once for every handler, from their [`Spec::SPECS`]; what is
 /// generic per handler is a call and a small future around the answer.
-pub struct Guard<S: Specs> {
+pub struct Guard<S: Spec> {
     _spec: PhantomData<fn() -> S>,
 }
 
 /// [`Guard`] for attributes with `concurrency = N` or `capacity`: it holds the request's
 /// slots and its place in the route's capacity, given back when the handler's future, which
 /// owns the guard, completes or is dropped.
-pub struct HoldingGuard<S: Specs> {
+pub struct HoldingGuard<S: Spec> {
     _slots: Leases,
     _spec: PhantomData<fn() -> S>,
 }
@@ -762,7 +702,7 @@ trait FromLeases {
     fn from_leases(leases: Leases) -> Self;
 }
 
-impl<S: Specs> FromLeases for Guard<S> {
+impl<S: Spec> FromLeases for Guard<S> {
     #[inline]
     fn from_leases(leases: Leases) -> Guard<S> {
         // Nothing to hold: no attribute takes a slot or capacity (checked at compile time).
@@ -771,7 +711,7 @@ impl<S: Specs> FromLeases for Guard<S> {
     }
 }
 
-impl<S: Specs> FromLeases for HoldingGuard<S> {
+impl<S: Spec> FromLeases for HoldingGuard<S> {
     #[inline]
     fn from_leases(leases: Leases) -> HoldingGuard<S> {
         HoldingGuard {
@@ -781,45 +721,32 @@ impl<S: Specs> FromLeases for HoldingGuard<S> {
     }
 }
 
-impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Guard<S> {
+impl<S: Spec, St: Send + Sync> FromRequestParts<St> for Guard<S> {
     type Rejection = Rejection;
 
+    // The attribute picks the guard: a key function is awaited by `KeyedGuard`, slots and
+    // capacity are held by `HoldingGuard` (here, a key function's attribute would count the
+    // client address, and a slot would be given back at once).
     fn from_request_parts(
         parts: &mut Parts,
         _state: &St,
     ) -> impl Future<Output = Result<Guard<S>, Rejection>> + Send {
-        const {
-            assert!(
-                !S::KEYED,
-                "a key function is awaited by `KeyedGuard`, not `Guard`"
-            );
-            assert!(
-                !S::HOLDS,
-                "slots and capacity are held by `HoldingGuard`, not `Guard`"
-            );
-        };
         Guarded {
-            settling: guard_hooks(parts, S::HOOKS),
+            settling: guard_specs(parts, S::SPECS),
             _guard: PhantomData,
         }
     }
 }
 
-impl<S: Specs, St: Send + Sync> FromRequestParts<St> for HoldingGuard<S> {
+impl<S: Spec, St: Send + Sync> FromRequestParts<St> for HoldingGuard<S> {
     type Rejection = Rejection;
 
     fn from_request_parts(
         parts: &mut Parts,
         _state: &St,
     ) -> impl Future<Output = Result<HoldingGuard<S>, Rejection>> + Send {
-        const {
-            assert!(
-                !S::KEYED,
-                "a key function is awaited by `KeyedGuard`, not `HoldingGuard`"
-            )
-        };
         Guarded {
-            settling: guard_hooks(parts, S::HOOKS),
+            settling: guard_specs(parts, S::SPECS),
             _guard: PhantomData,
         }
     }
@@ -846,16 +773,16 @@ impl<G: FromLeases> Future for Guarded<'_, G> {
 
 /// [`Guard`]'s whole extraction, not generic: the attributes resolved through their hooks,
 /// then checked ([`guard`]).
-fn guard_hooks<'a>(parts: &'a Parts, hooks: &'static [Hooks]) -> Settling<'a, Leases> {
+fn guard_specs<'a>(parts: &'a Parts, specs: &'static [SpecData]) -> Settling<'a, Leases> {
     let (config, route) = enter(parts);
     // The common case, resolved and checked in place: one attribute of rates alone.
-    if let [hooks] = hooks {
-        if let Some(answer) = guard_one_now(config, parts, route.map(MatchedPath::as_str), hooks) {
+    if let [spec] = specs {
+        if let Some(answer) = guard_one_now(config, parts, route.map(MatchedPath::as_str), spec) {
             return Settling::Ready(Some(answer));
         }
     }
     let mut resolved = ArrayVec::new();
-    if let Err(rejection) = resolve_hooks(config, parts, hooks, &mut resolved) {
+    if let Err(rejection) = resolve_hooks(config, parts, specs, &mut resolved) {
         return Settling::Ready(Some(Err(rejection)));
     }
     guard(config, parts, route, resolved)
@@ -868,9 +795,10 @@ fn guard_one_now(
     config: &'static HttpConfig,
     parts: &Parts,
     route: Option<&str>,
-    hooks: &Hooks,
+    spec: &'static SpecData,
 ) -> Option<Result<Leases, Rejection>> {
-    let policy = hooks.spec.policy();
+    let policy = spec.policy();
+    let hooks = &spec.data;
     // Decided before anything is resolved: the general path would resolve it again.
     if !checked_alone(config, policy) || !config.limiter.answers_now() {
         return None;
@@ -882,7 +810,7 @@ fn guard_one_now(
         Ok((key, _)) => key,
         Err(rejection) => return Some(Err(rejection)),
     };
-    let limits = attribute_limits(policy, None, hooks.limits, parts);
+    let limits = attribute_limits(policy, None, hooks.limits_of, parts);
     let cost = hooks.cost.map_or(1, |cost| cost(parts));
     check_alone(config, route, policy, Some(&key), &limits, cost)
 }
@@ -895,11 +823,12 @@ const MAX_SPECS: usize = 8;
 fn resolve_hooks(
     config: &'static HttpConfig,
     parts: &Parts,
-    hooks: &'static [Hooks],
+    specs: &'static [SpecData],
     resolved: &mut ArrayVec<One, MAX_SPECS>,
 ) -> Result<(), Rejection> {
-    for hooks in hooks {
-        let policy = hooks.spec.policy();
+    for spec in specs {
+        let policy = spec.policy();
+        let hooks = &spec.data;
         let exempt = hooks.exempt.is_some_and(|exempt| exempt(parts));
         resolved.push(resolve_with(
             config,
@@ -907,7 +836,7 @@ fn resolve_hooks(
             policy,
             exempt,
             None,
-            hooks.limits,
+            hooks.limits_of,
             hooks.cost,
         )?);
     }
@@ -916,12 +845,12 @@ fn resolve_hooks(
 
 /// [`Guard`] for attributes of which one at least has a key function (`key = path`), which
 /// may be `async`: it is awaited in the extractor's own future, generic per handler.
-pub struct KeyedGuard<S: Specs> {
+pub struct KeyedGuard<S: KeyedSpec> {
     _slots: Leases,
     _spec: PhantomData<fn() -> S>,
 }
 
-impl<S: Specs, St: Send + Sync> FromRequestParts<St> for KeyedGuard<S> {
+impl<S: KeyedSpec, St: Send + Sync> FromRequestParts<St> for KeyedGuard<S> {
     type Rejection = Rejection;
 
     async fn from_request_parts(
@@ -929,7 +858,7 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for KeyedGuard<S> {
         _state: &St,
     ) -> Result<KeyedGuard<S>, Rejection> {
         let (config, route) = enter(parts);
-        let resolved = S::resolve(Serving(config), parts).await?;
+        let resolved: Resolved<MAX_SPECS> = resolve_keyed::<S, _>(config, parts).await?;
         Ok(KeyedGuard {
             _slots: guard(config, parts, route, resolved.as_ref()).await?,
             _spec: PhantomData,
@@ -1034,8 +963,8 @@ fn check_alone(
 /// The extractor for attributes whose `cost` needs the handler's arguments: it finds the
 /// keys and limits before the body is read, and the rewritten handler calls
 /// [`check`](Deferred::check) once the arguments are extracted.
-pub struct Deferred<S: Specs> {
-    pending: Pending<S::Resolved>,
+pub struct Deferred<S: Spec, const N: usize> {
+    pending: Pending<Resolved<N>>,
     _spec: PhantomData<fn() -> S>,
 }
 
@@ -1048,21 +977,15 @@ struct Pending<R> {
     layer: LayerPart,
 }
 
-impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
+impl<S: Spec, St: Send + Sync, const N: usize> FromRequestParts<St> for Deferred<S, N> {
     type Rejection = Rejection;
 
     fn from_request_parts(
         parts: &mut Parts,
         _state: &St,
-    ) -> impl Future<Output = Result<Deferred<S>, Rejection>> + Send {
-        const {
-            assert!(
-                !S::KEYED,
-                "a key function is awaited by `KeyedDeferred`, not `Deferred`"
-            )
-        };
+    ) -> impl Future<Output = Result<Deferred<S, N>, Rejection>> + Send {
         Deferring {
-            pending: Resolving::new(parts, S::HOOKS),
+            pending: Resolving::new(parts, S::SPECS),
             _spec: PhantomData,
         }
     }
@@ -1070,13 +993,13 @@ impl<S: Specs, St: Send + Sync> FromRequestParts<St> for Deferred<S> {
 
 /// [`Deferred`]'s extraction: what [`Resolving`] finds, made a `Deferred`. All that is
 /// compiled per handler.
-struct Deferring<'a, S: Specs> {
-    pending: Resolving<'a, S::Resolved>,
+struct Deferring<'a, S: Spec, const N: usize> {
+    pending: Resolving<'a, Resolved<N>>,
     _spec: PhantomData<fn() -> S>,
 }
 
-impl<S: Specs> Future for Deferring<'_, S> {
-    type Output = Result<Deferred<S>, Rejection>;
+impl<S: Spec, const N: usize> Future for Deferring<'_, S, N> {
+    type Output = Result<Deferred<S, N>, Rejection>;
 
     // Matches rather than `map`s: each closure would be one more function per handler.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -1102,10 +1025,10 @@ struct Resolving<'a, R> {
 }
 
 impl<'a, R: FromIterator<One>> Resolving<'a, R> {
-    fn new(parts: &'a Parts, hooks: &'static [Hooks]) -> Resolving<'a, R> {
+    fn new(parts: &'a Parts, specs: &'static [SpecData]) -> Resolving<'a, R> {
         let (config, route) = enter(parts);
         let mut ones = ArrayVec::new();
-        let (resolved, layer) = match resolve_hooks(config, parts, hooks, &mut ones) {
+        let (resolved, layer) = match resolve_hooks(config, parts, specs, &mut ones) {
             Ok(()) => (
                 Ok(ones.drain(..).collect()),
                 Some(layer_part(config, parts, route)),
@@ -1141,26 +1064,26 @@ impl<'a, R: FromIterator<One>> Resolving<'a, R> {
 /// [`Deferred`] for attributes of which one at least has a key function (`key = path`),
 /// which may be `async`: it is awaited in the extractor's own future, generic per handler.
 /// The rewritten handler uses it as a [`Deferred`].
-pub struct KeyedDeferred<S: Specs>(Deferred<S>);
+pub struct KeyedDeferred<S: KeyedSpec, const N: usize>(Deferred<S, N>);
 
-impl<S: Specs> std::ops::Deref for KeyedDeferred<S> {
-    type Target = Deferred<S>;
+impl<S: KeyedSpec, const N: usize> std::ops::Deref for KeyedDeferred<S, N> {
+    type Target = Deferred<S, N>;
 
-    fn deref(&self) -> &Deferred<S> {
+    fn deref(&self) -> &Deferred<S, N> {
         &self.0
     }
 }
 
-impl<S: Specs, St: Send + Sync> FromRequestParts<St> for KeyedDeferred<S> {
+impl<S: KeyedSpec, St: Send + Sync, const N: usize> FromRequestParts<St> for KeyedDeferred<S, N> {
     type Rejection = Rejection;
 
     async fn from_request_parts(
         parts: &mut Parts,
         _state: &St,
-    ) -> Result<KeyedDeferred<S>, Rejection> {
+    ) -> Result<KeyedDeferred<S, N>, Rejection> {
         let (config, route) = enter(parts);
         let route = route.cloned();
-        let resolved = S::resolve(Serving(config), parts).await?;
+        let resolved = resolve_keyed::<S, _>(config, parts).await?;
         let layer = layer_part(config, parts, route.as_ref()).await?;
         Ok(KeyedDeferred(Deferred {
             pending: Pending {
@@ -1184,7 +1107,7 @@ fn layer_part<'a>(
     enforce::settling(config, false, move || LayerPart::take(config, parts, path))
 }
 
-impl<S: Specs> Deferred<S> {
+impl<S: Spec, const N: usize> Deferred<S, N> {
     /// Checks the request now that the arguments are known: `costs` holds each attribute's
     /// cost, in order. The slots of `concurrency = N` come back in the result: hold it
     /// while the handler runs.
@@ -1223,7 +1146,7 @@ impl<S: Specs> Deferred<S> {
     }
 }
 
-impl<S: Specs> KeyedDeferred<S> {
+impl<S: KeyedSpec, const N: usize> KeyedDeferred<S, N> {
     /// [`Deferred::run`].
     #[doc(hidden)]
     pub fn run<F: Future>(self, costs: &[u64], body: F) -> Run<F> {
