@@ -229,6 +229,55 @@ async fn dynamic_limits_async_keys_header_keys_and_exemptions() {
     }
 }
 
+fn tenant_of(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get("x-tenant")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+// Two key functions on one handler, one `async`, one plain: each attribute counts by its own.
+#[rate_limit("3/minute", key = api_key)]
+#[rate_limit("4/minute", key = tenant_of, scope = "tenants")]
+async fn two_key_functions() -> &'static str {
+    "ok"
+}
+
+#[tokio::test]
+async fn each_attribute_counts_by_its_own_key_function() {
+    let app = Router::new()
+        .route("/two-keys", post(two_key_functions))
+        .layer(Limiter::new().layer());
+    let addr = serve(app).await;
+    let c = client_from("127.0.1.9");
+    let url = format!("http://{addr}/two-keys");
+    let send = |key: &'static str, tenant: &'static str| {
+        c.post(&url)
+            .header("x-api-key", key)
+            .header("x-tenant", tenant)
+            .send()
+    };
+    let steps = [
+        ("k1", "acme", 200),
+        ("k1", "acme", 200),
+        ("k1", "acme", 200),
+        // The key's three are spent; the tenant, refused with it, is not charged.
+        ("k1", "acme", 429),
+        ("k2", "acme", 200),
+        // The tenant's four are spent, though the key has two left.
+        ("k2", "acme", 429),
+        // Another tenant, the same key: charged once only, by the request it let through.
+        ("k2", "globex", 200),
+        ("k2", "globex", 200),
+        ("k2", "globex", 429),
+    ];
+    for (step, (key, tenant, expected)) in steps.into_iter().enumerate() {
+        let status = send(key, tenant).await.unwrap().status();
+        assert_eq!(status.as_u16(), expected, "step {step}: {key} of {tenant}");
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     greeting: &'static str,
