@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
+use proc_macro2::{Delimiter, Group, Spacing, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned as _;
@@ -181,7 +181,8 @@ fn expand(options: &[Options], function: Handler) -> TokenStream {
         None => quote!(::ratelimit::__private),
     };
     let name = function.sig.ident.clone();
-    let spec = format_ident!("__ratelimit_{}", name);
+    // Not snake case, so that no local of the rewritten handler can name it.
+    let spec = format_ident!("__RateLimit_{}", name);
     let bound = bound_names(&function.sig.inputs);
     // A reservation is made by the check, which then runs where the handler can take it.
     let deferred = options.iter().any(|o| {
@@ -544,6 +545,8 @@ fn gen_deferred(
         ReturnType::Default => quote!(()),
         ReturnType::Type(_, ty) => quote!(#ty),
     };
+    // The body's value typed as the handler's, for what infers from it (`.into()`).
+    let annotation = (!contains_impl(&sig.output)).then(|| quote!(: #output));
     sig.output = syn::parse_quote!(-> ::core::result::Result<#output, #private::Rejection>);
     let costs = options.iter().map(|options| gen_cost(options, private));
     let len = options.len();
@@ -555,6 +558,18 @@ fn gen_deferred(
             let #pat: #ty = __ratelimit_reservation;
             let __ratelimit_output = #body.await;
             // The request's concurrency slots, if any, are held until the body completes.
+            ::core::mem::drop(__ratelimit_slots);
+            ::core::result::Result::Ok(__ratelimit_output)
+        },
+        // A body that cannot leave early runs in place, its value the handler's: the check,
+        // then the body while the slots are held (a local dropped after the body's own, when
+        // the future completes or is dropped).
+        None if runs_in_place(block.stream()) => quote! {
+            let __ratelimit_slots = match __ratelimit_guard.checking(&__ratelimit_costs).await {
+                ::core::result::Result::Ok(slots) => slots,
+                ::core::result::Result::Err(rejection) => return ::core::result::Result::Err(rejection),
+            };
+            let __ratelimit_output #annotation = #block;
             ::core::mem::drop(__ratelimit_slots);
             ::core::result::Result::Ok(__ratelimit_output)
         },
@@ -570,6 +585,65 @@ fn gen_deferred(
             #run
         }
     }
+}
+
+/// Macros known not to leave the function they are called in: a body that calls only these
+/// runs in place.
+const MACROS_IN_PLACE: &[&str] = &[
+    "assert",
+    "assert_eq",
+    "assert_ne",
+    "concat",
+    "dbg",
+    "debug",
+    "debug_assert",
+    "debug_assert_eq",
+    "debug_assert_ne",
+    "eprint",
+    "eprintln",
+    "error",
+    "format",
+    "format_args",
+    "info",
+    "json",
+    "matches",
+    "panic",
+    "print",
+    "println",
+    "stringify",
+    "todo",
+    "trace",
+    "unimplemented",
+    "unreachable",
+    "vec",
+    "warn",
+    "write",
+    "writeln",
+];
+
+/// Whether a handler's body can run in place inside the rewritten handler, whose return type
+/// is the body's wrapped in a `Result`: nothing in it leaves the function (no `return`, no
+/// `?`, no macro that might expand to them), so its value is the handler's. Anything else
+/// keeps its own `async` block.
+fn runs_in_place(body: TokenStream) -> bool {
+    let mut tokens = body.into_iter().peekable();
+    while let Some(tree) = tokens.next() {
+        match tree {
+            TokenTree::Ident(ident) if ident == "return" => return false,
+            TokenTree::Ident(ident) => {
+                // `name!` (not `a != b`, whose `!` is joined to the `=`).
+                let is_macro = matches!(tokens.peek(),
+                    Some(TokenTree::Punct(p)) if p.as_char() == '!' && p.spacing() == Spacing::Alone);
+                if is_macro && !MACROS_IN_PLACE.contains(&ident.to_string().as_str()) {
+                    return false;
+                }
+            }
+            TokenTree::Punct(punct) if punct.as_char() == '?' => return false,
+            TokenTree::Group(group) if !runs_in_place(group.stream()) => return false,
+            _ => {}
+        }
+    }
+    true
 }
 
 /// The names the handler's argument patterns bind (`batch` in `Json(batch): Json<..>`).

@@ -624,39 +624,57 @@ async fn a_request_without_a_slot_is_charged_nothing_anywhere() {
 }
 
 /// `concurrency` with a `cost` taken from the handler's arguments: the check runs inside the
-/// rewritten body, which holds the slot.
+/// rewritten handler, which holds the slot. This body cannot leave early, so it runs in place.
 #[rate_limit("100/minute", key = ip, concurrency = 1, cost = batch.len(), algorithm = fixed_window)]
 async fn slow_batch(Json(batch): Json<Vec<u8>>) -> String {
     tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
     batch.len().to_string()
 }
 
+/// The same with a body that can leave early (`?`), which keeps an `async` block of its own
+/// (the other way the rewrite holds the slot).
+#[rate_limit("100/minute", key = ip, concurrency = 1, cost = batch.len(), algorithm = fixed_window)]
+async fn slow_batch_with_early_exit(Json(batch): Json<Vec<u8>>) -> Result<String, StatusCode> {
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    batch.first().ok_or(StatusCode::BAD_REQUEST)?;
+    Ok(batch.len().to_string())
+}
+
 /// The slot of a request whose cost comes from its arguments is given back when the client
-/// hangs up (the handler's future is dropped), not only when the handler completes.
+/// hangs up (the handler's future is dropped), not only when the handler completes: both ways
+/// the rewrite runs a body, at once.
 #[tokio::test]
 async fn a_hung_up_request_with_an_argument_cost_gives_its_slot_back() {
     let app = Router::new()
         .route("/slow-batch", post(slow_batch))
+        .route("/slow-batch-early", post(slow_batch_with_early_exit))
         .layer(Limiter::new().layer());
     let addr = serve(app).await;
-    let url = format!("http://{addr}/slow-batch");
+    tokio::join!(
+        hang_up_then_retry(addr, "/slow-batch", "127.0.3.40"),
+        hang_up_then_retry(addr, "/slow-batch-early", "127.0.3.41"),
+    );
+}
+
+async fn hang_up_then_retry(addr: std::net::SocketAddr, path: &str, client: &str) {
+    let url = format!("http://{addr}{path}");
     let impatient = reqwest::Client::builder()
-        .local_address("127.0.3.40".parse::<std::net::IpAddr>().unwrap())
+        .local_address(client.parse::<std::net::IpAddr>().unwrap())
         .timeout(std::time::Duration::from_millis(300))
         .build()
         .unwrap();
     let gone = impatient.post(&url).json(&[1u8, 2]).send().await;
-    assert!(gone.unwrap_err().is_timeout());
+    assert!(gone.unwrap_err().is_timeout(), "{path}");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // The slot is free again: the next request is admitted, and charged its own cost.
-    let c = client_from("127.0.3.40");
+    let c = client_from(client);
     let next = tokio::spawn(c.post(&url).json(&[1u8, 2, 3]).send());
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // While it runs, the one slot is taken.
     let r = c.post(&url).json(&[1u8]).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{path}");
+    assert_eq!(r.headers()["retry-after"], "1", "{path}");
     let next = next.await.unwrap().unwrap();
-    assert_eq!(next.status(), StatusCode::OK);
-    assert_eq!(remaining(&next), "95");
+    assert_eq!(next.status(), StatusCode::OK, "{path}");
+    assert_eq!(remaining(&next), "95", "{path}");
 }

@@ -1144,6 +1144,15 @@ impl<S: Spec, const N: usize> Deferred<S, N> {
             body,
         }
     }
+
+    /// What the rewritten handler awaits before a body it can run in place (one without
+    /// `return` or `?`, whose value is the handler's): the check at `costs`, answered with
+    /// the slots to hold while the body runs. The extractor is taken, and the future is the
+    /// same type for every handler (the answer itself with an in-memory store).
+    #[doc(hidden)]
+    pub fn checking(self, costs: &[u64]) -> Settling<'static, Leases> {
+        self.pending.start(costs)
+    }
 }
 
 impl<S: KeyedSpec, const N: usize> KeyedDeferred<S, N> {
@@ -1151,6 +1160,12 @@ impl<S: KeyedSpec, const N: usize> KeyedDeferred<S, N> {
     #[doc(hidden)]
     pub fn run<F: Future>(self, costs: &[u64], body: F) -> Run<F> {
         self.0.run(costs, body)
+    }
+
+    /// [`Deferred::checking`].
+    #[doc(hidden)]
+    pub fn checking(self, costs: &[u64]) -> Settling<'static, Leases> {
+        self.0.checking(costs)
     }
 }
 

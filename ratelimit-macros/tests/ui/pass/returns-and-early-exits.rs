@@ -48,10 +48,41 @@ async fn deferred_impl_into_response(Json(items): Json<Vec<u8>>) -> impl IntoRes
 #[rate_limit("10/minute")]
 async fn unit() {}
 
+// Bodies that cannot leave early run in place, the rest in a block of their own; both infer
+// from the handler's return type as they did before the rewrite.
+#[rate_limit("10/minute", cost = items.len())]
+async fn in_place_infers_from_the_return_type(Json(items): Json<Vec<u8>>) -> String {
+    let label = if items.len() != 1 { "items" } else { "item" };
+    format!("{} {label}", items.len()).into()
+}
+
+#[rate_limit("10/minute", cost = items.len())]
+async fn in_place_unit(Json(items): Json<Vec<u8>>) {
+    assert!(items.len() < 1_000_000);
+}
+
+// A macro the attribute does not know might leave the function: the body keeps its block.
+macro_rules! leave_when_empty {
+    ($items:expr) => {
+        if $items.is_empty() {
+            return String::from("none");
+        }
+    };
+}
+
+#[rate_limit("10/minute", cost = items.len())]
+async fn unknown_macro_that_returns(Json(items): Json<Vec<u8>>) -> String {
+    leave_when_empty!(items);
+    items.len().to_string()
+}
+
 pub fn main() {
     let _: Router = Router::new()
         .route("/a", post(with_question_mark))
         .route("/b", post(deferred_with_question_mark))
         .route("/c", post(deferred_impl_into_response))
-        .route("/d", post(unit));
+        .route("/d", post(unit))
+        .route("/e", post(in_place_infers_from_the_return_type))
+        .route("/f", post(in_place_unit))
+        .route("/g", post(unknown_macro_that_returns));
 }
