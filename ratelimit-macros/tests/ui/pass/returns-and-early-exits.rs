@@ -51,7 +51,9 @@ async fn unit() {}
 // Bodies that cannot leave early run in place, the rest in a block of their own; both infer
 // from the handler's return type as they did before the rewrite.
 #[rate_limit("10/minute", cost = items.len())]
-async fn in_place_infers_from_the_return_type(Json(items): Json<Vec<u8>>) -> String {
+async fn in_place_infers_from_the_return_type(
+    Json(items): Json<Vec<u8>>,
+) -> std::borrow::Cow<'static, str> {
     let label = if items.len() != 1 { "items" } else { "item" };
     format!("{} {label}", items.len()).into()
 }
