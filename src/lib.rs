@@ -145,8 +145,9 @@ pub use ratelimit_macros::rate_limit;
 pub mod __private {
     pub use ratelimit_core::http::support::{Cost, KeyFromFuture, KeyFromValue, Probe, returns};
     pub use ratelimit_core::http::{
-        Deferred, Guard, HoldingGuard, Identity, KeyData, KeySource, KeyedDeferred, KeyedGuard,
-        KeyedSpec, LimitsRef, Policy, PolicyData, Rejection, Spec, SpecData,
+        Costed, CostedArg, Deferred, Guard, HoldingGuard, Identity, KeyData, KeySource,
+        KeyedDeferred, KeyedGuard, KeyedSpec, LimitsRef, Policy, PolicyData, Rejection, Spec,
+        SpecData,
     };
     pub use ratelimit_core::{Algorithm, CapacityLimit, Limits};
     pub use std::borrow::Cow;

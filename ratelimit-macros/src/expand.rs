@@ -195,7 +195,12 @@ fn expand(options: &[Options], function: Handler) -> TokenStream {
         .iter()
         .any(|o| matches!(o.key, Some(Key::Function(_))));
     let spec_item = gen_spec(options, &spec, &function.vis, &name, deferred, &private);
-    let function = if deferred {
+    let costed = (deferred && !keyed)
+        .then(|| costed_argument(options, &function.sig).cloned())
+        .flatten();
+    let function = if let Some(last) = costed {
+        gen_costed(options, &spec, &last, function, &private)
+    } else if deferred {
         gen_deferred(options, &spec, keyed, function, &private)
     } else {
         let holds = options.iter().any(holds);
@@ -493,6 +498,145 @@ fn gen_guarded(
     quote! {
         #(#attrs)*
         #vis #sig #block
+    }
+}
+
+/// The handler's last argument, when the costs that use arguments use only what it binds
+/// and it can be taken apart and put back together (a pattern of bindings, tuple structs,
+/// structs and tuples), no reservation is made, and the handler is not generic: then a
+/// [`gen_costed`] handler checks the request in that argument's extractor.
+fn costed_argument<'a>(options: &[Options], sig: &'a Signature) -> Option<&'a syn::PatType> {
+    if options.iter().any(|o| o.reserves.is_some()) || !sig.generics.params.is_empty() {
+        return None;
+    }
+    let Some(FnArg::Typed(last)) = sig.inputs.last() else {
+        return None;
+    };
+    if contains_impl_type(&last.ty) || rebuild(&last.pat).is_none() {
+        return None;
+    }
+    let before = sig
+        .inputs
+        .iter()
+        .take(sig.inputs.len() - 1)
+        .cloned()
+        .collect();
+    let earlier = bound_names(&before);
+    let only_last = options.iter().all(|o| {
+        o.cost
+            .as_ref()
+            .is_none_or(|cost| !mentions(cost.to_token_stream(), &earlier))
+    });
+    only_last.then_some(last)
+}
+
+/// A pattern of bindings as the expression that builds the value back from them
+/// (`Json(batch)` from `Json(batch)`, `mut` dropped); `None` for a pattern that leaves
+/// something out (`_`, `..`, `ref`, literals).
+fn rebuild(pat: &Pat) -> Option<TokenStream> {
+    match pat {
+        Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => {
+            let ident = &p.ident;
+            Some(quote!(#ident))
+        }
+        Pat::TupleStruct(p) if p.qself.is_none() => {
+            let path = &p.path;
+            let elems = p.elems.iter().map(rebuild).collect::<Option<Vec<_>>>()?;
+            Some(quote!(#path(#(#elems),*)))
+        }
+        Pat::Struct(p) if p.qself.is_none() && p.rest.is_none() => {
+            let path = &p.path;
+            let fields = p
+                .fields
+                .iter()
+                .map(|field| {
+                    let member = &field.member;
+                    rebuild(&field.pat).map(|value| quote!(#member: #value))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(quote!(#path { #(#fields),* }))
+        }
+        Pat::Tuple(p) => {
+            let elems = p.elems.iter().map(rebuild).collect::<Option<Vec<_>>>()?;
+            Some(quote!((#(#elems,)*)))
+        }
+        Pat::Paren(p) => rebuild(&p.pat),
+        _ => None,
+    }
+}
+
+/// Whether a type holds an `impl Trait` (an argument's: the handler is generic).
+fn contains_impl_type(ty: &syn::Type) -> bool {
+    contains_impl(&ReturnType::Type(Default::default(), Box::new(ty.clone())))
+}
+
+/// The handler with its last argument extracted by a `CostedArg`: keys and limits found
+/// before that argument is extracted (before the body is read), the check once the costs,
+/// computed from it by the spec's `Costed` impl, are known. The body is untouched but for
+/// one `let` that binds the argument's pattern and holds the request's slots while the body
+/// runs (dropped after the body's own locals, when it completes or is dropped); the return
+/// type is the handler's.
+fn gen_costed(
+    options: &[Options],
+    spec: &Ident,
+    last: &syn::PatType,
+    function: Handler,
+    private: &TokenStream,
+) -> TokenStream {
+    let pat = &last.pat;
+    let ty = &last.ty;
+    let rebuilt = rebuild(pat).expect("checked by costed_argument");
+    let costs = options.iter().map(|options| gen_cost(options, private));
+    let len = options.len();
+    let costed = quote! {
+        impl #private::Costed<#ty, #len> for #spec {
+            #[allow(unused_mut, unused_variables, clippy::redundant_locals)]
+            fn costs(__ratelimit_value: #ty) -> (#ty, [u64; #len]) {
+                let #pat = __ratelimit_value;
+                let __ratelimit_costs: [u64; #len] = [#(#costs),*];
+                (#rebuilt, __ratelimit_costs)
+            }
+        }
+    };
+    let Handler {
+        attrs,
+        vis,
+        mut sig,
+        block,
+    } = function;
+    let argument: FnArg =
+        syn::parse_quote!(__ratelimit_argument: #private::CostedArg<#spec, #ty, #len>);
+    // The names the costs use count as used in the body, as they did when the costs were
+    // computed there.
+    let bound = bound_names(&std::iter::once(FnArg::Typed(last.clone())).collect());
+    let mut used: Vec<&String> = bound
+        .iter()
+        .filter(|name| {
+            options.iter().any(|o| {
+                o.cost.as_ref().is_some_and(|cost| {
+                    mentions(cost.to_token_stream(), &HashSet::from([(*name).clone()]))
+                })
+            })
+        })
+        .collect();
+    used.sort();
+    let used = used
+        .into_iter()
+        .map(|name| Ident::new(name, Span::call_site()));
+    let binding = quote! {
+        let (#pat, __ratelimit_slots) = __ratelimit_argument.into_parts();
+        #(let _ = &#used;)*
+    };
+    if let Some(input) = sig.inputs.last_mut() {
+        *input = argument;
+    }
+    quote! {
+        #costed
+        #(#attrs)*
+        #vis #sig {
+            #binding
+            #block
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::extract::Query;
 use axum::http::request::Parts;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -623,36 +624,54 @@ async fn a_request_without_a_slot_is_charged_nothing_anywhere() {
     assert_eq!(status(c.post(format!("http://{addr}/other"))).await, 429);
 }
 
-/// `concurrency` with a `cost` taken from the handler's arguments: the check runs inside the
-/// rewritten handler, which holds the slot. This body cannot leave early, so it runs in place.
+/// `concurrency` with a `cost` taken from the handler's last argument: the check runs in
+/// that argument's extractor, which hands the slot to the body.
 #[rate_limit("100/minute", key = ip, concurrency = 1, cost = batch.len(), algorithm = fixed_window)]
 async fn slow_batch(Json(batch): Json<Vec<u8>>) -> String {
     tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
     batch.len().to_string()
 }
 
+#[derive(serde::Deserialize)]
+struct Copies {
+    copies: usize,
+}
+
+/// The same with a cost from two arguments: the check runs inside the rewritten handler,
+/// which holds the slot. This body cannot leave early, so it runs in place.
+#[rate_limit("100/minute", key = ip, concurrency = 1, cost = batch.len() * copies.copies, algorithm = fixed_window)]
+async fn slow_copies(Query(copies): Query<Copies>, Json(batch): Json<Vec<u8>>) -> String {
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    (batch.len() * copies.copies).to_string()
+}
+
 /// The same with a body that can leave early (`?`), which keeps an `async` block of its own
-/// (the other way the rewrite holds the slot).
-#[rate_limit("100/minute", key = ip, concurrency = 1, cost = batch.len(), algorithm = fixed_window)]
-async fn slow_batch_with_early_exit(Json(batch): Json<Vec<u8>>) -> Result<String, StatusCode> {
+/// (the third way the rewrite holds the slot).
+#[rate_limit("100/minute", key = ip, concurrency = 1, cost = batch.len() * copies.copies, algorithm = fixed_window)]
+async fn slow_copies_with_early_exit(
+    Query(copies): Query<Copies>,
+    Json(batch): Json<Vec<u8>>,
+) -> Result<String, StatusCode> {
     tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
     batch.first().ok_or(StatusCode::BAD_REQUEST)?;
-    Ok(batch.len().to_string())
+    Ok((batch.len() * copies.copies).to_string())
 }
 
 /// The slot of a request whose cost comes from its arguments is given back when the client
-/// hangs up (the handler's future is dropped), not only when the handler completes: both ways
-/// the rewrite runs a body, at once.
+/// hangs up (the handler's future is dropped), not only when the handler completes: the three
+/// ways the rewrite runs such a body, at once.
 #[tokio::test]
 async fn a_hung_up_request_with_an_argument_cost_gives_its_slot_back() {
     let app = Router::new()
         .route("/slow-batch", post(slow_batch))
-        .route("/slow-batch-early", post(slow_batch_with_early_exit))
+        .route("/slow-copies", post(slow_copies))
+        .route("/slow-copies-early", post(slow_copies_with_early_exit))
         .layer(Limiter::new().layer());
     let addr = serve(app).await;
     tokio::join!(
         hang_up_then_retry(addr, "/slow-batch", "127.0.3.40"),
-        hang_up_then_retry(addr, "/slow-batch-early", "127.0.3.41"),
+        hang_up_then_retry(addr, "/slow-copies?copies=1", "127.0.3.41"),
+        hang_up_then_retry(addr, "/slow-copies-early?copies=1", "127.0.3.42"),
     );
 }
 

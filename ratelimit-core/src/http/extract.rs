@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arrayvec::ArrayVec;
-use axum::extract::{FromRequestParts, MatchedPath};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::response::{IntoResponse, Response};
 use http::HeaderName;
 use http::request::Parts;
 
@@ -1094,6 +1095,68 @@ impl<S: KeyedSpec, St: Send + Sync, const N: usize> FromRequestParts<St> for Key
             },
             _spec: PhantomData,
         }))
+    }
+}
+
+/// A handler's costs computed from its last argument, by the generated code: what
+/// [`CostedArg`] asks once the argument is extracted.
+pub trait Costed<T, const N: usize>: Spec {
+    /// Each attribute's cost, in order, from the argument, which is given back.
+    fn costs(value: T) -> (T, [u64; N]);
+}
+
+/// How a [`CostedArg`] is extracted: `M` is how its argument is (axum's marker for the
+/// last argument of a handler).
+#[doc(hidden)]
+pub struct ViaCosted<M>(PhantomData<fn() -> M>);
+
+/// The last argument of a handler whose `cost` uses only that argument, extracted and
+/// then checked: keys and limits found before the argument is (before the body is read),
+/// the check once its costs are known. The handler's body is untouched (it binds the
+/// argument from [`into_parts`](CostedArg::into_parts)), and every `await` is in this
+/// extractor's own future: generic code of this crate, not code of each handler.
+pub struct CostedArg<S, T, const N: usize> {
+    value: T,
+    slots: Leases,
+    _spec: PhantomData<fn() -> S>,
+}
+
+impl<S, T, const N: usize> CostedArg<S, T, N> {
+    /// The argument, and the slots the request holds (to keep while the body runs).
+    #[doc(hidden)]
+    pub fn into_parts(self) -> (T, Leases) {
+        (self.value, self.slots)
+    }
+}
+
+impl<S, T, St, M, const N: usize> FromRequest<St, ViaCosted<M>> for CostedArg<S, T, N>
+where
+    S: Costed<T, N>,
+    T: FromRequest<St, M> + Send,
+    St: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &St) -> Result<CostedArg<S, T, N>, Response> {
+        let (parts, body) = req.into_parts();
+        let mut resolving: Resolving<'_, Resolved<N>> = Resolving::new(&parts, S::SPECS);
+        let pending = std::future::poll_fn(|cx| resolving.poll_unpin(cx))
+            .await
+            .map_err(IntoResponse::into_response)?;
+        drop(resolving);
+        let value = T::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let (value, costs) = S::costs(value);
+        let slots = pending
+            .start(&costs)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(CostedArg {
+            value,
+            slots,
+            _spec: PhantomData,
+        })
     }
 }
 

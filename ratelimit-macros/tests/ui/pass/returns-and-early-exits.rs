@@ -63,6 +63,36 @@ async fn in_place_unit(Json(items): Json<Vec<u8>>) {
     assert!(items.len() < 1_000_000);
 }
 
+// A cost from the last argument alone is computed in its extractor, whatever the body does;
+// the argument's pattern is bound for the body as written, and what only the cost uses
+// counts as used.
+#[derive(serde::Deserialize)]
+struct Batch {
+    items: Vec<u8>,
+    scale: u32,
+}
+
+#[rate_limit("10/minute", cost = items.len())]
+async fn costed_struct_pattern(Json(Batch { items, scale }): Json<Batch>) -> String {
+    if scale == 0 {
+        return String::new();
+    }
+    scale.to_string()
+}
+
+#[rate_limit("10/minute", cost = batch.len())]
+async fn costed_mutable(Json(mut batch): Json<Vec<u8>>) -> Result<String, Oops> {
+    batch.push(parse("1")? as u8);
+    Ok(batch.len().to_string())
+}
+
+// A pattern that leaves part of the argument out cannot give it back: the check runs in the
+// handler instead.
+#[rate_limit("10/minute", cost = items.len())]
+async fn partial_pattern(Json(Batch { items, .. }): Json<Batch>) -> String {
+    items.len().to_string()
+}
+
 // A macro the attribute does not know might leave the function: the body keeps its block.
 macro_rules! leave_when_empty {
     ($items:expr) => {
@@ -86,5 +116,8 @@ pub fn main() {
         .route("/d", post(unit))
         .route("/e", post(in_place_infers_from_the_return_type))
         .route("/f", post(in_place_unit))
-        .route("/g", post(unknown_macro_that_returns));
+        .route("/g", post(unknown_macro_that_returns))
+        .route("/h", post(costed_struct_pattern))
+        .route("/i", post(costed_mutable))
+        .route("/j", post(partial_pattern));
 }
