@@ -1137,27 +1137,55 @@ where
 {
     type Rejection = Response;
 
+    // Generic per handler: three awaits and the argument's rejection. The rest is
+    // generic only over the number of attributes, shared by every handler.
     async fn from_request(req: Request, state: &St) -> Result<CostedArg<S, T, N>, Response> {
-        let (parts, body) = req.into_parts();
-        let mut resolving: Resolving<'_, Resolved<N>> = Resolving::new(&parts, S::SPECS);
-        let pending = std::future::poll_fn(|cx| resolving.poll_unpin(cx))
-            .await
-            .map_err(IntoResponse::into_response)?;
-        drop(resolving);
-        let value = T::from_request(Request::from_parts(parts, body), state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let (req, pending) = match resolve_request::<N>(req, S::SPECS).await {
+            Ok(resolved) => resolved,
+            Err(rejection) => return Err(rejection),
+        };
+        let value = match T::from_request(req, state).await {
+            Ok(value) => value,
+            Err(rejection) => return Err(rejection.into_response()),
+        };
         let (value, costs) = S::costs(value);
-        let slots = pending
-            .start(&costs)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        Ok(CostedArg {
-            value,
-            slots,
-            _spec: PhantomData,
-        })
+        match check_costs(pending, costs).await {
+            Ok(slots) => Ok(CostedArg {
+                value,
+                slots,
+                _spec: PhantomData,
+            }),
+            Err(rejection) => Err(rejection),
+        }
     }
+}
+
+/// [`CostedArg`]'s work before its argument is extracted: the request taken apart to find
+/// the keys and limits (and what the layer left), then put back together.
+async fn resolve_request<const N: usize>(
+    req: Request,
+    specs: &'static [SpecData],
+) -> Result<(Request, Pending<Resolved<N>>), Response> {
+    let (parts, body) = req.into_parts();
+    let pending = {
+        let mut resolving: Resolving<'_, Resolved<N>> = Resolving::new(&parts, specs);
+        std::future::poll_fn(|cx| resolving.poll_unpin(cx)).await
+    };
+    match pending {
+        Ok(pending) => Ok((Request::from_parts(parts, body), pending)),
+        Err(rejection) => Err(rejection.into_response()),
+    }
+}
+
+/// [`CostedArg`]'s check, once the costs are known: the slots to hold, or the answer.
+async fn check_costs<const N: usize>(
+    pending: Pending<Resolved<N>>,
+    costs: [u64; N],
+) -> Result<Leases, Response> {
+    pending
+        .start(&costs)
+        .await
+        .map_err(IntoResponse::into_response)
 }
 
 /// What the layer left for a [`Deferred`] check.
