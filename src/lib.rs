@@ -145,7 +145,7 @@ pub use ratelimit_macros::rate_limit;
 pub mod __private {
     pub use ratelimit_core::http::support::{Cost, KeyFromFuture, KeyFromValue, Probe, returns};
     pub use ratelimit_core::http::{
-        Costed, CostedArg, Deferred, Guard, HoldingGuard, Identity, KeyData, KeySource,
+        Costed, CostedArg, Deferred, ExtraData, Guard, HoldingGuard, Identity, KeyData, KeySource,
         KeyedDeferred, KeyedGuard, KeyedSpec, LimitsRef, Policy, PolicyData, Rejection, Spec,
         SpecData,
     };

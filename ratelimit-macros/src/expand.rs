@@ -228,11 +228,11 @@ fn gen_spec(
         .iter()
         .enumerate()
         .map(|(index, options)| {
-            let mut fields = gen_policy(options, private);
+            let (fields, mut extra) = gen_policy(options, private);
             let limits = format_ident!("limits_{}", index);
             if let Some(hook) = gen_limits_hook(options, &limits, private) {
                 hooks.push(hook);
-                fields.extend(quote!(limits_of: ::core::option::Option::Some(#limits),));
+                extra.extend(quote!(limits_of: ::core::option::Option::Some(#limits),));
             }
             // Deferred, every cost is passed to the check; otherwise each is a hook.
             let cost = format_ident!("cost_{}", index);
@@ -241,17 +241,27 @@ fn gen_spec(
                 .flatten()
             {
                 hooks.push(hook);
-                fields.extend(quote!(cost: ::core::option::Option::Some(#cost),));
+                extra.extend(quote!(cost: ::core::option::Option::Some(#cost),));
             }
             let exempt = format_ident!("exempt_{}", index);
             if let Some(hook) = gen_exempt_hook(options, &exempt, private) {
                 hooks.push(hook);
-                fields.extend(quote!(exempt: ::core::option::Option::Some(#exempt),));
+                extra.extend(quote!(exempt: ::core::option::Option::Some(#exempt),));
             }
+            // The options most attributes leave out, only when this one gives any.
+            let extra = (!extra.is_empty()).then(|| {
+                quote! {
+                    extra: &#private::ExtraData {
+                        #extra
+                        ..#private::ExtraData::DEFAULT
+                    },
+                }
+            });
             quote! {
                 #private::SpecData::new(#private::PolicyData {
                     handler: ::core::concat!(::core::module_path!(), #handler),
                     #fields
+                    #extra
                     ..#private::PolicyData::DEFAULT
                 })
             }
@@ -281,24 +291,25 @@ fn gen_spec(
     }
 }
 
-/// The options an attribute gives, as fields of its `PolicyData` literal (the rest are the
-/// core's defaults).
-fn gen_policy(options: &Options, private: &TokenStream) -> TokenStream {
+/// The options an attribute gives, as fields of its `PolicyData` literal and of its
+/// `ExtraData` (the rest are the core's defaults).
+fn gen_policy(options: &Options, private: &TokenStream) -> (TokenStream, TokenStream) {
     let some = |value: TokenStream| quote!(::core::option::Option::Some(#value));
     let mut fields = TokenStream::new();
+    let mut extra = TokenStream::new();
     if let Limits::Literal(lit) = &options.limits {
         // Tuning of limits given as a function is applied by its hook.
         let limits = some(quote!(#lit));
         fields.extend(quote!(limits: #limits,));
         if let Some(algorithm) = &options.algorithm {
             let algorithm = some(gen_algorithm(algorithm, private));
-            fields.extend(quote!(algorithm: #algorithm,));
+            extra.extend(quote!(algorithm: #algorithm,));
         }
         if let Some(burst) = options.burst {
             let burst = burst.get();
             let burst =
                 some(quote!(#private::NonZeroU64::new(#burst).expect("checked by #[rate_limit]")));
-            fields.extend(quote!(burst: #burst,));
+            extra.extend(quote!(burst: #burst,));
         }
     }
     let key = match &options.key {
@@ -318,16 +329,16 @@ fn gen_policy(options: &Options, private: &TokenStream) -> TokenStream {
     }
     if let Some(message) = &options.error_message {
         let message = some(quote!(#message));
-        fields.extend(quote!(error_message: #message,));
+        extra.extend(quote!(error_message: #message,));
     }
     if options.reserves.is_some() {
-        fields.extend(quote!(reserves: true,));
+        extra.extend(quote!(reserves: true,));
     }
     if let Some(slots) = options.concurrency {
         let slots = slots.get();
         let slots =
             some(quote!(#private::NonZeroU32::new(#slots).expect("checked by #[rate_limit]")));
-        fields.extend(quote!(concurrency: #slots,));
+        extra.extend(quote!(concurrency: #slots,));
     }
     let capacity = match &options.capacity {
         Some(Capacity::Adaptive { min, max }) => Some(quote!(
@@ -338,13 +349,13 @@ fn gen_policy(options: &Options, private: &TokenStream) -> TokenStream {
     };
     if let Some(capacity) = capacity {
         let capacity = some(capacity);
-        fields.extend(quote!(capacity: #capacity,));
+        extra.extend(quote!(capacity: #capacity,));
     }
     if let Some(nanos) = options.queue {
         let queue = some(quote!(#private::Duration::from_nanos(#nanos)));
-        fields.extend(quote!(queue: #queue,));
+        extra.extend(quote!(queue: #queue,));
     }
-    fields
+    (fields, extra)
 }
 
 fn gen_tuned(limits: TokenStream, options: &Options, private: &TokenStream) -> TokenStream {

@@ -127,7 +127,8 @@ impl Policy {
 /// [`Policy`] on first use by [`SpecData::policy`], one function for every handler (a
 /// builder chain per handler would be compiled per handler). The generated code names only
 /// the options the attribute gives, the rest taken from [`PolicyData::DEFAULT`]: a short
-/// literal is a quick constant for the compiler to check and evaluate.
+/// literal of few fields is a quick constant for the compiler to check and evaluate, so the
+/// options most attributes leave out are in [`ExtraData`], behind one reference.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug)]
 pub struct PolicyData {
@@ -135,14 +136,58 @@ pub struct PolicyData {
     pub handler: &'static str,
     /// The limits, when the attribute gives them as a string (checked at compile time).
     pub limits: Option<&'static str>,
-    /// `algorithm = ..`, for limits given as a string.
-    pub algorithm: Option<Algorithm>,
-    /// `burst = ..`, for limits given as a string.
-    pub burst: Option<NonZeroU64>,
     /// `key = ..`.
     pub key: Option<KeyData>,
     /// `scope = ..`.
     pub scope: Option<&'static str>,
+    /// The other options and the hooks.
+    pub extra: &'static ExtraData,
+}
+
+impl PolicyData {
+    /// No option given: what the generated code's literal starts from.
+    pub const DEFAULT: PolicyData = PolicyData {
+        handler: "",
+        limits: None,
+        key: None,
+        scope: None,
+        extra: &ExtraData::DEFAULT,
+    };
+
+    fn policy(&self) -> Policy {
+        let extra = self.extra;
+        let limits = self.limits.map(|text| {
+            let mut limits = Limits::parse(text).expect("checked by #[rate_limit]");
+            if let Some(algorithm) = extra.algorithm {
+                limits = limits.with_algorithm(algorithm);
+            }
+            if let Some(burst) = extra.burst {
+                limits = limits.with_burst(burst);
+            }
+            limits
+        });
+        Policy {
+            handler: self.handler,
+            limits,
+            key: self.key.map(KeyData::source),
+            scope: self.scope,
+            error_message: extra.error_message,
+            concurrency: extra.concurrency,
+            capacity: extra.capacity,
+            queue: extra.queue,
+            reserves: extra.reserves,
+        }
+    }
+}
+
+/// The options of a [`PolicyData`] that most attributes leave out, and its hooks.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExtraData {
+    /// `algorithm = ..`, for limits given as a string.
+    pub algorithm: Option<Algorithm>,
+    /// `burst = ..`, for limits given as a string.
+    pub burst: Option<NonZeroU64>,
     /// `error_message = ..`.
     pub error_message: Option<&'static str>,
     /// `reserve = ..`.
@@ -162,15 +207,11 @@ pub struct PolicyData {
     pub exempt: Option<fn(&Parts) -> bool>,
 }
 
-impl PolicyData {
-    /// No option given: what the generated code's literal starts from.
-    pub const DEFAULT: PolicyData = PolicyData {
-        handler: "",
-        limits: None,
+impl ExtraData {
+    /// None of these options.
+    pub const DEFAULT: ExtraData = ExtraData {
         algorithm: None,
         burst: None,
-        key: None,
-        scope: None,
         error_message: None,
         reserves: false,
         concurrency: None,
@@ -180,30 +221,6 @@ impl PolicyData {
         cost: None,
         exempt: None,
     };
-
-    fn policy(&self) -> Policy {
-        let limits = self.limits.map(|text| {
-            let mut limits = Limits::parse(text).expect("checked by #[rate_limit]");
-            if let Some(algorithm) = self.algorithm {
-                limits = limits.with_algorithm(algorithm);
-            }
-            if let Some(burst) = self.burst {
-                limits = limits.with_burst(burst);
-            }
-            limits
-        });
-        Policy {
-            handler: self.handler,
-            limits,
-            key: self.key.map(KeyData::source),
-            scope: self.scope,
-            error_message: self.error_message,
-            concurrency: self.concurrency,
-            capacity: self.capacity,
-            queue: self.queue,
-            reserves: self.reserves,
-        }
-    }
 }
 
 /// `key = ..` as the generated code writes it: plain data (a [`KeySource`] holds a
@@ -322,7 +339,7 @@ async fn resolve_keyed<S: KeyedSpec, R: FromIterator<One>>(
     let mut resolved: ArrayVec<One, MAX_SPECS> = ArrayVec::new();
     for (index, spec) in S::SPECS.iter().enumerate() {
         let policy = spec.policy();
-        let hooks = &spec.data;
+        let hooks = spec.data.extra;
         let exempt = hooks.exempt.is_some_and(|exempt| exempt(parts));
         let identity = if !exempt && custom_key(config, policy) {
             Some(S::key(index, parts).await?)
@@ -698,30 +715,6 @@ pub struct HoldingGuard<S: Spec> {
     _spec: PhantomData<fn() -> S>,
 }
 
-/// A guard made from what its check's request holds.
-trait FromLeases {
-    fn from_leases(leases: Leases) -> Self;
-}
-
-impl<S: Spec> FromLeases for Guard<S> {
-    #[inline]
-    fn from_leases(leases: Leases) -> Guard<S> {
-        // Nothing to hold: no attribute takes a slot or capacity (checked at compile time).
-        drop(leases);
-        Guard { _spec: PhantomData }
-    }
-}
-
-impl<S: Spec> FromLeases for HoldingGuard<S> {
-    #[inline]
-    fn from_leases(leases: Leases) -> HoldingGuard<S> {
-        HoldingGuard {
-            _slots: leases,
-            _spec: PhantomData,
-        }
-    }
-}
-
 impl<S: Spec, St: Send + Sync> FromRequestParts<St> for Guard<S> {
     type Rejection = Rejection;
 
@@ -732,7 +725,7 @@ impl<S: Spec, St: Send + Sync> FromRequestParts<St> for Guard<S> {
         parts: &mut Parts,
         _state: &St,
     ) -> impl Future<Output = Result<Guard<S>, Rejection>> + Send {
-        Guarded {
+        Guarded::<Guard<S>> {
             settling: guard_specs(parts, S::SPECS),
             _guard: PhantomData,
         }
@@ -746,7 +739,7 @@ impl<S: Spec, St: Send + Sync> FromRequestParts<St> for HoldingGuard<S> {
         parts: &mut Parts,
         _state: &St,
     ) -> impl Future<Output = Result<HoldingGuard<S>, Rejection>> + Send {
-        Guarded {
+        Guarded::<HoldingGuard<S>> {
             settling: guard_specs(parts, S::SPECS),
             _guard: PhantomData,
         }
@@ -759,13 +752,30 @@ struct Guarded<'a, G> {
     _guard: PhantomData<fn() -> G>,
 }
 
-impl<G: FromLeases> Future for Guarded<'_, G> {
-    type Output = Result<G, Rejection>;
+// One impl per guard, each building its guard in place: no helper to compile per handler.
+// Matches rather than `map`s: each closure would be one more function per handler.
+impl<S: Spec> Future for Guarded<'_, Guard<S>> {
+    type Output = Result<Guard<S>, Rejection>;
 
-    // Matches rather than `map`s: each closure would be one more function per handler.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut().settling.poll_unpin(cx) {
-            Poll::Ready(Ok(slots)) => Poll::Ready(Ok(G::from_leases(slots))),
+            // Nothing to hold: no attribute takes a slot or capacity (the attribute's choice).
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(Guard { _spec: PhantomData })),
+            Poll::Ready(Err(rejection)) => Poll::Ready(Err(rejection)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: Spec> Future for Guarded<'_, HoldingGuard<S>> {
+    type Output = Result<HoldingGuard<S>, Rejection>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut().settling.poll_unpin(cx) {
+            Poll::Ready(Ok(slots)) => Poll::Ready(Ok(HoldingGuard {
+                _slots: slots,
+                _spec: PhantomData,
+            })),
             Poll::Ready(Err(rejection)) => Poll::Ready(Err(rejection)),
             Poll::Pending => Poll::Pending,
         }
@@ -799,7 +809,7 @@ fn guard_one_now(
     spec: &'static SpecData,
 ) -> Option<Result<Leases, Rejection>> {
     let policy = spec.policy();
-    let hooks = &spec.data;
+    let hooks = spec.data.extra;
     // Decided before anything is resolved: the general path would resolve it again.
     if !checked_alone(config, policy) || !config.limiter.answers_now() {
         return None;
@@ -829,7 +839,7 @@ fn resolve_hooks(
 ) -> Result<(), Rejection> {
     for spec in specs {
         let policy = spec.policy();
-        let hooks = &spec.data;
+        let hooks = spec.data.extra;
         let exempt = hooks.exempt.is_some_and(|exempt| exempt(parts));
         resolved.push(resolve_with(
             config,
