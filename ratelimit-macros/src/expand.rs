@@ -280,6 +280,8 @@ fn gen_spec(
         #[allow(non_camel_case_types)]
         #vis struct #spec;
 
+        // An attribute that gives every field leaves `..DEFAULT` with nothing to fill in.
+        #[allow(clippy::needless_update)]
         impl #private::Spec for #spec {
             const SPECS: &'static [#private::SpecData] = {
                 #(#hooks)*
