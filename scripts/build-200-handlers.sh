@@ -7,9 +7,15 @@
 # ROUNDS rounds (default 5), the variants in turn within each round; medians, and the ratio
 # with ÷ without.
 #   scripts/build-200-handlers.sh            (N=200 ROUNDS=5; KEEP=1 keeps the crates)
+# RATELIMIT=/path/to/a/checkout builds the crates against another checkout (an older commit's
+# worktree, to compare). INSTRUCTIONS=1 also counts, under callgrind, the instructions rustc
+# executes for each crate from scratch (not incremental): `cargo check` (the front end, which
+# runs on one thread) and `cargo build` (all of it, every thread): deterministic to well under
+# 1%, where the wall time here moves by 10%.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+RATELIMIT=${RATELIMIT:-$root}
 N=${N:-200}
 ROUNDS=${ROUNDS:-5}
 work=$(mktemp -d)
@@ -28,7 +34,7 @@ publish = false
 
 [dependencies]
 axum = "0.8"
-ratelimit = { path = "$root" }
+ratelimit = { path = "$RATELIMIT" }
 serde = { version = "1", features = ["derive"] }
 
 [workspace]
@@ -80,7 +86,7 @@ seconds() { # seconds COMMAND...: wall time of COMMAND
 full() { cargo clean -q -p "handlers_$1" && cargo build -q; }
 touched() { touch src/lib.rs && cargo build -q; }
 
-declare -A times
+declare -A times counts
 for round in $(seq 1 "$ROUNDS"); do
   for v in with without; do
     cd "$work/$v"
@@ -98,4 +104,40 @@ for kind in full touch; do
   wo=$(echo "${times[without.$kind]}" | median)
   printf '%-8s %10.2f %10.2f %8.3f\n' "$kind" "$w" "$wo" "$(echo "$w / $wo" | bc -l)"
   printf '  rounds with:    %s\n  rounds without: %s\n' "${times[with.$kind]}" "${times[without.$kind]}"
+done
+
+[ -n "${INSTRUCTIONS:-}" ] || exit 0
+command -v valgrind >/dev/null || { echo "INSTRUCTIONS=1 needs valgrind" >&2; exit 1; }
+# rustc under callgrind for the handlers crates only (a wrapper that passes the rest through).
+wrapper="$work/rustc-callgrind"
+cat >"$wrapper" <<'WRAPPER'
+#!/usr/bin/env bash
+rustc=$1; shift
+name=""; prev=""
+for a in "$@"; do [ "$prev" = "--crate-name" ] && name=$a; prev=$a; done
+if [[ "$name" == handlers_* ]]; then
+  out="$COUNTS/$name"
+  valgrind --tool=callgrind --callgrind-out-file="$out.cg" "$rustc" "$@" 2>"$out.log"
+  rc=$?
+  grep -o "Collected : [0-9]*" "$out.log" | awk '{print $3}' >"$out.count"
+  exit $rc
+fi
+exec "$rustc" "$@"
+WRAPPER
+chmod +x "$wrapper"
+export COUNTS="$work/counts"
+mkdir -p "$COUNTS"
+printf '\ninstructions rustc executes for the crate, from scratch (millions)\n'
+printf '%-8s %12s %12s %8s\n' step with without ratio
+for step in check build; do
+  for v in with without; do
+    cd "$work/$v"
+    CARGO_INCREMENTAL=0 cargo "$step" -q >/dev/null 2>&1
+    cargo clean -q -p "handlers_$v"
+    CARGO_INCREMENTAL=0 RUSTC_WRAPPER="$wrapper" cargo "$step" -q >/dev/null 2>&1
+    counts[$v]=$(cat "$COUNTS/handlers_$v.count")
+  done
+  cd "$root"
+  printf '%-8s %12d %12d %8.3f\n' "$step" $((counts[with] / 1000000)) $((counts[without] / 1000000)) \
+    "$(echo "${counts[with]} / ${counts[without]}" | bc -l)"
 done

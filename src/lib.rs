@@ -131,11 +131,21 @@ pub use ratelimit_core::*;
 ///
 /// Several attributes on one handler make one array of `SPECS`, checked as one. Their hooks
 /// (`exempt_when`, a `limits` function, a `cost` that uses no argument) are plain functions
-/// named in the data. With a `cost` that uses the arguments, the handler instead takes a
-/// `Deferred<PredictLimit, 1>` (1: its number of attributes), returns `Result<T, Rejection>`,
-/// and checks the request at its cost before running the original body. With a key function
-/// (`key = path`, which may be `async`), the spec also implements `KeyedSpec`, whose `key`
-/// awaits it, and the guards are `KeyedGuard` and `KeyedDeferred`.
+/// named in the data; the options most attributes leave out are in an `ExtraData`.
+///
+/// A `cost` that uses the arguments moves the check after them:
+/// - when it uses only the last argument (`cost = batch.len()` with `Json(batch)` last), that
+///   argument becomes a `CostedArg<PredictLimit, Json<Vec<f32>>, 1>` (1: the number of
+///   attributes), which finds the keys before the argument is extracted, then asks the
+///   spec's `Costed` impl for the costs from it and checks; the body binds the argument's
+///   pattern from it and is otherwise untouched, and so is the return type;
+/// - otherwise the handler takes a `Deferred<PredictLimit, 1>` first, returns
+///   `Result<T, Rejection>`, and checks the request at its cost before the original body,
+///   which runs in place when nothing in it leaves early (no `return`, `?` or unknown macro)
+///   and in an `async` block of its own when something might.
+///
+/// With a key function (`key = path`, which may be `async`), the spec also implements
+/// `KeyedSpec`, whose `key` awaits it, and the guards are `KeyedGuard` and `KeyedDeferred`.
 /// With `concurrency` or `capacity`, whose slot or place the request holds while the handler
 /// runs, the guard is a `HoldingGuard` (a plain `Guard` holds nothing).
 pub use ratelimit_macros::rate_limit;
