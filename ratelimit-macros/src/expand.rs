@@ -492,26 +492,17 @@ fn gen_guarded(
     spec: &Ident,
     keyed: bool,
     holds: bool,
-    function: Handler,
+    mut function: Handler,
     private: &TokenStream,
 ) -> TokenStream {
-    let Handler {
-        attrs,
-        vis,
-        mut sig,
-        block,
-    } = function;
     let wrapper = match (keyed, holds) {
         (true, _) => "KeyedGuard",
         (false, true) => "HoldingGuard",
         (false, false) => "Guard",
     };
     let guard = gen_guard_type(wrapper, spec, private);
-    sig.inputs.insert(0, syn::parse_quote!(_: #guard));
-    quote! {
-        #(#attrs)*
-        #vis #sig #block
-    }
+    function.sig.inputs.insert(0, syn::parse_quote!(_: #guard));
+    function.into_token_stream()
 }
 
 /// The handler's last argument, when the costs that use arguments use only what it binds
@@ -593,7 +584,7 @@ fn gen_costed(
     options: &[Options],
     spec: &Ident,
     last: &syn::PatType,
-    function: Handler,
+    mut function: Handler,
     private: &TokenStream,
 ) -> TokenStream {
     let pat = &last.pat;
@@ -611,12 +602,6 @@ fn gen_costed(
             }
         }
     };
-    let Handler {
-        attrs,
-        vis,
-        mut sig,
-        block,
-    } = function;
     let argument: FnArg =
         syn::parse_quote!(__ratelimit_argument: #private::CostedArg<#spec, #ty, #len>);
     // The names the costs use count as used in the body, as they did when the costs were
@@ -640,16 +625,14 @@ fn gen_costed(
         let (#pat, __ratelimit_slots) = __ratelimit_argument.into_parts();
         #(let _ = &#used;)*
     };
-    if let Some(input) = sig.inputs.last_mut() {
+    if let Some(input) = function.sig.inputs.last_mut() {
         *input = argument;
     }
+    let block = &function.block;
+    function.block = Group::new(Delimiter::Brace, quote!(#binding #block));
     quote! {
         #costed
-        #(#attrs)*
-        #vis #sig {
-            #binding
-            #block
-        }
+        #function
     }
 }
 
