@@ -204,7 +204,7 @@ fn expand(options: &[Options], function: Handler) -> TokenStream {
         gen_deferred(options, &spec, keyed, function, &private)
     } else {
         let holds = options.iter().any(holds);
-        gen_guarded(&spec, keyed, holds, function, &private)
+        gen_guarded(&spec, options.len(), keyed, holds, function, &private)
     };
     quote! {
         #spec_item
@@ -472,12 +472,6 @@ fn gen_cost(options: &Options, private: &TokenStream) -> TokenStream {
     }
 }
 
-/// The guard type: the extractor `wrapper` over the handler's spec.
-fn gen_guard_type(wrapper: &str, spec: &Ident, private: &TokenStream) -> TokenStream {
-    let wrapper = Ident::new(wrapper, Span::call_site());
-    quote!(#private::#wrapper<#spec>)
-}
-
 /// Whether the request holds something while the handler runs: a slot or a place in the
 /// route's capacity.
 fn holds(options: &Options) -> bool {
@@ -490,17 +484,18 @@ fn holds(options: &Options) -> bool {
 /// are held by a `HoldingGuard` (a plain `Guard` holds nothing, and needs no drop code).
 fn gen_guarded(
     spec: &Ident,
+    len: usize,
     keyed: bool,
     holds: bool,
     mut function: Handler,
     private: &TokenStream,
 ) -> TokenStream {
-    let wrapper = match (keyed, holds) {
-        (true, _) => "KeyedGuard",
-        (false, true) => "HoldingGuard",
-        (false, false) => "Guard",
+    let guard = match (keyed, holds) {
+        // Sized by the number of attributes, which it keeps while it awaits.
+        (true, _) => quote!(#private::KeyedGuard<#spec, #len>),
+        (false, true) => quote!(#private::HoldingGuard<#spec>),
+        (false, false) => quote!(#private::Guard<#spec>),
     };
-    let guard = gen_guard_type(wrapper, spec, private);
     function.sig.inputs.insert(0, syn::parse_quote!(_: #guard));
     function.into_token_stream()
 }

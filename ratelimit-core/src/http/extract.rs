@@ -855,21 +855,22 @@ fn resolve_hooks(
 }
 
 /// [`Guard`] for attributes of which one at least has a key function (`key = path`), which
-/// may be `async`: it is awaited in the extractor's own future, generic per handler.
-pub struct KeyedGuard<S: KeyedSpec> {
+/// may be `async`: it is awaited in the extractor's own future, generic per handler. `N` is
+/// the number of attributes (what the future keeps of them has room for exactly so many).
+pub struct KeyedGuard<S: KeyedSpec, const N: usize> {
     _slots: Leases,
     _spec: PhantomData<fn() -> S>,
 }
 
-impl<S: KeyedSpec, St: Send + Sync> FromRequestParts<St> for KeyedGuard<S> {
+impl<S: KeyedSpec, St: Send + Sync, const N: usize> FromRequestParts<St> for KeyedGuard<S, N> {
     type Rejection = Rejection;
 
     async fn from_request_parts(
         parts: &mut Parts,
         _state: &St,
-    ) -> Result<KeyedGuard<S>, Rejection> {
+    ) -> Result<KeyedGuard<S, N>, Rejection> {
         let (config, route) = enter(parts);
-        let resolved: Resolved<MAX_SPECS> = resolve_keyed::<S, _>(config, parts).await?;
+        let resolved: Resolved<N> = resolve_keyed::<S, _>(config, parts).await?;
         Ok(KeyedGuard {
             _slots: guard(config, parts, route, resolved.as_ref()).await?,
             _spec: PhantomData,
