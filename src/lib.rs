@@ -145,8 +145,8 @@ pub use ratelimit_core::*;
 ///   and in an `async` block of its own when something might.
 ///
 /// With a key function (`key = path`, which may be `async`), the spec also implements
-/// `KeyedSpec`, whose `key` awaits it, and the guards are `KeyedGuard` and `KeyedDeferred` (both sized by the number of
-/// attributes).
+/// `KeyedSpec`, whose `key` awaits it, and the guards are `KeyedGuard` and `KeyedDeferred`
+/// (both sized by the number of attributes).
 /// With `concurrency` or `capacity`, whose slot or place the request holds while the handler
 /// runs, the guard is a `HoldingGuard` (a plain `Guard` holds nothing).
 pub use ratelimit_macros::rate_limit;
