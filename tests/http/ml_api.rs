@@ -571,26 +571,43 @@ fn example_binary() -> std::path::PathBuf {
 struct Running(Option<std::process::Child>);
 
 impl Running {
+    /// A free port is only free until someone takes it: the other tests' servers and clients
+    /// take ports from the same range, so a server that could not bind its port (it exits)
+    /// is started again on another.
     fn start(env: &[(&str, &str)]) -> (Running, u16) {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let mut command = std::process::Command::new(example_binary());
-        command
-            .env_remove("RUST_LOG")
-            .env_remove("REDIS_URL")
-            .env("PORT", port.to_string())
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let running = Running(Some(command.spawn().unwrap()));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "ml_api never listened on {port}");
-            std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..3 {
+            let port = {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.local_addr().unwrap().port()
+            };
+            let mut command = std::process::Command::new(example_binary());
+            command
+                .env_remove("RUST_LOG")
+                .env_remove("REDIS_URL")
+                .env("PORT", port.to_string())
+                .envs(env.iter().copied())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut running = Running(Some(command.spawn().unwrap()));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return (running, port);
+                }
+                let child = running.0.as_mut().expect("running");
+                if child.try_wait().unwrap().is_some() {
+                    // Exited before it listened: the port was taken meanwhile.
+                    eprintln!(
+                        "ml_api exited before listening on {port}:\n{}",
+                        running.stop()
+                    );
+                    break;
+                }
+                assert!(Instant::now() < deadline, "ml_api never listened on {port}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        (running, port)
+        panic!("ml_api exited before listening, three times");
     }
 
     /// Stops the server and returns what it wrote.
