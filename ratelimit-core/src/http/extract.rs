@@ -1148,25 +1148,68 @@ where
 {
     type Rejection = Response;
 
-    // Generic per handler: three awaits and the argument's rejection. The rest is
-    // generic only over the number of attributes, shared by every handler.
-    async fn from_request(req: Request, state: &St) -> Result<CostedArg<S, T, N>, Response> {
-        let (req, pending) = match resolve_request::<N>(req, S::SPECS).await {
-            Ok(resolved) => resolved,
-            Err(rejection) => return Err(rejection),
-        };
-        let value = match T::from_request(req, state).await {
-            Ok(value) => value,
-            Err(rejection) => return Err(rejection.into_response()),
-        };
-        let (value, costs) = S::costs(value);
-        match check_costs(pending, costs).await {
-            Ok(slots) => Ok(CostedArg {
+    // Per handler, a call and a small future around the answer: the work is one future of
+    // this crate generic over the argument's type and the number of attributes, compiled
+    // once for every handler that takes the same argument.
+    fn from_request(
+        req: Request,
+        state: &St,
+    ) -> impl Future<Output = Result<CostedArg<S, T, N>, Response>> + Send {
+        Costing::<CostedArg<S, T, N>, _> {
+            extracting: costed::<T, St, M, N>(req, state, S::SPECS, S::costs),
+            _arg: PhantomData,
+        }
+    }
+}
+
+/// [`CostedArg`]'s whole extraction, generic over the argument but not over the handler:
+/// keys and limits found, the argument extracted, its costs asked (`costs`, the spec's
+/// [`Costed::costs`]), then the check.
+async fn costed<T, St, M, const N: usize>(
+    req: Request,
+    state: &St,
+    specs: &'static [SpecData],
+    costs: fn(T) -> (T, [u64; N]),
+) -> Result<(T, Leases), Response>
+where
+    T: FromRequest<St, M>,
+    St: Send + Sync,
+{
+    let (req, pending) = resolve_request::<N>(req, specs).await?;
+    let value = match T::from_request(req, state).await {
+        Ok(value) => value,
+        Err(rejection) => return Err(rejection.into_response()),
+    };
+    let (value, costs) = costs(value);
+    let slots = check_costs(pending, costs).await?;
+    Ok((value, slots))
+}
+
+pin_project_lite::pin_project! {
+    /// [`CostedArg`]'s extraction: [`costed`]'s answer, made the argument `A`. All that is
+    /// compiled per handler.
+    struct Costing<A, F> {
+        #[pin]
+        extracting: F,
+        _arg: PhantomData<fn() -> A>,
+    }
+}
+
+impl<S, T, const N: usize, F> Future for Costing<CostedArg<S, T, N>, F>
+where
+    F: Future<Output = Result<(T, Leases), Response>>,
+{
+    type Output = Result<CostedArg<S, T, N>, Response>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().extracting.poll(cx) {
+            Poll::Ready(Ok((value, slots))) => Poll::Ready(Ok(CostedArg {
                 value,
                 slots,
                 _spec: PhantomData,
-            }),
-            Err(rejection) => Err(rejection),
+            })),
+            Poll::Ready(Err(rejection)) => Poll::Ready(Err(rejection)),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
