@@ -18,7 +18,7 @@ use crate::attr::{Args, Errors};
 use crate::validate::{Capacity, Key, Limits, Options, Spanned, validate};
 
 /// The most attributes one handler can carry (the core checks tuples of up to eight).
-const MAX_ATTRIBUTES: usize = 8;
+pub(crate) const MAX_ATTRIBUTES: usize = 8;
 
 /// The handler as the attribute reads it: its body is kept as written (the expansion moves
 /// it, never looks inside), which spares parsing every statement of every handler.
@@ -50,6 +50,68 @@ impl Parse for Handler {
     }
 }
 
+impl Handler {
+    /// The handler, its body split off first: syn reads the attributes and the signature
+    /// only, and never walks the body's tokens.
+    fn split(item: TokenStream) -> syn::Result<Handler> {
+        let mut trees: Vec<TokenTree> = item.into_iter().collect();
+        let block = match trees.pop() {
+            Some(TokenTree::Group(block)) if block.delimiter() == Delimiter::Brace => block,
+            // Not a function: syn says what is wrong.
+            last => {
+                trees.extend(last);
+                return syn::parse2(trees.into_iter().collect());
+            }
+        };
+        let head = |input: ParseStream<'_>| {
+            let attrs = input.call(Attribute::parse_outer)?;
+            let vis = input.parse()?;
+            let sig = input.parse()?;
+            Ok((attrs, vis, sig))
+        };
+        let (attrs, vis, sig) = syn::parse::Parser::parse2(head, trees.into_iter().collect())?;
+        Ok(Handler {
+            attrs,
+            vis,
+            sig,
+            block,
+        })
+    }
+
+    /// The handler with `first` in front of its arguments.
+    fn with_first_argument(self, first: TokenStream) -> TokenStream {
+        let Handler {
+            attrs,
+            vis,
+            sig,
+            block,
+        } = self;
+        let Signature {
+            constness,
+            asyncness,
+            unsafety,
+            abi,
+            fn_token,
+            ident,
+            generics,
+            paren_token,
+            inputs,
+            variadic,
+            output,
+        } = sig;
+        let mut arguments = first;
+        inputs.to_tokens(&mut arguments);
+        variadic.to_tokens(&mut arguments);
+        let mut arguments = Group::new(Delimiter::Parenthesis, arguments);
+        arguments.set_span(paren_token.span.join());
+        let where_clause = &generics.where_clause;
+        quote! {
+            #(#attrs)* #vis #constness #asyncness #unsafety #abi #fn_token #ident #generics
+            #arguments #output #where_clause #block
+        }
+    }
+}
+
 impl ToTokens for Handler {
     fn to_tokens(&self, tokens: &mut TokenStream) {
         let Handler {
@@ -66,7 +128,10 @@ impl ToTokens for Handler {
 /// expand after it), so that everything a handler must pass is checked as one. On any error,
 /// the errors beside the user's function, so that the IDE keeps working.
 pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
-    let mut function: Handler = match syn::parse2(item.clone()) {
+    if let Some(expanded) = crate::plain::expand(args.clone(), item.clone()) {
+        return expanded;
+    }
+    let mut function = match Handler::split(item.clone()) {
         Ok(function) => function,
         Err(error) => return with_error(error, item),
     };
@@ -175,14 +240,26 @@ fn check_reservation(options: &[Options], sig: &Signature, errors: &mut Errors) 
     }
 }
 
-fn expand(options: &[Options], function: Handler) -> TokenStream {
-    let private = match options.iter().find_map(|o| o.krate.as_ref()) {
-        Some(krate) => quote!(#krate::__private),
-        None => quote!(::ratelimit::__private),
+/// The path of the core's items for the generated code, as text and as tokens.
+pub(crate) fn private(options: &[Options]) -> (String, TokenStream) {
+    let p = match options.iter().find_map(|o| o.krate.as_ref()) {
+        Some(krate) => format!("{}::__private", krate.to_token_stream()),
+        None => "::ratelimit::__private".to_owned(),
     };
+    let private = code(&p);
+    (p, private)
+}
+
+/// The handler's spec type: not snake case, so that no local of the rewritten handler can
+/// name it.
+pub(crate) fn spec_name(handler: &Ident) -> Ident {
+    format_ident!("__RateLimit_{}", handler)
+}
+
+fn expand(options: &[Options], function: Handler) -> TokenStream {
+    let (p, private) = private(options);
     let name = function.sig.ident.clone();
-    // Not snake case, so that no local of the rewritten handler can name it.
-    let spec = format_ident!("__RateLimit_{}", name);
+    let spec = spec_name(&name);
     let bound = bound_names(&function.sig.inputs);
     // A reservation is made by the check, which then runs where the handler can take it.
     let deferred = options.iter().any(|o| {
@@ -194,7 +271,15 @@ fn expand(options: &[Options], function: Handler) -> TokenStream {
     let keyed = options
         .iter()
         .any(|o| matches!(o.key, Some(Key::Function(_))));
-    let spec_item = gen_spec(options, &spec, &function.vis, &name, deferred, &private);
+    let spec_item = gen_spec(
+        options,
+        &spec,
+        function.vis.to_token_stream(),
+        &name,
+        deferred,
+        &private,
+        &p,
+    );
     let costed = (deferred && !keyed)
         .then(|| costed_argument(options, &function.sig).cloned())
         .flatten();
@@ -203,8 +288,7 @@ fn expand(options: &[Options], function: Handler) -> TokenStream {
     } else if deferred {
         gen_deferred(options, &spec, keyed, function, &private)
     } else {
-        let holds = options.iter().any(holds);
-        gen_guarded(&spec, options.len(), keyed, holds, function, &private)
+        gen_guarded(options, &spec, function, &p)
     };
     quote! {
         #spec_item
@@ -212,150 +296,160 @@ fn expand(options: &[Options], function: Handler) -> TokenStream {
     }
 }
 
+/// Code the expansion writes as text, parsed by the compiler's lexer in one call: what
+/// names no token of the user's, and so needs no span of theirs. Quicker than building it
+/// token by token through the macro bridge (the macro runs unoptimised in debug builds),
+/// and than `proc_macro2`'s own parse, which lexes the text once more first.
+pub(crate) fn code(text: &str) -> TokenStream {
+    let tokens: proc_macro::TokenStream = text.parse().expect("the expansion writes valid tokens");
+    tokens.into()
+}
+
 /// The hidden item that describes the handler's attributes: a type whose `SPECS` is one
 /// `static` array, an element per attribute, with its hooks beside it.
-fn gen_spec(
+pub(crate) fn gen_spec(
     options: &[Options],
     spec: &Ident,
-    vis: &Visibility,
+    vis: TokenStream,
     handler: &Ident,
     deferred: bool,
     private: &TokenStream,
+    p: &str,
 ) -> TokenStream {
-    let handler = format!("::{handler}");
-    let mut hooks = Vec::new();
-    let data: Vec<TokenStream> = options
-        .iter()
-        .enumerate()
-        .map(|(index, options)| {
-            let (fields, mut extra) = gen_policy(options, private);
-            let limits = format_ident!("limits_{}", index);
-            if let Some(hook) = gen_limits_hook(options, &limits, private) {
-                hooks.push(hook);
-                extra.extend(quote!(limits_of: ::core::option::Option::Some(#limits),));
-            }
-            // Deferred, every cost is passed to the check; otherwise each is a hook.
-            let cost = format_ident!("cost_{}", index);
-            if let Some(hook) = (!deferred)
-                .then(|| gen_cost_hook(options, &cost, private))
-                .flatten()
-            {
-                hooks.push(hook);
-                extra.extend(quote!(cost: ::core::option::Option::Some(#cost),));
-            }
-            let exempt = format_ident!("exempt_{}", index);
-            if let Some(hook) = gen_exempt_hook(options, &exempt, private) {
-                hooks.push(hook);
-                extra.extend(quote!(exempt: ::core::option::Option::Some(#exempt),));
-            }
-            // The options most attributes leave out, only when this one gives any.
-            let extra = (!extra.is_empty()).then(|| {
-                quote! {
-                    extra: &#private::ExtraData {
-                        #extra
-                        ..#private::ExtraData::DEFAULT
-                    },
-                }
-            });
-            quote! {
-                #private::SpecData::new(#private::PolicyData {
-                    handler: ::core::concat!(::core::module_path!(), #handler),
-                    #fields
-                    #extra
-                    ..#private::PolicyData::DEFAULT
-                })
-            }
-        })
-        .collect();
+    let mut hooks = TokenStream::new();
+    let mut data = String::new();
+    for (index, options) in options.iter().enumerate() {
+        let (fields, mut extra) = gen_policy(options, p);
+        let limits = format_ident!("limits_{}", index);
+        if let Some(hook) = gen_limits_hook(options, &limits, private) {
+            hooks.extend(hook);
+            extra.push_str(&format!(
+                "limits_of: ::core::option::Option::Some({limits}),"
+            ));
+        }
+        // Deferred, every cost is passed to the check; otherwise each is a hook.
+        let cost = format_ident!("cost_{}", index);
+        if let Some(hook) = (!deferred)
+            .then(|| gen_cost_hook(options, &cost, private))
+            .flatten()
+        {
+            hooks.extend(hook);
+            extra.push_str(&format!("cost: ::core::option::Option::Some({cost}),"));
+        }
+        let exempt = format_ident!("exempt_{}", index);
+        if let Some(hook) = gen_exempt_hook(options, &exempt, private) {
+            hooks.extend(hook);
+            extra.push_str(&format!("exempt: ::core::option::Option::Some({exempt}),"));
+        }
+        // The options most attributes leave out, only when this one gives any.
+        let extra = if extra.is_empty() {
+            extra
+        } else {
+            format!("extra: &{p}::ExtraData {{ {extra} ..{p}::ExtraData::DEFAULT }},")
+        };
+        data.push_str(&format!(
+            "{p}::SpecData::new({p}::PolicyData {{ \
+                handler: ::core::concat!(::core::module_path!(), \"::{handler}\"), \
+                {fields} {extra} ..{p}::PolicyData::DEFAULT \
+            }}),"
+        ));
+    }
     let len = options.len();
-    let key = gen_key_hook(options, private).map(|key| {
-        quote! {
+    // The constant's block: the hooks (the user's tokens), then the `static`.
+    let mut block = hooks;
+    block.extend(code(&format!(
+        "static SPECS: [{p}::SpecData; {len}] = [{data}]; &SPECS"
+    )));
+    let mut body = code(&format!("const SPECS: &'static [{p}::SpecData] ="));
+    body.extend([
+        TokenTree::Group(Group::new(Delimiter::Brace, block)),
+        TokenTree::Punct(proc_macro2::Punct::new(';', Spacing::Alone)),
+    ]);
+    // An attribute that gives every field leaves `..DEFAULT` with nothing to fill in.
+    let mut item = code(&format!(
+        "#[doc(hidden)] #[allow(non_camel_case_types)] {vis} struct {spec}; \
+         #[allow(clippy::needless_update)] impl {p}::Spec for {spec}"
+    ));
+    item.extend([TokenTree::Group(Group::new(Delimiter::Brace, body))]);
+    if let Some(key) = gen_key_hook(options, private) {
+        item.extend(quote! {
             impl #private::KeyedSpec for #spec {
                 #key
             }
-        }
-    });
-    quote! {
-        #[doc(hidden)]
-        #[allow(non_camel_case_types)]
-        #vis struct #spec;
-
-        // An attribute that gives every field leaves `..DEFAULT` with nothing to fill in.
-        #[allow(clippy::needless_update)]
-        impl #private::Spec for #spec {
-            const SPECS: &'static [#private::SpecData] = {
-                #(#hooks)*
-                static SPECS: [#private::SpecData; #len] = [#(#data),*];
-                &SPECS
-            };
-        }
-        #key
+        });
     }
+    item
 }
 
 /// The options an attribute gives, as fields of its `PolicyData` literal and of its
-/// `ExtraData` (the rest are the core's defaults).
-fn gen_policy(options: &Options, private: &TokenStream) -> (TokenStream, TokenStream) {
-    let some = |value: TokenStream| quote!(::core::option::Option::Some(#value));
-    let mut fields = TokenStream::new();
-    let mut extra = TokenStream::new();
+/// `ExtraData` (the rest are the core's defaults), in the text of the code.
+fn gen_policy(options: &Options, p: &str) -> (String, String) {
+    let mut fields = String::new();
+    let mut extra = String::new();
+    let field = |to: &mut String, name: &str, value: &str| {
+        to.push_str(&format!("{name}: ::core::option::Option::Some({value}),"));
+    };
     if let Limits::Literal(lit) = &options.limits {
         // Tuning of limits given as a function is applied by its hook.
-        let limits = some(quote!(#lit));
-        fields.extend(quote!(limits: #limits,));
+        field(&mut fields, "limits", &lit.token().to_string());
         if let Some(algorithm) = &options.algorithm {
-            let algorithm = some(gen_algorithm(algorithm, private));
-            extra.extend(quote!(algorithm: #algorithm,));
+            let index = algorithm.value.index();
+            field(
+                &mut extra,
+                "algorithm",
+                &format!("{p}::Algorithm::ALL[{index}]"),
+            );
         }
         if let Some(burst) = options.burst {
-            let burst = burst.get();
-            let burst =
-                some(quote!(#private::NonZeroU64::new(#burst).expect("checked by #[rate_limit]")));
-            extra.extend(quote!(burst: #burst,));
+            field(
+                &mut extra,
+                "burst",
+                &format!("{p}::NonZeroU64::new({burst}).expect(\"checked by #[rate_limit]\")"),
+            );
         }
     }
     let key = match &options.key {
-        Some(Key::Ip) => Some(quote!(#private::KeyData::Ip)),
-        Some(Key::Global) => Some(quote!(#private::KeyData::Global)),
-        Some(Key::Header(name)) => Some(quote!(#private::KeyData::Header(#name))),
-        Some(Key::Function(_)) => Some(quote!(#private::KeyData::Custom)),
+        Some(Key::Ip) => Some(format!("{p}::KeyData::Ip")),
+        Some(Key::Global) => Some(format!("{p}::KeyData::Global")),
+        Some(Key::Header(name)) => Some(format!("{p}::KeyData::Header({name:?})")),
+        Some(Key::Function(_)) => Some(format!("{p}::KeyData::Custom")),
         None => None,
     };
     if let Some(key) = key {
-        let key = some(key);
-        fields.extend(quote!(key: #key,));
+        field(&mut fields, "key", &key);
     }
     if let Some(scope) = &options.scope {
-        let scope = some(quote!(#scope));
-        fields.extend(quote!(scope: #scope,));
+        field(&mut fields, "scope", &scope.token().to_string());
     }
     if let Some(message) = &options.error_message {
-        let message = some(quote!(#message));
-        extra.extend(quote!(error_message: #message,));
+        field(&mut extra, "error_message", &message.token().to_string());
     }
     if options.reserves.is_some() {
-        extra.extend(quote!(reserves: true,));
+        extra.push_str("reserves: true,");
     }
     if let Some(slots) = options.concurrency {
-        let slots = slots.get();
-        let slots =
-            some(quote!(#private::NonZeroU32::new(#slots).expect("checked by #[rate_limit]")));
-        extra.extend(quote!(concurrency: #slots,));
+        field(
+            &mut extra,
+            "concurrency",
+            &format!("{p}::NonZeroU32::new({slots}).expect(\"checked by #[rate_limit]\")"),
+        );
     }
     let capacity = match &options.capacity {
-        Some(Capacity::Adaptive { min, max }) => Some(quote!(
-            #private::CapacityLimit::adaptive().min(#min).max(#max)
+        Some(Capacity::Adaptive { min, max }) => Some(format!(
+            "{p}::CapacityLimit::adaptive().min({min}).max({max})"
         )),
-        Some(Capacity::Fixed(limit)) => Some(quote!(#private::CapacityLimit::fixed(#limit))),
+        Some(Capacity::Fixed(limit)) => Some(format!("{p}::CapacityLimit::fixed({limit})")),
         None => None,
     };
     if let Some(capacity) = capacity {
-        let capacity = some(capacity);
-        extra.extend(quote!(capacity: #capacity,));
+        field(&mut extra, "capacity", &capacity);
     }
     if let Some(nanos) = options.queue {
-        let queue = some(quote!(#private::Duration::from_nanos(#nanos)));
-        extra.extend(quote!(queue: #queue,));
+        field(
+            &mut extra,
+            "queue",
+            &format!("{p}::Duration::from_nanos({nanos})"),
+        );
     }
     (fields, extra)
 }
@@ -482,22 +576,21 @@ fn holds(options: &Options) -> bool {
 /// is extracted, and the body is untouched. The costs, which need no argument, go in a hook.
 /// A key function, which may be `async`, is awaited by a `KeyedGuard`; slots and capacity
 /// are held by a `HoldingGuard` (a plain `Guard` holds nothing, and needs no drop code).
-fn gen_guarded(
-    spec: &Ident,
-    len: usize,
-    keyed: bool,
-    holds: bool,
-    mut function: Handler,
-    private: &TokenStream,
-) -> TokenStream {
-    let guard = match (keyed, holds) {
+fn gen_guarded(options: &[Options], spec: &Ident, function: Handler, p: &str) -> TokenStream {
+    function.with_first_argument(code(&format!("_: {p}::{},", gen_guard(options, spec))))
+}
+
+/// The guard type of a handler whose check needs no argument of it.
+pub(crate) fn gen_guard(options: &[Options], spec: &Ident) -> String {
+    let keyed = options
+        .iter()
+        .any(|o| matches!(o.key, Some(Key::Function(_))));
+    match (keyed, options.iter().any(holds)) {
         // Sized by the number of attributes, which it keeps while it awaits.
-        (true, _) => quote!(#private::KeyedGuard<#spec, #len>),
-        (false, true) => quote!(#private::HoldingGuard<#spec>),
-        (false, false) => quote!(#private::Guard<#spec>),
-    };
-    function.sig.inputs.insert(0, syn::parse_quote!(_: #guard));
-    function.into_token_stream()
+        (true, _) => format!("KeyedGuard<{spec}, {}>", options.len()),
+        (false, true) => format!("HoldingGuard<{spec}>"),
+        (false, false) => format!("Guard<{spec}>"),
+    }
 }
 
 /// The handler's last argument, when the costs that use arguments use only what it binds

@@ -6,7 +6,9 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+
+use once_cell::race::OnceRef;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -253,7 +255,7 @@ impl KeyData {
 /// The policy of a [`SpecData`] not yet used. A constant, so that each `static` of the
 /// generated code copies its value instead of evaluating the cell's constructor again.
 #[allow(clippy::declare_interior_mutable_const)]
-const UNUSED: OnceLock<&'static Policy> = OnceLock::new();
+const UNUSED: OnceRef<'static, Policy> = OnceRef::new();
 
 /// One attribute's spec as the generated code writes it: its [`PolicyData`], made a
 /// [`Policy`] on first use. A handler's attributes are one `static` array of these, and no
@@ -263,8 +265,10 @@ const UNUSED: OnceLock<&'static Policy> = OnceLock::new();
 pub struct SpecData {
     data: PolicyData,
     // A reference, made once per attribute and kept for the process: a cell of a plain
-    // reference is a quicker `static` for the compiler to check than one of the policy.
-    policy: OnceLock<&'static Policy>,
+    // reference is a quicker `static` for the compiler to check than one of the policy, and
+    // an atomic pointer quicker than a `OnceLock` (two threads that race to make it each
+    // make one, and both then use the one kept).
+    policy: OnceRef<'static, Policy>,
 }
 
 impl SpecData {
