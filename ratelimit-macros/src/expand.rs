@@ -78,8 +78,8 @@ impl Handler {
         })
     }
 
-    /// The handler with `first` in front of its arguments.
-    fn with_first_argument(self, first: TokenStream) -> TokenStream {
+    /// The handler with `inputs` for its arguments.
+    fn with_inputs(self, inputs: TokenStream) -> TokenStream {
         let Handler {
             attrs,
             vis,
@@ -95,12 +95,11 @@ impl Handler {
             ident,
             generics,
             paren_token,
-            inputs,
             variadic,
             output,
+            ..
         } = sig;
-        let mut arguments = first;
-        inputs.to_tokens(&mut arguments);
+        let mut arguments = inputs;
         variadic.to_tokens(&mut arguments);
         let mut arguments = Group::new(Delimiter::Parenthesis, arguments);
         arguments.set_span(paren_token.span.join());
@@ -576,11 +575,29 @@ fn holds(options: &Options) -> bool {
 /// is extracted, and the body is untouched. The costs, which need no argument, go in a hook.
 /// A key function, which may be `async`, is awaited by a `KeyedGuard`; slots and capacity
 /// are held by a `HoldingGuard` (a plain `Guard` holds nothing, and needs no drop code).
-fn gen_guarded(options: &[Options], spec: &Ident, function: Handler, p: &str) -> TokenStream {
-    function.with_first_argument(code(&format!("_: {p}::{},", gen_guard(options, spec))))
+fn gen_guarded(options: &[Options], spec: &Ident, mut function: Handler, p: &str) -> TokenStream {
+    // The first argument checked before it is extracted.
+    let sole = function.sig.inputs.len() == 1;
+    if let Some(FnArg::Typed(first)) = function.sig.inputs.first() {
+        let attrs = &first.attrs;
+        let pat = first.pat.to_token_stream();
+        let ty = first.ty.to_token_stream();
+        if let Some(checked) = gen_checked_argument(options, spec, p, pat, ty, sole) {
+            let mut inputs = quote!(#(#attrs)*);
+            inputs.extend(checked);
+            for input in function.sig.inputs.iter().skip(1) {
+                inputs.extend(quote!(, #input));
+            }
+            return function.with_inputs(inputs);
+        }
+    }
+    let mut inputs = code(&format!("_: {p}::{},", gen_guard(options, spec)));
+    inputs.extend(std::mem::take(&mut function.sig.inputs).into_token_stream());
+    function.with_inputs(inputs)
 }
 
-/// The guard type of a handler whose check needs no argument of it.
+/// The guard type of a handler whose check needs no argument of it and that has none to
+/// check in front of, or a key function to await.
 pub(crate) fn gen_guard(options: &[Options], spec: &Ident) -> String {
     let keyed = options
         .iter()
@@ -591,6 +608,43 @@ pub(crate) fn gen_guard(options: &[Options], spec: &Ident) -> String {
         (false, true) => format!("HoldingGuard<{spec}>"),
         (false, false) => format!("Guard<{spec}>"),
     }
+}
+
+/// The handler's first argument, `pat: ty`, checked before it is extracted: a
+/// `CheckedParts` (of several arguments) or a `Checked` (the `sole` one, which may read the
+/// body), whose pattern binds the argument's and holds the slots, if any. `None` for a key
+/// function (awaited by a `KeyedGuard` of its own).
+pub(crate) fn gen_checked_argument(
+    options: &[Options],
+    spec: &Ident,
+    p: &str,
+    pat: TokenStream,
+    ty: TokenStream,
+    sole: bool,
+) -> Option<TokenStream> {
+    if options
+        .iter()
+        .any(|o| matches!(o.key, Some(Key::Function(_))))
+    {
+        return None;
+    }
+    let wrapper = if sole { "Checked" } else { "CheckedParts" };
+    let (held, held_type) = if options.iter().any(holds) {
+        ("__ratelimit_slots", format!("{p}::Leases"))
+    } else {
+        ("_", "()".to_owned())
+    };
+    let mut pattern = pat;
+    pattern.extend(code(&format!(", {held}, _")));
+    let mut checked = code(&format!("{p}::{wrapper}"));
+    checked.extend([TokenTree::Group(Group::new(
+        Delimiter::Parenthesis,
+        pattern,
+    ))]);
+    checked.extend(code(&format!(": {p}::{wrapper}<{spec},")));
+    checked.extend(ty);
+    checked.extend(code(&format!(", {held_type}>")));
+    Some(checked)
 }
 
 /// The handler's last argument, when the costs that use arguments use only what it binds

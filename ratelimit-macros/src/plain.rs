@@ -5,10 +5,10 @@
 //! Anything else, and any error, takes the general path of [`crate::expand`], which reads
 //! the signature with syn and says what is wrong.
 
-use proc_macro2::{Delimiter, Group, Ident, TokenStream, TokenTree};
+use proc_macro2::{Delimiter, Group, Ident, Spacing, TokenStream, TokenTree};
 
 use crate::attr::{Args, Errors};
-use crate::expand::{MAX_ATTRIBUTES, code, gen_guard, gen_spec, spec_name};
+use crate::expand::{MAX_ATTRIBUTES, code, gen_checked_argument, gen_guard, gen_spec, spec_name};
 use crate::validate::{Options, validate};
 
 /// The handler rewritten, or `None` when it is not a plain one or anything is wrong.
@@ -75,14 +75,77 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> Option<TokenStream
     let mut expanded = gen_spec(&options, &spec, vis, &name, false, &private, &p);
     expanded.extend(kept);
     expanded.extend(trees[vis_start..at + 3].iter().cloned());
-    let mut guarded = code(&format!("_: {p}::{},", gen_guard(&options, &spec)));
-    guarded.extend(arguments.stream());
+    let guarded = match first_argument(&arguments) {
+        // The first argument checked before it is extracted; the others as they are.
+        Some((pat, ty, rest)) => {
+            let sole = rest
+                .iter()
+                .all(|tree| matches!(tree, TokenTree::Punct(p) if p.as_char() == ','));
+            let mut guarded = gen_checked_argument(&options, &spec, &p, pat, ty, sole);
+            if let Some(guarded) = &mut guarded {
+                guarded.extend(rest);
+            }
+            guarded
+        }
+        None if arguments.stream().is_empty() => None,
+        None => return None,
+    };
+    // No argument, or a key function: a guard of its own in front.
+    let guarded = guarded.unwrap_or_else(|| {
+        let mut guarded = code(&format!("_: {p}::{},", gen_guard(&options, &spec)));
+        guarded.extend(arguments.stream());
+        guarded
+    });
     let mut guarded = Group::new(Delimiter::Parenthesis, guarded);
     guarded.set_span(arguments.span());
     expanded.extend([TokenTree::Group(guarded)]);
     expanded.extend(trees[at + 4..].iter().cloned());
     expanded.extend([TokenTree::Group(block)]);
     Some(expanded)
+}
+
+/// The first argument's pattern and type, and the tokens after it (from its comma on);
+/// `None` when there is none, or it is not read as `pattern: type` (attributes of its own).
+fn first_argument(arguments: &Group) -> Option<(TokenStream, TokenStream, Vec<TokenTree>)> {
+    let trees: Vec<TokenTree> = arguments.stream().into_iter().collect();
+    // `<` and `>` are not groups: a comma inside a type's generic arguments is not one
+    // between arguments (the `>` of `->` closes nothing).
+    let mut depth = 0usize;
+    let mut end = trees.len();
+    for (at, tree) in trees.iter().enumerate() {
+        if let TokenTree::Punct(punct) = tree {
+            let after_dash = at > 0
+                && matches!(&trees[at - 1], TokenTree::Punct(p) if p.as_char() == '-' && p.spacing() == Spacing::Joint);
+            match punct.as_char() {
+                ',' if depth == 0 => {
+                    end = at;
+                    break;
+                }
+                '<' => depth += 1,
+                '>' if !after_dash => depth = depth.checked_sub(1)?,
+                _ => {}
+            }
+        }
+    }
+    let first = &trees[..end];
+    if matches!(first.first(), Some(TokenTree::Punct(p)) if p.as_char() == '#') {
+        return None;
+    }
+    // The pattern ends at the first `:` that is not half of a `::`.
+    let colon = first.iter().enumerate().position(|(at, tree)| {
+        let TokenTree::Punct(punct) = tree else {
+            return false;
+        };
+        let joined_before = at > 0
+            && matches!(&first[at - 1], TokenTree::Punct(p) if p.as_char() == ':' && p.spacing() == Spacing::Joint);
+        punct.as_char() == ':' && punct.spacing() == Spacing::Alone && !joined_before
+    })?;
+    let pat: TokenStream = first[..colon].iter().cloned().collect();
+    let ty: TokenStream = first[colon + 1..].iter().cloned().collect();
+    if pat.is_empty() || ty.is_empty() {
+        return None;
+    }
+    Some((pat, ty, trees[end..].to_vec()))
 }
 
 /// What an outer attribute is to this one.

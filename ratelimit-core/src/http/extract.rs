@@ -786,6 +786,170 @@ impl<S: Spec> Future for Guarded<'_, HoldingGuard<S>> {
     }
 }
 
+/// A handler's first argument with the check of [`Guard`] (or of [`HoldingGuard`], when
+/// `H` is [`Leases`]) in front of its extraction: what the attribute makes of the first of
+/// several arguments, so that the handler keeps its number of extractors (axum compiles
+/// its whole extraction once more per handler for each one more). The request is checked
+/// before the argument or any other is extracted, as by a `Guard` of its own; the handler
+/// binds the argument's pattern in the first field, and the slots (if `H` holds them) in
+/// the second, held until its future completes or is dropped.
+#[doc(hidden)]
+pub struct CheckedParts<S, T, H>(pub T, pub H, pub PhantomData<fn() -> S>);
+
+/// [`CheckedParts`] for a handler's only argument, which may read the body (its check, too,
+/// comes before the body is read).
+#[doc(hidden)]
+pub struct Checked<S, T, H>(pub T, pub H, pub PhantomData<fn() -> S>);
+
+/// What a checked argument keeps of the check: nothing, or the slots ([`Leases`]).
+#[doc(hidden)]
+pub trait Held: Send + Sized + 'static {
+    /// What is kept of `leases`.
+    fn hold(leases: Leases) -> Self;
+}
+
+impl Held for () {
+    fn hold(_: Leases) {}
+}
+
+impl Held for Leases {
+    fn hold(leases: Leases) -> Leases {
+        leases
+    }
+}
+
+/// How a [`Checked`] is extracted: `M` is how its argument is.
+#[doc(hidden)]
+pub struct ViaChecked<M>(PhantomData<fn() -> M>);
+
+impl<S, T, H, St> FromRequestParts<St> for CheckedParts<S, T, H>
+where
+    S: Spec,
+    T: FromRequestParts<St> + Send,
+    H: Held,
+    St: Send + Sync,
+{
+    type Rejection = Response;
+
+    // Per handler, a call and a small future around the answer, as for `Guard`: the check
+    // and the extraction are one future generic over the argument, shared by every handler
+    // whose first argument is of the same type.
+    fn from_request_parts(
+        parts: &mut Parts,
+        state: &St,
+    ) -> impl Future<Output = Result<CheckedParts<S, T, H>, Response>> + Send {
+        Checking::<CheckedParts<S, T, H>, _> {
+            checking: check_parts::<T, H, St>(parts, state, S::SPECS),
+            _arg: PhantomData,
+        }
+    }
+}
+
+impl<S, T, H, St, M> FromRequest<St, ViaChecked<M>> for Checked<S, T, H>
+where
+    S: Spec,
+    T: FromRequest<St, M> + Send,
+    H: Held,
+    St: Send + Sync,
+{
+    type Rejection = Response;
+
+    fn from_request(
+        req: Request,
+        state: &St,
+    ) -> impl Future<Output = Result<Checked<S, T, H>, Response>> + Send {
+        Checking::<Checked<S, T, H>, _> {
+            checking: check_request::<T, H, St, M>(req, state, S::SPECS),
+            _arg: PhantomData,
+        }
+    }
+}
+
+/// [`CheckedParts`]'s work: [`guard_specs`]'s check, then the argument.
+async fn check_parts<T, H, St>(
+    parts: &mut Parts,
+    state: &St,
+    specs: &'static [SpecData],
+) -> Result<(T, H), Response>
+where
+    T: FromRequestParts<St>,
+    H: Held,
+    St: Send + Sync,
+{
+    let held = match guard_specs(parts, specs).await {
+        Ok(leases) => H::hold(leases),
+        Err(rejection) => return Err(rejection.into_response()),
+    };
+    match T::from_request_parts(parts, state).await {
+        Ok(value) => Ok((value, held)),
+        Err(rejection) => Err(rejection.into_response()),
+    }
+}
+
+/// [`Checked`]'s work: [`guard_specs`]'s check on the request's head, then the argument.
+async fn check_request<T, H, St, M>(
+    req: Request,
+    state: &St,
+    specs: &'static [SpecData],
+) -> Result<(T, H), Response>
+where
+    T: FromRequest<St, M>,
+    H: Held,
+    St: Send + Sync,
+{
+    let (parts, body) = req.into_parts();
+    let held = match guard_specs(&parts, specs).await {
+        Ok(leases) => H::hold(leases),
+        Err(rejection) => return Err(rejection.into_response()),
+    };
+    match T::from_request(Request::from_parts(parts, body), state).await {
+        Ok(value) => Ok((value, held)),
+        Err(rejection) => Err(rejection.into_response()),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A checked argument's extraction: the shared future's answer, made the argument `A`.
+    /// All that is compiled per handler.
+    struct Checking<A, F> {
+        #[pin]
+        checking: F,
+        _arg: PhantomData<fn() -> A>,
+    }
+}
+
+impl<S, T, H, F> Future for Checking<CheckedParts<S, T, H>, F>
+where
+    F: Future<Output = Result<(T, H), Response>>,
+{
+    type Output = Result<CheckedParts<S, T, H>, Response>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().checking.poll(cx) {
+            Poll::Ready(Ok((value, held))) => {
+                Poll::Ready(Ok(CheckedParts(value, held, PhantomData)))
+            }
+            Poll::Ready(Err(rejection)) => Poll::Ready(Err(rejection)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S, T, H, F> Future for Checking<Checked<S, T, H>, F>
+where
+    F: Future<Output = Result<(T, H), Response>>,
+{
+    type Output = Result<Checked<S, T, H>, Response>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().checking.poll(cx) {
+            Poll::Ready(Ok((value, held))) => Poll::Ready(Ok(Checked(value, held, PhantomData))),
+            Poll::Ready(Err(rejection)) => Poll::Ready(Err(rejection)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// [`Guard`]'s whole extraction, not generic: the attributes resolved through their hooks,
 /// then checked ([`guard`]).
 fn guard_specs<'a>(parts: &'a Parts, specs: &'static [SpecData]) -> Settling<'a, Leases> {

@@ -30,8 +30,9 @@ pub use crate::limits::LimitsRef;
 pub use config::AsLimits;
 pub use enforce::Leases;
 pub use extract::{
-    Costed, CostedArg, Deferred, ExtraData, Guard, HoldingGuard, KeyData, KeyedDeferred,
-    KeyedGuard, KeyedSpec, One, Policy, PolicyData, Resolved, Spec, SpecData, ViaCosted, support,
+    Checked, CheckedParts, Costed, CostedArg, Deferred, ExtraData, Guard, Held, HoldingGuard,
+    KeyData, KeyedDeferred, KeyedGuard, KeyedSpec, One, Policy, PolicyData, Resolved, Spec,
+    SpecData, ViaChecked, ViaCosted, support,
 };
 pub use identity::{
     ApiKeys, ClientAddr, Identity, IntoKey, KeyLookup, KeyTable, KnownKey, UnknownKey,
