@@ -1,6 +1,7 @@
 //! Expansion: the checked options of every `#[rate_limit]` on a handler turned into one spec
-//! item for the handler (a type and a `static` array of its attributes' data) and the
-//! handler with one injected extractor. Small `gen_*` functions, joined in one `quote!`.
+//! item for the handler (a type and a constant array of its attributes' data) and the
+//! handler with the check in front of its arguments. Small `gen_*` functions; what names no
+//! token of the user's is written as text for the compiler's lexer.
 //!
 //! What it emits is compiled in every crate of handlers, so it is kept short: the options
 //! an attribute does not give are left to the core's defaults, and the handler's body is
@@ -305,7 +306,7 @@ pub(crate) fn code(text: &str) -> TokenStream {
 }
 
 /// The hidden item that describes the handler's attributes: a type whose `SPECS` is one
-/// `static` array, an element per attribute, with its hooks beside it.
+/// constant array, an element per attribute, with its hooks beside it.
 pub(crate) fn gen_spec(
     options: &[Options],
     spec: &Ident,
@@ -353,23 +354,28 @@ pub(crate) fn gen_spec(
             }}),"
         ));
     }
-    let len = options.len();
-    // The constant's block: the hooks (the user's tokens), then the `static`.
-    let mut block = hooks;
-    block.extend(code(&format!(
-        "static SPECS: [{p}::SpecData; {len}] = [{data}]; &SPECS"
-    )));
-    let mut body = code(&format!("const SPECS: &'static [{p}::SpecData] ="));
-    body.extend([
-        TokenTree::Group(Group::new(Delimiter::Brace, block)),
-        TokenTree::Punct(proc_macro2::Punct::new(';', Spacing::Alone)),
-    ]);
     // An attribute that gives every field leaves `..DEFAULT` with nothing to fill in.
-    let mut item = code(&format!(
+    let head = format!(
         "#[doc(hidden)] #[allow(non_camel_case_types)] {vis} struct {spec}; \
          #[allow(clippy::needless_update)] impl {p}::Spec for {spec}"
-    ));
-    item.extend([TokenTree::Group(Group::new(Delimiter::Brace, body))]);
+    );
+    let constant = format!("const SPECS: &'static [{p}::SpecData] =");
+    let mut item = if hooks.is_empty() {
+        // The common case, in one piece.
+        code(&format!("{head} {{ {constant} &[{data}]; }}"))
+    } else {
+        // The hooks (the user's tokens) in the constant's block, before the array.
+        let mut block = hooks;
+        block.extend(code(&format!("&[{data}]")));
+        let mut body = code(&constant);
+        body.extend([
+            TokenTree::Group(Group::new(Delimiter::Brace, block)),
+            TokenTree::Punct(proc_macro2::Punct::new(';', Spacing::Alone)),
+        ]);
+        let mut item = code(&head);
+        item.extend([TokenTree::Group(Group::new(Delimiter::Brace, body))]);
+        item
+    };
     if let Some(key) = gen_key_hook(options, private) {
         item.extend(quote! {
             impl #private::KeyedSpec for #spec {

@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use once_cell::race::OnceRef;
 use std::task::{Context, Poll};
@@ -252,46 +253,85 @@ impl KeyData {
     }
 }
 
-/// The policy of a [`SpecData`] not yet used. A constant, so that each `static` of the
-/// generated code copies its value instead of evaluating the cell's constructor again.
-#[allow(clippy::declare_interior_mutable_const)]
-const UNUSED: OnceRef<'static, Policy> = OnceRef::new();
-
 /// One attribute's spec as the generated code writes it: its [`PolicyData`], made a
-/// [`Policy`] on first use. A handler's attributes are one `static` array of these, and no
-/// function: its initialisation is compiled once for every handler.
+/// [`Policy`] on first use. A handler's attributes are one constant array of these, and no
+/// function or `static`: plain data is the quickest item for the compiler to check and
+/// evaluate in every crate of handlers.
 #[doc(hidden)]
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct SpecData {
     data: PolicyData,
-    // A reference, made once per attribute and kept for the process: a cell of a plain
-    // reference is a quicker `static` for the compiler to check than one of the policy, and
-    // an atomic pointer quicker than a `OnceLock` (two threads that race to make it each
-    // make one, and both then use the one kept).
-    policy: OnceRef<'static, Policy>,
 }
 
 impl SpecData {
     /// The spec of `data`.
     pub const fn new(data: PolicyData) -> SpecData {
-        SpecData {
-            data,
-            policy: UNUSED,
-        }
+        SpecData { data }
     }
 
-    /// The attribute's policy.
+    /// The attribute's policy, made on first use and kept for the process in [`POLICIES`],
+    /// by the address of this spec (a constant of the generated code). Two specs of equal
+    /// data may share an address, and then a policy (the same one: it is made of nothing
+    /// else); one constant at two addresses makes two equal policies, which count in the
+    /// same state (named by scope and route, never by address).
     pub fn policy(&'static self) -> &'static Policy {
-        self.policy
-            .get_or_init(|| Box::leak(Box::new(self.data.policy())))
+        let this = std::ptr::from_ref(self).cast_mut();
+        let first = (this.addr() >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15_u64 as usize)
+            >> (usize::BITS - POLICY_SLOTS.trailing_zeros());
+        for probe in 0..POLICY_SLOTS {
+            let slot = &POLICIES[(first + probe) % POLICY_SLOTS];
+            let mut owner = slot.spec.load(Ordering::Relaxed);
+            if owner.is_null() {
+                owner = match slot.spec.compare_exchange(
+                    std::ptr::null_mut(),
+                    this,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => this,
+                    Err(taken) => taken,
+                };
+            }
+            if owner == this {
+                // Two threads that race to make it each make one, and both use the one kept.
+                return slot
+                    .policy
+                    .get_or_init(|| Box::leak(Box::new(self.data.policy())));
+            }
+        }
+        // More attributes than slots: the rest in a map.
+        static MORE: std::sync::OnceLock<dashmap::DashMap<usize, &'static Policy>> =
+            std::sync::OnceLock::new();
+        *MORE
+            .get_or_init(dashmap::DashMap::new)
+            .entry(this.addr())
+            .or_insert_with(|| Box::leak(Box::new(self.data.policy())))
     }
 }
+
+/// Room for the policies of this many attributes in [`POLICIES`] (a power of two).
+const POLICY_SLOTS: usize = 1024;
+
+/// A spec's policy, in [`POLICIES`]: the spec whose it is (null: free), and the policy.
+struct PolicySlot {
+    spec: AtomicPtr<SpecData>,
+    policy: OnceRef<'static, Policy>,
+}
+
+/// The policies of the specs in use, by their address's hash (linear probing): a slot is
+/// taken once and for good, so that a reader needs no lock, two loads.
+static POLICIES: [PolicySlot; POLICY_SLOTS] = [const {
+    PolicySlot {
+        spec: AtomicPtr::new(std::ptr::null_mut()),
+        policy: OnceRef::new(),
+    }
+}; POLICY_SLOTS];
 
 /// A handler's `#[rate_limit]` attributes, as the generated code describes them: one type
 /// per handler, whose [`SPECS`](Spec::SPECS) hold every attribute's options and hooks in
 /// order. Several attributes on one handler are checked as one.
 pub trait Spec: Send + Sync + 'static {
-    /// Each attribute's options and hooks: a `static` of the generated code.
+    /// Each attribute's options and hooks: a constant of the generated code.
     const SPECS: &'static [SpecData];
 }
 
