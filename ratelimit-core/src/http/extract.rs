@@ -1770,3 +1770,54 @@ pub mod support {
         future
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Specs of distinct data, more than the table has slots, leaked as the generated
+    /// constants are `'static`.
+    fn specs(count: usize) -> &'static [SpecData] {
+        let specs: Vec<SpecData> = (0..count)
+            .map(|i| {
+                SpecData::new(PolicyData {
+                    handler: Box::leak(format!("tests::handler_{i}").into_boxed_str()),
+                    limits: Some("10/minute"),
+                    ..PolicyData::DEFAULT
+                })
+            })
+            .collect();
+        specs.leak()
+    }
+
+    #[test]
+    fn each_spec_has_its_own_policy_made_once_in_the_table_and_past_it() {
+        let specs = specs(POLICY_SLOTS + POLICY_SLOTS / 2);
+        let made: Vec<&'static Policy> = specs.iter().map(SpecData::policy).collect();
+        for (spec, policy) in specs.iter().zip(&made) {
+            assert_eq!(policy.handler, spec.data.handler);
+            assert!(std::ptr::eq(spec.policy(), *policy), "made again");
+        }
+    }
+
+    #[test]
+    fn threads_that_race_for_a_spec_use_one_policy() {
+        let specs = specs(64);
+        let made: Vec<Vec<usize>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        specs
+                            .iter()
+                            .map(|spec| std::ptr::from_ref(spec.policy()).addr())
+                            .collect()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for other in &made[1..] {
+            assert_eq!(other, &made[0]);
+        }
+    }
+}
