@@ -284,7 +284,7 @@ fn expand(options: &[Options], function: Handler) -> TokenStream {
         .then(|| costed_argument(options, &function.sig).cloned())
         .flatten();
     let function = if let Some(last) = costed {
-        gen_costed(options, &spec, &last, function, &private)
+        gen_costed(options, &spec, &last, function, &private, &p)
     } else if deferred {
         gen_deferred(options, &spec, keyed, function, &private)
     } else {
@@ -685,7 +685,7 @@ fn costed_argument<'a>(options: &[Options], sig: &'a Signature) -> Option<&'a sy
 /// A pattern of bindings as the expression that builds the value back from them
 /// (`Json(batch)` from `Json(batch)`, `mut` dropped); `None` for a pattern that leaves
 /// something out (`_`, `..`, `ref`, literals).
-fn rebuild(pat: &Pat) -> Option<TokenStream> {
+pub(crate) fn rebuild(pat: &Pat) -> Option<TokenStream> {
     match pat {
         Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => {
             let ident = &p.ident;
@@ -734,13 +734,53 @@ fn gen_costed(
     last: &syn::PatType,
     mut function: Handler,
     private: &TokenStream,
+    p: &str,
 ) -> TokenStream {
-    let pat = &last.pat;
-    let ty = &last.ty;
+    let parts = gen_costed_parts(
+        options,
+        spec,
+        &last.pat,
+        last.ty.to_token_stream(),
+        private,
+        p,
+    );
+    let before = function.sig.inputs.len() - 1;
+    let mut inputs = TokenStream::new();
+    for input in function.sig.inputs.iter().take(before) {
+        inputs.extend(quote!(#input,));
+    }
+    inputs.extend(parts.argument);
+    let mut block = parts.binding;
+    block.extend([TokenTree::Group(function.block.clone())]);
+    function.block = Group::new(Delimiter::Brace, block);
+    let mut expanded = parts.item;
+    expanded.extend(function.with_inputs(inputs));
+    expanded
+}
+
+/// What a cost from the last argument (`pat: ty`) makes of a handler.
+pub(crate) struct CostedParts {
+    /// The spec's `Costed` impl: the costs from the argument.
+    pub(crate) item: TokenStream,
+    /// The argument that takes the last one's place.
+    pub(crate) argument: TokenStream,
+    /// The `let` in front of the body that binds the argument's pattern and holds the slots.
+    pub(crate) binding: TokenStream,
+}
+
+/// [`CostedParts`] of a pattern `costed_argument` (or its token-level peer) accepted.
+pub(crate) fn gen_costed_parts(
+    options: &[Options],
+    spec: &Ident,
+    pat: &Pat,
+    ty: TokenStream,
+    private: &TokenStream,
+    p: &str,
+) -> CostedParts {
     let rebuilt = rebuild(pat).expect("checked by costed_argument");
     let costs = options.iter().map(|options| gen_cost(options, private));
     let len = options.len();
-    let costed = quote! {
+    let item = quote! {
         impl #private::Costed<#ty, #len> for #spec {
             #[allow(unused_mut, unused_variables, clippy::redundant_locals)]
             fn costs(__ratelimit_value: #ty) -> (#ty, [u64; #len]) {
@@ -750,17 +790,17 @@ fn gen_costed(
             }
         }
     };
-    let argument: FnArg =
-        syn::parse_quote!(__ratelimit_argument: #private::CostedArg<#spec, #ty, #len>);
+    let mut argument = code(&format!("__ratelimit_argument: {p}::CostedArg<{spec},"));
+    argument.extend(ty);
+    argument.extend(code(&format!(", {len}>")));
     // The names the costs use count as used in the body, as they did when the costs were
     // computed there.
-    let bound = bound_names(&std::iter::once(FnArg::Typed(last.clone())).collect());
-    let mut used: Vec<&String> = bound
-        .iter()
+    let mut used: Vec<String> = pat_names(pat)
+        .into_iter()
         .filter(|name| {
             options.iter().any(|o| {
                 o.cost.as_ref().is_some_and(|cost| {
-                    mentions(cost.to_token_stream(), &HashSet::from([(*name).clone()]))
+                    mentions(cost.to_token_stream(), &HashSet::from([name.clone()]))
                 })
             })
         })
@@ -768,19 +808,15 @@ fn gen_costed(
     used.sort();
     let used = used
         .into_iter()
-        .map(|name| Ident::new(name, Span::call_site()));
+        .map(|name| Ident::new(&name, Span::call_site()));
     let binding = quote! {
         let (#pat, __ratelimit_slots) = __ratelimit_argument.into_parts();
         #(let _ = &#used;)*
     };
-    if let Some(input) = function.sig.inputs.last_mut() {
-        *input = argument;
-    }
-    let block = &function.block;
-    function.block = Group::new(Delimiter::Brace, quote!(#binding #block));
-    quote! {
-        #costed
-        #function
+    CostedParts {
+        item,
+        argument,
+        binding,
     }
 }
 
@@ -936,6 +972,17 @@ fn runs_in_place(body: TokenStream) -> bool {
 
 /// The names the handler's argument patterns bind (`batch` in `Json(batch): Json<..>`).
 fn bound_names(inputs: &syn::punctuated::Punctuated<FnArg, syn::Token![,]>) -> HashSet<String> {
+    let mut names = HashSet::new();
+    for input in inputs {
+        if let FnArg::Typed(typed) = input {
+            names.extend(pat_names(&typed.pat));
+        }
+    }
+    names
+}
+
+/// The names a pattern binds.
+pub(crate) fn pat_names(pat: &Pat) -> HashSet<String> {
     fn walk(pat: &Pat, names: &mut HashSet<String>) {
         match pat {
             Pat::Ident(p) => {
@@ -955,16 +1002,12 @@ fn bound_names(inputs: &syn::punctuated::Punctuated<FnArg, syn::Token![,]>) -> H
         }
     }
     let mut names = HashSet::new();
-    for input in inputs {
-        if let FnArg::Typed(typed) = input {
-            walk(&typed.pat, &mut names);
-        }
-    }
+    walk(pat, &mut names);
     names
 }
 
 /// Whether `tokens` name any of `names`.
-fn mentions(tokens: TokenStream, names: &HashSet<String>) -> bool {
+pub(crate) fn mentions(tokens: TokenStream, names: &HashSet<String>) -> bool {
     tokens.into_iter().any(|tree| match tree {
         TokenTree::Ident(ident) => names.contains(&ident.to_string()),
         TokenTree::Group(group) => mentions(group.stream(), names),

@@ -5,11 +5,19 @@
 //! Anything else, and any error, takes the general path of [`crate::expand`], which reads
 //! the signature with syn and says what is wrong.
 
-use proc_macro2::{Delimiter, Group, Ident, Spacing, TokenStream, TokenTree};
+use std::collections::HashSet;
+
+use proc_macro2::{Delimiter, Group, Ident, Punct, Spacing, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::Pat;
+use syn::parse::Parser;
 
 use crate::attr::{Args, Errors};
-use crate::expand::{MAX_ATTRIBUTES, code, gen_checked_argument, gen_guard, gen_spec, spec_name};
-use crate::validate::{Options, validate};
+use crate::expand::{
+    MAX_ATTRIBUTES, code, gen_checked_argument, gen_costed_parts, gen_guard, gen_spec, mentions,
+    pat_names, rebuild, spec_name,
+};
+use crate::validate::{Key, Options, validate};
 
 /// The handler rewritten, or `None` when it is not a plain one or anything is wrong.
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> Option<TokenStream> {
@@ -63,39 +71,59 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> Option<TokenStream
         return None;
     }
     let options = options(ours)?;
-    if options
-        .iter()
-        .any(|o| o.cost.is_some() || o.reserves.is_some())
-    {
+    if options.iter().any(|o| o.reserves.is_some()) {
         return None;
     }
+    let inputs = split_arguments(&arguments)?;
+    let costed = costed_last(&options, &inputs)?;
 
     let (p, private) = crate::expand::private(&options);
     let spec = spec_name(&name);
-    let mut expanded = gen_spec(&options, &spec, vis, &name, false, &private, &p);
+    let mut expanded = gen_spec(&options, &spec, vis, &name, costed.is_some(), &private, &p);
+    let (guarded, block) = match costed {
+        // A cost from the last argument, checked in its extractor; the others as they are.
+        Some(pat) => {
+            let (last, earlier) = inputs.split_last().expect("a costed argument");
+            let ty: TokenStream = last.ty.iter().cloned().collect();
+            let parts = gen_costed_parts(&options, &spec, &pat, ty, &private, &p);
+            expanded.extend(parts.item);
+            let mut guarded = TokenStream::new();
+            for input in earlier {
+                input.to_tokens(&mut guarded);
+                guarded.extend([TokenTree::Punct(Punct::new(',', Spacing::Alone))]);
+            }
+            guarded.extend(parts.argument);
+            let mut body = parts.binding;
+            body.extend([TokenTree::Group(block)]);
+            (guarded, Group::new(Delimiter::Brace, body))
+        }
+        None => {
+            // The first argument checked before it is extracted, or with none (or a key
+            // function) a guard of its own in front.
+            let checked = inputs.first().and_then(|first| {
+                let pat = first.pat.iter().cloned().collect();
+                let ty = first.ty.iter().cloned().collect();
+                gen_checked_argument(&options, &spec, &p, pat, ty, inputs.len() == 1)
+            });
+            let guarded = match checked {
+                Some(mut guarded) => {
+                    for input in &inputs[1..] {
+                        guarded.extend([TokenTree::Punct(Punct::new(',', Spacing::Alone))]);
+                        input.to_tokens(&mut guarded);
+                    }
+                    guarded
+                }
+                None => {
+                    let mut guarded = code(&format!("_: {p}::{},", gen_guard(&options, &spec)));
+                    guarded.extend(arguments.stream());
+                    guarded
+                }
+            };
+            (guarded, block)
+        }
+    };
     expanded.extend(kept);
     expanded.extend(trees[vis_start..at + 3].iter().cloned());
-    let guarded = match first_argument(&arguments) {
-        // The first argument checked before it is extracted; the others as they are.
-        Some((pat, ty, rest)) => {
-            let sole = rest
-                .iter()
-                .all(|tree| matches!(tree, TokenTree::Punct(p) if p.as_char() == ','));
-            let mut guarded = gen_checked_argument(&options, &spec, &p, pat, ty, sole);
-            if let Some(guarded) = &mut guarded {
-                guarded.extend(rest);
-            }
-            guarded
-        }
-        None if arguments.stream().is_empty() => None,
-        None => return None,
-    };
-    // No argument, or a key function: a guard of its own in front.
-    let guarded = guarded.unwrap_or_else(|| {
-        let mut guarded = code(&format!("_: {p}::{},", gen_guard(&options, &spec)));
-        guarded.extend(arguments.stream());
-        guarded
-    });
     let mut guarded = Group::new(Delimiter::Parenthesis, guarded);
     guarded.set_span(arguments.span());
     expanded.extend([TokenTree::Group(guarded)]);
@@ -104,48 +132,121 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> Option<TokenStream
     Some(expanded)
 }
 
-/// The first argument's pattern and type, and the tokens after it (from its comma on);
-/// `None` when there is none, or it is not read as `pattern: type` (attributes of its own).
-fn first_argument(arguments: &Group) -> Option<(TokenStream, TokenStream, Vec<TokenTree>)> {
+/// One argument as written: its pattern, its `:`, its type.
+struct Input {
+    pat: Vec<TokenTree>,
+    colon: TokenTree,
+    ty: Vec<TokenTree>,
+}
+
+impl Input {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        tokens.extend(self.pat.iter().cloned());
+        tokens.extend([self.colon.clone()]);
+        tokens.extend(self.ty.iter().cloned());
+    }
+}
+
+/// The arguments, each read as `pattern: type`; `None` when one is not (attributes of its
+/// own).
+fn split_arguments(arguments: &Group) -> Option<Vec<Input>> {
     let trees: Vec<TokenTree> = arguments.stream().into_iter().collect();
+    let mut inputs = Vec::new();
     // `<` and `>` are not groups: a comma inside a type's generic arguments is not one
     // between arguments (the `>` of `->` closes nothing).
     let mut depth = 0usize;
-    let mut end = trees.len();
-    for (at, tree) in trees.iter().enumerate() {
-        if let TokenTree::Punct(punct) = tree {
-            let after_dash = at > 0
-                && matches!(&trees[at - 1], TokenTree::Punct(p) if p.as_char() == '-' && p.spacing() == Spacing::Joint);
-            match punct.as_char() {
-                ',' if depth == 0 => {
-                    end = at;
-                    break;
+    let mut start = 0;
+    for at in 0..=trees.len() {
+        let punct = match trees.get(at) {
+            Some(TokenTree::Punct(punct)) => Some(punct.as_char()),
+            Some(_) => None,
+            None => Some(','),
+        };
+        let after_dash = at > 0
+            && matches!(&trees[at - 1], TokenTree::Punct(p) if p.as_char() == '-' && p.spacing() == Spacing::Joint);
+        match punct {
+            Some(',') if depth == 0 => {
+                if at > start {
+                    inputs.push(input(&trees[start..at])?);
                 }
-                '<' => depth += 1,
-                '>' if !after_dash => depth = depth.checked_sub(1)?,
-                _ => {}
+                start = at + 1;
             }
+            Some('<') => depth += 1,
+            Some('>') if !after_dash => depth = depth.checked_sub(1)?,
+            _ => {}
         }
     }
-    let first = &trees[..end];
-    if matches!(first.first(), Some(TokenTree::Punct(p)) if p.as_char() == '#') {
+    Some(inputs)
+}
+
+/// One argument's tokens as `pattern: type`: the pattern ends at the first `:` that is not
+/// half of a `::`.
+fn input(trees: &[TokenTree]) -> Option<Input> {
+    if matches!(trees.first(), Some(TokenTree::Punct(p)) if p.as_char() == '#') {
         return None;
     }
-    // The pattern ends at the first `:` that is not half of a `::`.
-    let colon = first.iter().enumerate().position(|(at, tree)| {
+    let colon = trees.iter().enumerate().position(|(at, tree)| {
         let TokenTree::Punct(punct) = tree else {
             return false;
         };
         let joined_before = at > 0
-            && matches!(&first[at - 1], TokenTree::Punct(p) if p.as_char() == ':' && p.spacing() == Spacing::Joint);
+            && matches!(&trees[at - 1], TokenTree::Punct(p) if p.as_char() == ':' && p.spacing() == Spacing::Joint);
         punct.as_char() == ':' && punct.spacing() == Spacing::Alone && !joined_before
     })?;
-    let pat: TokenStream = first[..colon].iter().cloned().collect();
-    let ty: TokenStream = first[colon + 1..].iter().cloned().collect();
-    if pat.is_empty() || ty.is_empty() {
+    if colon == 0 || colon + 1 == trees.len() {
         return None;
     }
-    Some((pat, ty, trees[end..].to_vec()))
+    Some(Input {
+        pat: trees[..colon].to_vec(),
+        colon: trees[colon].clone(),
+        ty: trees[colon + 1..].to_vec(),
+    })
+}
+
+/// With a cost that uses the arguments: the last argument's pattern, when the costs use
+/// only what it binds and a `CostedArg` can take it apart and put it back (as
+/// `expand::costed_argument` decides); `Some(None)` when no cost uses any argument (costs,
+/// if any, are hooks); `None` for the general path. Every name in an earlier argument's
+/// pattern counts as bound there (a path too: when in doubt, the general path).
+fn costed_last(options: &[Options], inputs: &[Input]) -> Option<Option<Pat>> {
+    let costs: Vec<TokenStream> = options
+        .iter()
+        .filter_map(|o| o.cost.as_ref().map(ToTokens::to_token_stream))
+        .collect();
+    let uses = |names: &HashSet<String>| costs.iter().any(|cost| mentions(cost.clone(), names));
+    let all = idents(inputs.iter().flat_map(|input| &input.pat));
+    if costs.is_empty() || !uses(&all) {
+        return Some(None);
+    }
+    let keyed = options
+        .iter()
+        .any(|o| matches!(o.key, Some(Key::Function(_))));
+    let (last, earlier) = inputs.split_last()?;
+    if keyed || uses(&idents(earlier.iter().flat_map(|input| &input.pat))) {
+        return None;
+    }
+    let pat = Parser::parse2(Pat::parse_single, last.pat.iter().cloned().collect()).ok()?;
+    let ty: TokenStream = last.ty.iter().cloned().collect();
+    if !uses(&pat_names(&pat)) || rebuild(&pat).is_none() || names_any(ty, &["impl"]) {
+        return None;
+    }
+    Some(Some(pat))
+}
+
+/// Every identifier among `trees`, at any depth.
+fn idents<'a>(trees: impl Iterator<Item = &'a TokenTree>) -> HashSet<String> {
+    fn walk(tree: &TokenTree, names: &mut HashSet<String>) {
+        match tree {
+            TokenTree::Ident(ident) => {
+                names.insert(ident.to_string());
+            }
+            TokenTree::Group(group) => group.stream().into_iter().for_each(|t| walk(&t, names)),
+            _ => {}
+        }
+    }
+    let mut names = HashSet::new();
+    trees.for_each(|tree| walk(tree, &mut names));
+    names
 }
 
 /// What an outer attribute is to this one.
