@@ -274,10 +274,24 @@ impl SpecData {
     /// data may share an address, and then a policy (the same one: it is made of nothing
     /// else); one constant at two addresses makes two equal policies, which count in the
     /// same state (named by scope and route, never by address).
+    #[inline]
     pub fn policy(&'static self) -> &'static Policy {
         let this = std::ptr::from_ref(self).cast_mut();
         let first = (this.addr() >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15_u64 as usize)
             >> (usize::BITS - POLICY_SLOTS.trailing_zeros());
+        // The common case: the spec's own slot, its policy made.
+        let slot = &POLICIES[first % POLICY_SLOTS];
+        if slot.spec.load(Ordering::Relaxed) == this {
+            if let Some(policy) = slot.policy.get() {
+                return policy;
+            }
+        }
+        self.policy_slow(this, first)
+    }
+
+    /// [`policy`](SpecData::policy) past the first probe, or before the policy is made.
+    #[cold]
+    fn policy_slow(&'static self, this: *mut SpecData, first: usize) -> &'static Policy {
         for probe in 0..POLICY_SLOTS {
             let slot = &POLICIES[(first + probe) % POLICY_SLOTS];
             let mut owner = slot.spec.load(Ordering::Relaxed);
@@ -849,10 +863,14 @@ pub trait Held: Send + Sized + 'static {
 }
 
 impl Held for () {
-    fn hold(_: Leases) {}
+    #[inline]
+    fn hold(leases: Leases) {
+        leases.release();
+    }
 }
 
 impl Held for Leases {
+    #[inline]
     fn hold(leases: Leases) -> Leases {
         leases
     }
@@ -916,7 +934,11 @@ where
     H: Held,
     St: Send + Sync,
 {
-    let held = match guard_specs(parts, specs).await {
+    let answer = match guard_specs(parts, specs) {
+        Settling::Ready(answer) => answer.expect("a check answered at once"),
+        waiting => waiting.await,
+    };
+    let held = match answer {
         Ok(leases) => H::hold(leases),
         Err(rejection) => return Err(rejection.into_response()),
     };
@@ -938,7 +960,12 @@ where
     St: Send + Sync,
 {
     let (parts, body) = req.into_parts();
-    let held = match guard_specs(&parts, specs).await {
+    // Answered at once (an in-memory store), the check is not awaited.
+    let answer = match guard_specs(&parts, specs) {
+        Settling::Ready(answer) => answer.expect("a check answered at once"),
+        waiting => waiting.await,
+    };
+    let held = match answer {
         Ok(leases) => H::hold(leases),
         Err(rejection) => return Err(rejection.into_response()),
     };
