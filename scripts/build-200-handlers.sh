@@ -10,8 +10,9 @@
 # RATELIMIT=/path/to/a/checkout builds the crates against another checkout (an older commit's
 # worktree, to compare). INSTRUCTIONS=1 also counts, under callgrind, the instructions rustc
 # executes for each crate from scratch (not incremental): `cargo check` (the front end, which
-# runs on one thread) and `cargo build` (all of it, every thread): deterministic to well under
-# 1%, where the wall time here moves by 10%.
+# runs on one thread) and `cargo build` (all of it, every thread), and for the incremental
+# rebuild after touching the file (`touch`): deterministic to well under 1%, where the wall
+# time here moves by 10%.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -141,3 +142,16 @@ for step in check build; do
   printf '%-8s %12d %12d %8.3f\n' "$step" $((counts[with] / 1000000)) $((counts[without] / 1000000)) \
     "$(echo "${counts[with]} / ${counts[without]}" | bc -l)"
 done
+# The incremental rebuild after touching the file, its cache made by a build beforehand.
+for v in with without; do
+  cd "$work/$v"
+  cargo build -q >/dev/null 2>&1
+  touch src/lib.rs
+  cargo build -q >/dev/null 2>&1
+  touch src/lib.rs
+  RUSTC_WRAPPER="$wrapper" cargo build -q >/dev/null 2>&1
+  counts[$v]=$(cat "$COUNTS/handlers_$v.count")
+done
+cd "$root"
+printf '%-8s %12d %12d %8.3f\n' touch $((counts[with] / 1000000)) $((counts[without] / 1000000)) \
+  "$(echo "${counts[with]} / ${counts[without]}" | bc -l)"
