@@ -577,10 +577,13 @@ fn holds(options: &Options) -> bool {
     options.concurrency.is_some() || options.capacity.is_some()
 }
 
-/// The handler with a `Guard` in front of its arguments: the check runs before any of them
+/// The handler whose check needs none of its arguments: the check runs before any of them
 /// is extracted, and the body is untouched. The costs, which need no argument, go in a hook.
-/// A key function, which may be `async`, is awaited by a `KeyedGuard`; slots and capacity
-/// are held by a `HoldingGuard` (a plain `Guard` holds nothing, and needs no drop code).
+/// The first argument becomes a checked one (`Checked` or `CheckedParts`), whose pattern
+/// binds the argument's own and holds the slots, if any: axum then compiles the handler's
+/// extraction for as many extractors as it had. A handler without arguments takes a `Guard`
+/// (a `HoldingGuard` for slots and capacity); a key function, which may be `async`, is
+/// awaited by a `KeyedGuard` of its own.
 fn gen_guarded(options: &[Options], spec: &Ident, mut function: Handler, p: &str) -> TokenStream {
     // The first argument checked before it is extracted.
     let sole = function.sig.inputs.len() == 1;
