@@ -30,11 +30,17 @@ struct Handler {
     block: Group,
 }
 
+/// A handler's outer attributes, visibility and signature.
+fn parse_head(input: ParseStream<'_>) -> syn::Result<(Vec<Attribute>, Visibility, Signature)> {
+    let attrs = input.call(Attribute::parse_outer)?;
+    let vis = input.parse()?;
+    let sig = input.parse()?;
+    Ok((attrs, vis, sig))
+}
+
 impl Parse for Handler {
     fn parse(input: ParseStream<'_>) -> syn::Result<Handler> {
-        let attrs = input.call(Attribute::parse_outer)?;
-        let vis = input.parse()?;
-        let sig = input.parse()?;
+        let (attrs, vis, sig) = parse_head(input)?;
         let block: Group = input.parse()?;
         if block.delimiter() != Delimiter::Brace {
             return Err(syn::Error::new(
@@ -64,13 +70,8 @@ impl Handler {
                 return syn::parse2(trees.into_iter().collect());
             }
         };
-        let head = |input: ParseStream<'_>| {
-            let attrs = input.call(Attribute::parse_outer)?;
-            let vis = input.parse()?;
-            let sig = input.parse()?;
-            Ok((attrs, vis, sig))
-        };
-        let (attrs, vis, sig) = syn::parse::Parser::parse2(head, trees.into_iter().collect())?;
+        let (attrs, vis, sig) =
+            syn::parse::Parser::parse2(parse_head, trees.into_iter().collect())?;
         Ok(Handler {
             attrs,
             vis,
@@ -114,12 +115,8 @@ impl Handler {
 
 impl ToTokens for Handler {
     fn to_tokens(&self, tokens: &mut TokenStream) {
-        let Handler {
-            attrs,
-            vis,
-            sig,
-            block,
-        } = self;
+        let attrs = &self.attrs;
+        let (vis, sig, block) = (&self.vis, &self.sig, &self.block);
         tokens.extend(quote!(#(#attrs)* #vis #sig #block));
     }
 }

@@ -976,8 +976,9 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A checked argument's extraction: the shared future's answer, made the argument `A`.
-    /// All that is compiled per handler.
+    /// A checked argument's extraction (a [`Checked`], [`CheckedParts`] or [`CostedArg`]):
+    /// the answer of the future shared by every handler that takes the same argument, made
+    /// the argument `A`. All that is compiled per handler.
     struct Checking<A, F> {
         #[pin]
         checking: F,
@@ -1390,8 +1391,8 @@ where
         req: Request,
         state: &St,
     ) -> impl Future<Output = Result<CostedArg<S, T, N>, Response>> + Send {
-        Costing::<CostedArg<S, T, N>, _> {
-            extracting: costed::<T, St, M, N>(req, state, S::SPECS, S::costs),
+        Checking::<CostedArg<S, T, N>, _> {
+            checking: costed::<T, St, M, N>(req, state, S::SPECS, S::costs),
             _arg: PhantomData,
         }
     }
@@ -1420,24 +1421,14 @@ where
     Ok((value, slots))
 }
 
-pin_project_lite::pin_project! {
-    /// [`CostedArg`]'s extraction: [`costed`]'s answer, made the argument `A`. All that is
-    /// compiled per handler.
-    struct Costing<A, F> {
-        #[pin]
-        extracting: F,
-        _arg: PhantomData<fn() -> A>,
-    }
-}
-
-impl<S, T, const N: usize, F> Future for Costing<CostedArg<S, T, N>, F>
+impl<S, T, const N: usize, F> Future for Checking<CostedArg<S, T, N>, F>
 where
     F: Future<Output = Result<(T, Leases), Response>>,
 {
     type Output = Result<CostedArg<S, T, N>, Response>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().extracting.poll(cx) {
+        match self.project().checking.poll(cx) {
             Poll::Ready(Ok((value, slots))) => Poll::Ready(Ok(CostedArg {
                 value,
                 slots,
