@@ -25,6 +25,8 @@ mod one_expression_bodies;
 mod reserve_and_settle;
 #[path = "ui/pass/returns-and-early-exits.rs"]
 mod returns_and_early_exits;
+#[path = "ui/pass/token-level-rewrite.rs"]
+mod token_level_rewrite;
 
 #[test]
 fn what_must_compile_compiles_and_builds_its_router() {
@@ -34,4 +36,5 @@ fn what_must_compile_compiles_and_builds_its_router() {
     one_expression_bodies::main();
     reserve_and_settle::main();
     returns_and_early_exits::main();
+    token_level_rewrite::main();
 }
