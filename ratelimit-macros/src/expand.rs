@@ -597,23 +597,24 @@ fn gen_guarded(options: &[Options], spec: &Ident, mut function: Handler, p: &str
             return function.with_inputs(inputs);
         }
     }
-    let mut inputs = code(&format!("_: {p}::{},", gen_guard(options, spec)));
+    let mut inputs = gen_guard(options, spec, p);
     inputs.extend(std::mem::take(&mut function.sig.inputs).into_token_stream());
     function.with_inputs(inputs)
 }
 
-/// The guard type of a handler whose check needs no argument of it and that has none to
-/// check in front of, or a key function to await.
-pub(crate) fn gen_guard(options: &[Options], spec: &Ident) -> String {
+/// The guard argument (`_: Guard<Spec>,`) of a handler whose check needs no argument of it
+/// and that has none to check in front of, or a key function to await.
+pub(crate) fn gen_guard(options: &[Options], spec: &Ident, p: &str) -> TokenStream {
     let keyed = options
         .iter()
         .any(|o| matches!(o.key, Some(Key::Function(_))));
-    match (keyed, options.iter().any(holds)) {
+    let guard = match (keyed, options.iter().any(holds)) {
         // Sized by the number of attributes, which it keeps while it awaits.
         (true, _) => format!("KeyedGuard<{spec}, {}>", options.len()),
         (false, true) => format!("HoldingGuard<{spec}>"),
         (false, false) => format!("Guard<{spec}>"),
-    }
+    };
+    code(&format!("_: {p}::{guard},"))
 }
 
 /// The handler's first argument, `pat: ty`, checked before it is extracted: a
@@ -719,7 +720,7 @@ pub(crate) fn rebuild(pat: &Pat) -> Option<TokenStream> {
 
 /// Whether a type holds an `impl Trait` (an argument's: the handler is generic).
 fn contains_impl_type(ty: &syn::Type) -> bool {
-    contains_impl(&ReturnType::Type(Default::default(), Box::new(ty.clone())))
+    names_any(ty.to_token_stream(), &["impl"])
 }
 
 /// The handler with its last argument extracted by a `CostedArg`: keys and limits found
@@ -1006,26 +1007,30 @@ pub(crate) fn pat_names(pat: &Pat) -> HashSet<String> {
     names
 }
 
-/// Whether `tokens` name any of `names`.
-pub(crate) fn mentions(tokens: TokenStream, names: &HashSet<String>) -> bool {
+/// Whether `tokens` hold an identifier, at any depth, that `named` accepts: the one walk
+/// behind the checks below.
+fn any_ident(tokens: TokenStream, named: &impl Fn(&Ident) -> bool) -> bool {
     tokens.into_iter().any(|tree| match tree {
-        TokenTree::Ident(ident) => names.contains(&ident.to_string()),
-        TokenTree::Group(group) => mentions(group.stream(), names),
+        TokenTree::Ident(ident) => named(&ident),
+        TokenTree::Group(group) => any_ident(group.stream(), named),
         _ => false,
     })
 }
 
+/// Whether `tokens` name any of `names`.
+pub(crate) fn mentions(tokens: TokenStream, names: &HashSet<String>) -> bool {
+    any_ident(tokens, &|ident| names.contains(&ident.to_string()))
+}
+
+/// Whether `tokens` hold any of `names` as an identifier (keywords too: `self`, `impl`).
+pub(crate) fn names_any(tokens: TokenStream, names: &[&str]) -> bool {
+    any_ident(tokens, &|ident| names.iter().any(|name| ident == name))
+}
+
 /// Whether the return type holds an `impl Trait`, which cannot be named as a type argument.
 fn contains_impl(output: &ReturnType) -> bool {
-    fn has_impl(tokens: TokenStream) -> bool {
-        tokens.into_iter().any(|tree| match tree {
-            TokenTree::Ident(ident) => ident == "impl",
-            TokenTree::Group(group) => has_impl(group.stream()),
-            _ => false,
-        })
-    }
     match output {
         ReturnType::Default => false,
-        ReturnType::Type(_, ty) => has_impl(ty.to_token_stream()),
+        ReturnType::Type(_, ty) => names_any(ty.to_token_stream(), &["impl"]),
     }
 }

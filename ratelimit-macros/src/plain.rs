@@ -14,8 +14,8 @@ use syn::parse::Parser;
 
 use crate::attr::{Args, Errors};
 use crate::expand::{
-    MAX_ATTRIBUTES, code, gen_checked_argument, gen_costed_parts, gen_guard, gen_spec, mentions,
-    pat_names, rebuild, spec_name,
+    MAX_ATTRIBUTES, gen_checked_argument, gen_costed_parts, gen_guard, gen_spec, mentions,
+    names_any, pat_names, rebuild, spec_name,
 };
 use crate::validate::{Key, Options, validate};
 
@@ -114,7 +114,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> Option<TokenStream
                     guarded
                 }
                 None => {
-                    let mut guarded = code(&format!("_: {p}::{},", gen_guard(&options, &spec)));
+                    let mut guarded = gen_guard(&options, &spec, &p);
                     guarded.extend(arguments.stream());
                     guarded
                 }
@@ -306,13 +306,4 @@ fn options(arguments: Vec<TokenStream>) -> Option<Vec<Options>> {
         })
         .collect::<Option<Vec<Options>>>()?;
     errors.finish().ok().map(|()| options)
-}
-
-/// Whether `tokens` hold any of `names` as an identifier, at any depth.
-fn names_any(tokens: TokenStream, names: &[&str]) -> bool {
-    tokens.into_iter().any(|tree| match tree {
-        TokenTree::Ident(ident) => names.iter().any(|name| ident == name),
-        TokenTree::Group(group) => names_any(group.stream(), names),
-        _ => false,
-    })
 }
