@@ -109,17 +109,13 @@ pub use ratelimit_core::*;
 ///
 /// ```
 /// # use axum::Json;
-/// use ratelimit::__private::{Checked, KeyData, PolicyData, Spec, SpecData};
+/// use ratelimit::__private::{Checked, Spec};
 ///
 /// struct PredictLimit;
 ///
 /// impl Spec for PredictLimit {
-///     const SPECS: &'static [SpecData] = &[SpecData::new(PolicyData {
-///         handler: "my_app::predict",
-///         limits: Some("10/minute"),
-///         key: Some(KeyData::Ip),
-///         ..PolicyData::DEFAULT
-///     })];
+///     // The handler's path, then "10/minute" (9 bytes) counted by the client IP.
+///     const TEXT: &'static str = "my_app::predict\nl9:10/minuteki;";
 /// }
 ///
 /// async fn predict(
@@ -135,9 +131,11 @@ pub use ratelimit_core::*;
 /// instead. Either way axum compiles the handler's extraction for as many extractors as it
 /// had (each one more is the largest part of an attribute's build time).
 ///
-/// Several attributes on one handler make one array of `SPECS`, checked as one. Their hooks
+/// The options are data in one string constant (a struct literal per attribute took the
+/// compiler five times as long to check), read once, on the handler's first request.
+/// Several attributes on one handler follow each other in it, checked as one. Their hooks
 /// (`exempt_when`, a `limits` function, a `cost` that uses no argument) are plain functions
-/// named in the data; the options most attributes leave out are in an `ExtraData`.
+/// in a table beside it, `HOOKS`, one `Hooks` per attribute.
 ///
 /// A `cost` that uses the arguments moves the check after them:
 /// - when it uses only the last argument (`cost = batch.len()` with `Json(batch)` last), that
@@ -164,14 +162,12 @@ pub mod __private {
     pub use ratelimit_core::http::Leases;
     pub use ratelimit_core::http::support::{Cost, KeyFromFuture, KeyFromValue, Probe, returns};
     pub use ratelimit_core::http::{
-        Checked, CheckedParts, Costed, CostedArg, Deferred, ExtraData, Guard, HoldingGuard,
-        Identity, KeyData, KeySource, KeyedDeferred, KeyedGuard, KeyedSpec, LimitsRef, Policy,
-        PolicyData, Rejection, Spec, SpecData,
+        Checked, CheckedParts, Costed, CostedArg, Deferred, Guard, HoldingGuard, Hooks, Identity,
+        KeySource, KeyedDeferred, KeyedGuard, KeyedSpec, LimitsRef, Policy, Rejection, Spec,
     };
-    pub use ratelimit_core::{Algorithm, CapacityLimit, Limits};
+    pub use ratelimit_core::{Algorithm, Limits};
     pub use std::borrow::Cow;
-    pub use std::num::{NonZeroU32, NonZeroU64};
-    pub use std::time::Duration;
+    pub use std::num::NonZeroU64;
 
     pub use http::HeaderName;
     pub use http::request::Parts;

@@ -28,6 +28,9 @@
 pub mod rate;
 
 mod algorithm;
+
+#[doc(hidden)]
+pub mod attribute;
 #[cfg(feature = "axum")]
 mod capacity;
 #[cfg(feature = "runtime")]

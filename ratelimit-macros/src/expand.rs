@@ -302,8 +302,9 @@ pub(crate) fn code(text: &str) -> TokenStream {
     tokens.into()
 }
 
-/// The hidden item that describes the handler's attributes: a type whose `SPECS` is one
-/// constant array, an element per attribute, with its hooks beside it.
+/// The hidden item that describes the handler's attributes: a type whose `TEXT` is one
+/// string constant, every attribute's options in order, with their hooks beside it when
+/// any attribute has some.
 pub(crate) fn gen_spec(
     options: &[Options],
     spec: &Ident,
@@ -314,13 +315,27 @@ pub(crate) fn gen_spec(
     p: &str,
 ) -> TokenStream {
     let mut hooks = TokenStream::new();
-    let mut data = String::new();
+    let mut table = String::new();
+    let mut text = format!("::{handler}\n");
     for (index, options) in options.iter().enumerate() {
-        let (fields, mut extra) = gen_policy(options, p);
+        // The strings the attribute gives, as their values.
+        let value = |lit: Option<&syn::LitStr>| lit.map(syn::LitStr::value);
+        let rates = value(match &options.limits {
+            Limits::Literal(lit) => Some(lit),
+            Limits::Function(_) => None,
+        });
+        let scope = value(options.scope.as_ref());
+        let message = value(options.error_message.as_ref());
+        let mut attribute = attribute_text(options);
+        attribute.limits = rates.as_deref();
+        attribute.scope = scope.as_deref();
+        attribute.error_message = message.as_deref();
+        ratelimit_core::attribute::write(&mut text, &attribute);
+        let mut fields = String::new();
         let limits = format_ident!("limits_{}", index);
         if let Some(hook) = gen_limits_hook(options, &limits, private) {
             hooks.extend(hook);
-            extra.push_str(&format!(
+            fields.push_str(&format!(
                 "limits_of: ::core::option::Option::Some({limits}),"
             ));
         }
@@ -331,40 +346,33 @@ pub(crate) fn gen_spec(
             .flatten()
         {
             hooks.extend(hook);
-            extra.push_str(&format!("cost: ::core::option::Option::Some({cost}),"));
+            fields.push_str(&format!("cost: ::core::option::Option::Some({cost}),"));
         }
         let exempt = format_ident!("exempt_{}", index);
         if let Some(hook) = gen_exempt_hook(options, &exempt, private) {
             hooks.extend(hook);
-            extra.push_str(&format!("exempt: ::core::option::Option::Some({exempt}),"));
+            fields.push_str(&format!("exempt: ::core::option::Option::Some({exempt}),"));
         }
-        // The options most attributes leave out, only when this one gives any.
-        let extra = if extra.is_empty() {
-            extra
-        } else {
-            format!("extra: &{p}::ExtraData {{ {extra} ..{p}::ExtraData::DEFAULT }},")
-        };
-        data.push_str(&format!(
-            "{p}::SpecData::new({p}::PolicyData {{ \
-                handler: ::core::concat!(::core::module_path!(), \"::{handler}\"), \
-                {fields} {extra} ..{p}::PolicyData::DEFAULT \
-            }}),"
-        ));
+        table.push_str(&format!("{p}::Hooks {{ {fields} ..{p}::Hooks::NONE }},"));
     }
-    // An attribute that gives every field leaves `..DEFAULT` with nothing to fill in.
+    // The handler's path is the module's (known to the compiler) and its name.
+    let text =
+        format!("const TEXT: &'static str = ::core::concat!(::core::module_path!(), {text:?});");
     let head = format!(
         "#[doc(hidden)] #[allow(non_camel_case_types)] {vis} struct {spec}; \
-         #[allow(clippy::needless_update)] impl {p}::Spec for {spec}"
+         impl {p}::Spec for {spec}"
     );
-    let constant = format!("const SPECS: &'static [{p}::SpecData] =");
     let mut item = if hooks.is_empty() {
         // The common case, in one piece.
-        code(&format!("{head} {{ {constant} &[{data}]; }}"))
+        code(&format!("{head} {{ {text} }}"))
     } else {
-        // The hooks (the user's tokens) in the constant's block, before the array.
+        // The hooks (the user's tokens) in the constant's block, before the table; an
+        // attribute with every hook leaves `..NONE` with nothing to fill in.
         let mut block = hooks;
-        block.extend(code(&format!("&[{data}]")));
-        let mut body = code(&constant);
+        block.extend(code(&format!("&[{table}]")));
+        let mut body = code(&format!(
+            "{text} #[allow(clippy::needless_update)] const HOOKS: &'static [{p}::Hooks] ="
+        ));
         body.extend([
             TokenTree::Group(Group::new(Delimiter::Brace, block)),
             TokenTree::Punct(proc_macro2::Punct::new(';', Spacing::Alone)),
@@ -383,77 +391,36 @@ pub(crate) fn gen_spec(
     item
 }
 
-/// The options an attribute gives, as fields of its `PolicyData` literal and of its
-/// `ExtraData` (the rest are the core's defaults), in the text of the code.
-fn gen_policy(options: &Options, p: &str) -> (String, String) {
-    let mut fields = String::new();
-    let mut extra = String::new();
-    let field = |to: &mut String, name: &str, value: &str| {
-        to.push_str(&format!("{name}: ::core::option::Option::Some({value}),"));
+/// What an attribute says that is data, for the core's text of it (hooks aside), but its
+/// strings. Tuning of limits given as a function is applied by its hook.
+fn attribute_text(options: &Options) -> ratelimit_core::attribute::AttributeText<'_> {
+    use ratelimit_core::attribute::{AttributeText, CapacityText, KeyText};
+    let literal = match &options.limits {
+        Limits::Literal(lit) => Some(lit),
+        Limits::Function(_) => None,
     };
-    if let Limits::Literal(lit) = &options.limits {
-        // Tuning of limits given as a function is applied by its hook.
-        field(&mut fields, "limits", &lit.token().to_string());
-        if let Some(algorithm) = &options.algorithm {
-            let index = algorithm.value.index();
-            field(
-                &mut extra,
-                "algorithm",
-                &format!("{p}::Algorithm::ALL[{index}]"),
-            );
-        }
-        if let Some(burst) = options.burst {
-            field(
-                &mut extra,
-                "burst",
-                &format!("{p}::NonZeroU64::new({burst}).expect(\"checked by #[rate_limit]\")"),
-            );
-        }
+    AttributeText {
+        limits: None,
+        algorithm: literal
+            .and(options.algorithm.as_ref())
+            .map(|algorithm| algorithm.value),
+        burst: literal.and(options.burst),
+        key: options.key.as_ref().map(|key| match key {
+            Key::Ip => KeyText::Ip,
+            Key::Global => KeyText::Global,
+            Key::Header(name) => KeyText::Header(name),
+            Key::Function(_) => KeyText::Custom,
+        }),
+        scope: None,
+        error_message: None,
+        reserves: options.reserves.is_some(),
+        concurrency: options.concurrency,
+        capacity: options.capacity.as_ref().map(|capacity| match *capacity {
+            Capacity::Adaptive { min, max } => CapacityText::Adaptive { min, max },
+            Capacity::Fixed(limit) => CapacityText::Fixed(limit),
+        }),
+        queue: options.queue.map(std::time::Duration::from_nanos),
     }
-    let key = match &options.key {
-        Some(Key::Ip) => Some(format!("{p}::KeyData::Ip")),
-        Some(Key::Global) => Some(format!("{p}::KeyData::Global")),
-        Some(Key::Header(name)) => Some(format!("{p}::KeyData::Header({name:?})")),
-        Some(Key::Function(_)) => Some(format!("{p}::KeyData::Custom")),
-        None => None,
-    };
-    if let Some(key) = key {
-        field(&mut fields, "key", &key);
-    }
-    if let Some(scope) = &options.scope {
-        field(&mut fields, "scope", &scope.token().to_string());
-    }
-    if let Some(message) = &options.error_message {
-        field(&mut extra, "error_message", &message.token().to_string());
-    }
-    if options.reserves.is_some() {
-        extra.push_str("reserves: true,");
-    }
-    if let Some(slots) = options.concurrency {
-        field(
-            &mut extra,
-            "concurrency",
-            &format!("{p}::NonZeroU32::new({slots}).expect(\"checked by #[rate_limit]\")"),
-        );
-    }
-    let capacity = match &options.capacity {
-        Some(Capacity::Adaptive { min, max }) => Some(format!(
-            "{p}::CapacityLimit::adaptive().min({min}).max({max})"
-        )),
-        Some(Capacity::Fixed(limit)) => Some(format!("{p}::CapacityLimit::fixed({limit})")),
-        None => None,
-    };
-    if let Some(capacity) = capacity {
-        field(&mut extra, "capacity", &capacity);
-    }
-    if let Some(nanos) = options.queue {
-        field(
-            &mut extra,
-            "queue",
-            &format!("{p}::Duration::from_nanos({nanos})"),
-        );
-    }
-    (fields, extra)
 }
 
 fn gen_tuned(limits: TokenStream, options: &Options, private: &TokenStream) -> TokenStream {

@@ -4,19 +4,15 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::num::{NonZeroU32, NonZeroU64};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicPtr, Ordering};
 
-use once_cell::race::OnceRef;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arrayvec::ArrayVec;
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
-use http::HeaderName;
 use http::request::Parts;
 
 use super::config::HttpConfig;
@@ -27,335 +23,11 @@ use super::enforce::{
 use super::identity::{Identity, Who};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::Rejection;
-use crate::algorithm::Algorithm;
+use super::spec::{self, Hooks, KeyedSpec, Policy, Spec, SpecData};
 use crate::capacity::CapacityLimit;
 use crate::decision::Decision;
 use crate::limits::{Limits, LimitsRef};
 use crate::reservation::Reservation;
-
-/// What one `#[rate_limit]` attribute says, built once per attribute by the generated code.
-#[derive(Debug)]
-pub struct Policy {
-    handler: &'static str,
-    limits: Option<Limits>,
-    key: Option<KeySource>,
-    scope: Option<&'static str>,
-    error_message: Option<&'static str>,
-    concurrency: Option<NonZeroU32>,
-    capacity: Option<CapacityLimit>,
-    queue: Option<Duration>,
-    reserves: bool,
-}
-
-impl Policy {
-    /// The policy of the handler named `handler` (`module::path::fn_name`, for logs and as the
-    /// fallback scope when a request carries no matched route).
-    pub fn new(handler: &'static str) -> Policy {
-        Policy {
-            handler,
-            limits: None,
-            key: None,
-            scope: None,
-            error_message: None,
-            concurrency: None,
-            capacity: None,
-            queue: None,
-            reserves: false,
-        }
-    }
-
-    /// `capacity = adaptive | N`: at most so many requests of this route in flight across
-    /// every client of this instance, shared fairly between them (see [`CapacityLimit`]).
-    /// The limiter's builder may size it instead
-    /// ([`LimiterBuilder::capacity`](crate::LimiterBuilder::capacity)).
-    pub fn capacity(mut self, limit: CapacityLimit) -> Policy {
-        self.capacity = Some(limit);
-        self
-    }
-
-    /// `queue = "2s"`: a request that finds the route's capacity, or its client's
-    /// concurrency slots, full waits up to `wait` (round robin across clients, higher
-    /// priority first) before it is refused.
-    pub fn queue(mut self, wait: Duration) -> Policy {
-        self.queue = Some(wait);
-        self
-    }
-
-    /// Whether a request may wait for a slot or for capacity.
-    fn waits(&self) -> bool {
-        self.capacity.is_some() || (self.queue.is_some() && self.concurrency.is_some())
-    }
-
-    /// `reserve = EXPR`: the cost is an estimate, reserved and settled by the handler with
-    /// the [`Reservation`] it is given.
-    pub fn reserves(mut self) -> Policy {
-        self.reserves = true;
-        self
-    }
-
-    /// Fixed limits (without them, the spec's `limits` function answers per request).
-    pub fn limits(mut self, limits: Limits) -> Policy {
-        self.limits = Some(limits);
-        self
-    }
-
-    /// Who is counted (default: the limiter's default key, the client IP).
-    pub fn key(mut self, key: KeySource) -> Policy {
-        self.key = Some(key);
-        self
-    }
-
-    /// One budget shared by every handler naming the same scope.
-    pub fn scope(mut self, scope: &'static str) -> Policy {
-        self.scope = Some(scope);
-        self
-    }
-
-    /// At most `slots` requests of one key in flight at once (`concurrency = N`): a slot is
-    /// taken before any rate is charged and given back when the handler's future completes
-    /// or is dropped.
-    pub fn concurrency(mut self, slots: NonZeroU32) -> Policy {
-        self.concurrency = Some(slots);
-        self
-    }
-
-    /// The `detail` of the 429 answer instead of `Rate limit exceeded: 10 per 1 minute`.
-    pub fn error_message(mut self, message: &'static str) -> Policy {
-        self.error_message = Some(message);
-        self
-    }
-}
-
-/// An attribute's options as the generated code writes them: data in a `static`, made a
-/// [`Policy`] on first use by [`SpecData::policy`], one function for every handler (a
-/// builder chain per handler would be compiled per handler). The generated code names only
-/// the options the attribute gives, the rest taken from [`PolicyData::DEFAULT`]: a short
-/// literal of few fields is a quick constant for the compiler to check and evaluate, so the
-/// options most attributes leave out are in [`ExtraData`], behind one reference.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug)]
-pub struct PolicyData {
-    /// `module::path::fn_name`.
-    pub handler: &'static str,
-    /// The limits, when the attribute gives them as a string (checked at compile time).
-    pub limits: Option<&'static str>,
-    /// `key = ..`.
-    pub key: Option<KeyData>,
-    /// `scope = ..`.
-    pub scope: Option<&'static str>,
-    /// The other options and the hooks.
-    pub extra: &'static ExtraData,
-}
-
-impl PolicyData {
-    /// No option given: what the generated code's literal starts from.
-    pub const DEFAULT: PolicyData = PolicyData {
-        handler: "",
-        limits: None,
-        key: None,
-        scope: None,
-        extra: &ExtraData::DEFAULT,
-    };
-
-    fn policy(&self) -> Policy {
-        let extra = self.extra;
-        let limits = self.limits.map(|text| {
-            let mut limits = Limits::parse(text).expect("checked by #[rate_limit]");
-            if let Some(algorithm) = extra.algorithm {
-                limits = limits.with_algorithm(algorithm);
-            }
-            if let Some(burst) = extra.burst {
-                limits = limits.with_burst(burst);
-            }
-            limits
-        });
-        Policy {
-            handler: self.handler,
-            limits,
-            key: self.key.map(KeyData::source),
-            scope: self.scope,
-            error_message: extra.error_message,
-            concurrency: extra.concurrency,
-            capacity: extra.capacity,
-            queue: extra.queue,
-            reserves: extra.reserves,
-        }
-    }
-}
-
-/// The options of a [`PolicyData`] that most attributes leave out, and its hooks.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug)]
-pub struct ExtraData {
-    /// `algorithm = ..`, for limits given as a string.
-    pub algorithm: Option<Algorithm>,
-    /// `burst = ..`, for limits given as a string.
-    pub burst: Option<NonZeroU64>,
-    /// `error_message = ..`.
-    pub error_message: Option<&'static str>,
-    /// `reserve = ..`.
-    pub reserves: bool,
-    /// `concurrency = ..`.
-    pub concurrency: Option<NonZeroU32>,
-    /// `capacity = ..`.
-    pub capacity: Option<CapacityLimit>,
-    /// `queue = ..`.
-    pub queue: Option<Duration>,
-    /// `limits = path`: the limits of this request (`None` from it: the policy's). Hooks
-    /// are plain functions, so that what every handler does with them is compiled once.
-    pub limits_of: Option<fn(&Parts) -> Option<LimitsRef>>,
-    /// `cost = EXPR` when the expression uses no handler argument (`None`: 1).
-    pub cost: Option<fn(&Parts) -> u64>,
-    /// `exempt_when = path`: requests that skip this limit (`None`: none).
-    pub exempt: Option<fn(&Parts) -> bool>,
-}
-
-impl ExtraData {
-    /// None of these options.
-    pub const DEFAULT: ExtraData = ExtraData {
-        algorithm: None,
-        burst: None,
-        error_message: None,
-        reserves: false,
-        concurrency: None,
-        capacity: None,
-        queue: None,
-        limits_of: None,
-        cost: None,
-        exempt: None,
-    };
-}
-
-/// `key = ..` as the generated code writes it: plain data (a [`KeySource`] holds a
-/// `HeaderName`, which would make every attribute's `static` a value with a destructor for
-/// the compiler to check).
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug)]
-pub enum KeyData {
-    /// `key = ip`.
-    Ip,
-    /// `key = global`.
-    Global,
-    /// `key = header("name")`: the name, lowercase (checked at compile time).
-    Header(&'static str),
-    /// `key = path`.
-    Custom,
-}
-
-impl KeyData {
-    fn source(self) -> KeySource {
-        match self {
-            KeyData::Ip => KeySource::Ip,
-            KeyData::Global => KeySource::Global,
-            KeyData::Header(name) => KeySource::Header(HeaderName::from_static(name)),
-            KeyData::Custom => KeySource::Custom,
-        }
-    }
-}
-
-/// One attribute's spec as the generated code writes it: its [`PolicyData`], made a
-/// [`Policy`] on first use. A handler's attributes are one constant array of these, and no
-/// function or `static`: plain data is the quickest item for the compiler to check and
-/// evaluate in every crate of handlers.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug)]
-pub struct SpecData {
-    data: PolicyData,
-}
-
-impl SpecData {
-    /// The spec of `data`.
-    pub const fn new(data: PolicyData) -> SpecData {
-        SpecData { data }
-    }
-
-    /// The attribute's policy, made on first use and kept for the process in [`POLICIES`],
-    /// by the address of this spec (a constant of the generated code). Two specs of equal
-    /// data may share an address, and then a policy (the same one: it is made of nothing
-    /// else); one constant at two addresses makes two equal policies, which count in the
-    /// same state (named by scope and route, never by address).
-    #[inline]
-    pub fn policy(&'static self) -> &'static Policy {
-        let this = std::ptr::from_ref(self).cast_mut();
-        let first = (this.addr() >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15_u64 as usize)
-            >> (usize::BITS - POLICY_SLOTS.trailing_zeros());
-        // The common case: the spec's own slot, its policy made.
-        let slot = &POLICIES[first % POLICY_SLOTS];
-        if slot.spec.load(Ordering::Relaxed) == this {
-            if let Some(policy) = slot.policy.get() {
-                return policy;
-            }
-        }
-        self.policy_slow(this, first)
-    }
-
-    /// [`policy`](SpecData::policy) past the first probe, or before the policy is made.
-    #[cold]
-    fn policy_slow(&'static self, this: *mut SpecData, first: usize) -> &'static Policy {
-        for probe in 0..POLICY_SLOTS {
-            let slot = &POLICIES[(first + probe) % POLICY_SLOTS];
-            let mut owner = slot.spec.load(Ordering::Relaxed);
-            if owner.is_null() {
-                owner = match slot.spec.compare_exchange(
-                    std::ptr::null_mut(),
-                    this,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => this,
-                    Err(taken) => taken,
-                };
-            }
-            if owner == this {
-                // Two threads that race to make it each make one, and both use the one kept.
-                return slot
-                    .policy
-                    .get_or_init(|| Box::leak(Box::new(self.data.policy())));
-            }
-        }
-        // More attributes than slots: the rest in a map.
-        static MORE: std::sync::OnceLock<dashmap::DashMap<usize, &'static Policy>> =
-            std::sync::OnceLock::new();
-        *MORE
-            .get_or_init(dashmap::DashMap::new)
-            .entry(this.addr())
-            .or_insert_with(|| Box::leak(Box::new(self.data.policy())))
-    }
-}
-
-/// Room for the policies of this many attributes in [`POLICIES`] (a power of two).
-const POLICY_SLOTS: usize = 1024;
-
-/// A spec's policy, in [`POLICIES`]: the spec whose it is (null: free), and the policy.
-struct PolicySlot {
-    spec: AtomicPtr<SpecData>,
-    policy: OnceRef<'static, Policy>,
-}
-
-/// The policies of the specs in use, by their address's hash (linear probing): a slot is
-/// taken once and for good, so that a reader needs no lock, two loads.
-static POLICIES: [PolicySlot; POLICY_SLOTS] = [const {
-    PolicySlot {
-        spec: AtomicPtr::new(std::ptr::null_mut()),
-        policy: OnceRef::new(),
-    }
-}; POLICY_SLOTS];
-
-/// A handler's `#[rate_limit]` attributes, as the generated code describes them: one type
-/// per handler, whose [`SPECS`](Spec::SPECS) hold every attribute's options and hooks in
-/// order. Several attributes on one handler are checked as one.
-pub trait Spec: Send + Sync + 'static {
-    /// Each attribute's options and hooks: a constant of the generated code.
-    const SPECS: &'static [SpecData];
-}
-
-/// A [`Spec`] of which one attribute at least has a key function (`key = path`), which may
-/// be `async`: [`KeyedGuard`] and [`KeyedDeferred`] await it.
-pub trait KeyedSpec: Spec {
-    /// The key function of the attribute at `index` (any other index: the client).
-    fn key(index: usize, parts: &Parts)
-    -> impl Future<Output = Result<Identity, Rejection>> + Send;
-}
 
 /// What the `N` attributes of a handler say of one request.
 #[doc(hidden)]
@@ -395,9 +67,9 @@ async fn resolve_keyed<S: KeyedSpec, R: FromIterator<One>>(
     parts: &Parts,
 ) -> Result<R, Rejection> {
     let mut resolved: ArrayVec<One, MAX_SPECS> = ArrayVec::new();
-    for (index, spec) in S::SPECS.iter().enumerate() {
+    for (index, spec) in spec::specs(S::TEXT, S::HOOKS).iter().enumerate() {
         let policy = spec.policy();
-        let hooks = spec.data.extra;
+        let hooks = spec.hooks();
         let exempt = hooks.exempt.is_some_and(|exempt| exempt(parts));
         let identity = if !exempt && custom_key(config, policy) {
             Some(S::key(index, parts).await?)
@@ -784,7 +456,7 @@ impl<S: Spec, St: Send + Sync> FromRequestParts<St> for Guard<S> {
         _state: &St,
     ) -> impl Future<Output = Result<Guard<S>, Rejection>> + Send {
         Guarded::<Guard<S>> {
-            settling: guard_specs(parts, S::SPECS),
+            settling: guard_specs(parts, S::TEXT, S::HOOKS),
             _guard: PhantomData,
         }
     }
@@ -798,7 +470,7 @@ impl<S: Spec, St: Send + Sync> FromRequestParts<St> for HoldingGuard<S> {
         _state: &St,
     ) -> impl Future<Output = Result<HoldingGuard<S>, Rejection>> + Send {
         Guarded::<HoldingGuard<S>> {
-            settling: guard_specs(parts, S::SPECS),
+            settling: guard_specs(parts, S::TEXT, S::HOOKS),
             _guard: PhantomData,
         }
     }
@@ -897,7 +569,7 @@ where
         state: &St,
     ) -> impl Future<Output = Result<CheckedParts<S, T, H>, Response>> + Send {
         Checking::<CheckedParts<S, T, H>, _> {
-            checking: check_parts::<T, H, St>(parts, state, S::SPECS),
+            checking: check_parts::<T, H, St>(parts, state, S::TEXT, S::HOOKS),
             _arg: PhantomData,
         }
     }
@@ -917,7 +589,7 @@ where
         state: &St,
     ) -> impl Future<Output = Result<Checked<S, T, H>, Response>> + Send {
         Checking::<Checked<S, T, H>, _> {
-            checking: check_request::<T, H, St, M>(req, state, S::SPECS),
+            checking: check_request::<T, H, St, M>(req, state, S::TEXT, S::HOOKS),
             _arg: PhantomData,
         }
     }
@@ -927,14 +599,15 @@ where
 async fn check_parts<T, H, St>(
     parts: &mut Parts,
     state: &St,
-    specs: &'static [SpecData],
+    text: &'static str,
+    hooks: &'static [Hooks],
 ) -> Result<(T, H), Response>
 where
     T: FromRequestParts<St>,
     H: Held,
     St: Send + Sync,
 {
-    let answer = match guard_specs(parts, specs) {
+    let answer = match guard_specs(parts, text, hooks) {
         Settling::Ready(answer) => answer.expect("a check answered at once"),
         waiting => waiting.await,
     };
@@ -952,7 +625,8 @@ where
 async fn check_request<T, H, St, M>(
     req: Request,
     state: &St,
-    specs: &'static [SpecData],
+    text: &'static str,
+    hooks: &'static [Hooks],
 ) -> Result<(T, H), Response>
 where
     T: FromRequest<St, M>,
@@ -961,7 +635,7 @@ where
 {
     let (parts, body) = req.into_parts();
     // Answered at once (an in-memory store), the check is not awaited.
-    let answer = match guard_specs(&parts, specs) {
+    let answer = match guard_specs(&parts, text, hooks) {
         Settling::Ready(answer) => answer.expect("a check answered at once"),
         waiting => waiting.await,
     };
@@ -1020,7 +694,12 @@ where
 
 /// [`Guard`]'s whole extraction, not generic: the attributes resolved through their hooks,
 /// then checked ([`guard`]).
-fn guard_specs<'a>(parts: &'a Parts, specs: &'static [SpecData]) -> Settling<'a, Leases> {
+fn guard_specs<'a>(
+    parts: &'a Parts,
+    text: &'static str,
+    hooks: &'static [Hooks],
+) -> Settling<'a, Leases> {
+    let specs = spec::specs(text, hooks);
     let (config, route) = enter(parts);
     // The common case, resolved and checked in place: one attribute of rates alone.
     if let [spec] = specs {
@@ -1045,7 +724,7 @@ fn guard_one_now(
     spec: &'static SpecData,
 ) -> Option<Result<Leases, Rejection>> {
     let policy = spec.policy();
-    let hooks = spec.data.extra;
+    let hooks = spec.hooks();
     // Decided before anything is resolved: the general path would resolve it again.
     if !checked_alone(config, policy) || !config.limiter.answers_now() {
         return None;
@@ -1075,7 +754,7 @@ fn resolve_hooks(
 ) -> Result<(), Rejection> {
     for spec in specs {
         let policy = spec.policy();
-        let hooks = spec.data.extra;
+        let hooks = spec.hooks();
         let exempt = hooks.exempt.is_some_and(|exempt| exempt(parts));
         resolved.push(resolve_with(
             config,
@@ -1233,7 +912,7 @@ impl<S: Spec, St: Send + Sync, const N: usize> FromRequestParts<St> for Deferred
         _state: &St,
     ) -> impl Future<Output = Result<Deferred<S, N>, Rejection>> + Send {
         Deferring {
-            pending: Resolving::new(parts, S::SPECS),
+            pending: Resolving::new(parts, S::TEXT, S::HOOKS),
             _spec: PhantomData,
         }
     }
@@ -1273,7 +952,8 @@ struct Resolving<'a, R> {
 }
 
 impl<'a, R: FromIterator<One>> Resolving<'a, R> {
-    fn new(parts: &'a Parts, specs: &'static [SpecData]) -> Resolving<'a, R> {
+    fn new(parts: &'a Parts, text: &'static str, hooks: &'static [Hooks]) -> Resolving<'a, R> {
+        let specs = spec::specs(text, hooks);
         let (config, route) = enter(parts);
         let mut ones = ArrayVec::new();
         let (resolved, layer) = match resolve_hooks(config, parts, specs, &mut ones) {
@@ -1392,7 +1072,7 @@ where
         state: &St,
     ) -> impl Future<Output = Result<CostedArg<S, T, N>, Response>> + Send {
         Checking::<CostedArg<S, T, N>, _> {
-            checking: costed::<T, St, M, N>(req, state, S::SPECS, S::costs),
+            checking: costed::<T, St, M, N>(req, state, S::TEXT, S::HOOKS, S::costs),
             _arg: PhantomData,
         }
     }
@@ -1404,14 +1084,15 @@ where
 async fn costed<T, St, M, const N: usize>(
     req: Request,
     state: &St,
-    specs: &'static [SpecData],
+    text: &'static str,
+    hooks: &'static [Hooks],
     costs: fn(T) -> (T, [u64; N]),
 ) -> Result<(T, Leases), Response>
 where
     T: FromRequest<St, M>,
     St: Send + Sync,
 {
-    let (req, pending) = resolve_request::<N>(req, specs).await?;
+    let (req, pending) = resolve_request::<N>(req, text, hooks).await?;
     let value = match T::from_request(req, state).await {
         Ok(value) => value,
         Err(rejection) => return Err(rejection.into_response()),
@@ -1444,11 +1125,12 @@ where
 /// the keys and limits (and what the layer left), then put back together.
 async fn resolve_request<const N: usize>(
     req: Request,
-    specs: &'static [SpecData],
+    text: &'static str,
+    hooks: &'static [Hooks],
 ) -> Result<(Request, Pending<Resolved<N>>), Response> {
     let (parts, body) = req.into_parts();
     let pending = {
-        let mut resolving: Resolving<'_, Resolved<N>> = Resolving::new(&parts, specs);
+        let mut resolving: Resolving<'_, Resolved<N>> = Resolving::new(&parts, text, hooks);
         std::future::poll_fn(|cx| resolving.poll_unpin(cx)).await
     };
     match pending {
@@ -1786,56 +1468,5 @@ pub mod support {
     /// body infer as they did before the rewrite moved it into an `async` block.
     pub fn returns<T, F: Future<Output = T>>(future: F) -> F {
         future
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Specs of distinct data, more than the table has slots, leaked as the generated
-    /// constants are `'static`.
-    fn specs(count: usize) -> &'static [SpecData] {
-        let specs: Vec<SpecData> = (0..count)
-            .map(|i| {
-                SpecData::new(PolicyData {
-                    handler: Box::leak(format!("tests::handler_{i}").into_boxed_str()),
-                    limits: Some("10/minute"),
-                    ..PolicyData::DEFAULT
-                })
-            })
-            .collect();
-        specs.leak()
-    }
-
-    #[test]
-    fn each_spec_has_its_own_policy_made_once_in_the_table_and_past_it() {
-        let specs = specs(POLICY_SLOTS + POLICY_SLOTS / 2);
-        let made: Vec<&'static Policy> = specs.iter().map(SpecData::policy).collect();
-        for (spec, policy) in specs.iter().zip(&made) {
-            assert_eq!(policy.handler, spec.data.handler);
-            assert!(std::ptr::eq(spec.policy(), *policy), "made again");
-        }
-    }
-
-    #[test]
-    fn threads_that_race_for_a_spec_use_one_policy() {
-        let specs = specs(64);
-        let made: Vec<Vec<usize>> = std::thread::scope(|scope| {
-            let threads: Vec<_> = (0..4)
-                .map(|_| {
-                    scope.spawn(|| {
-                        specs
-                            .iter()
-                            .map(|spec| std::ptr::from_ref(spec.policy()).addr())
-                            .collect()
-                    })
-                })
-                .collect();
-            threads.into_iter().map(|t| t.join().unwrap()).collect()
-        });
-        for other in &made[1..] {
-            assert_eq!(other, &made[0]);
-        }
     }
 }

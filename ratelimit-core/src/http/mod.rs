@@ -24,15 +24,15 @@ mod key;
 mod layer;
 mod metrics;
 mod response;
+mod spec;
 
 /// Where the attribute's `LIMITS` functions have always found it.
 pub use crate::limits::LimitsRef;
 pub use config::AsLimits;
 pub use enforce::Leases;
 pub use extract::{
-    Checked, CheckedParts, Costed, CostedArg, Deferred, ExtraData, Guard, Held, HoldingGuard,
-    KeyData, KeyedDeferred, KeyedGuard, KeyedSpec, One, Policy, PolicyData, Resolved, Spec,
-    SpecData, ViaChecked, ViaCosted, support,
+    Checked, CheckedParts, Costed, CostedArg, Deferred, Guard, Held, HoldingGuard, KeyedDeferred,
+    KeyedGuard, One, Resolved, ViaChecked, ViaCosted, support,
 };
 pub use identity::{
     ApiKeys, ClientAddr, Identity, IntoKey, KeyLookup, KeyTable, KnownKey, UnknownKey,
@@ -41,3 +41,4 @@ pub use key::{KeySource, TrustedProxies};
 pub use layer::{RateLimitLayer, RateLimitService};
 pub use metrics::{metrics_json, metrics_prometheus};
 pub use response::{HeaderStyle, RateLimited, Rejection};
+pub use spec::{Hooks, KeyedSpec, Policy, Spec, SpecData};

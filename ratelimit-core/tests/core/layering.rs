@@ -87,10 +87,11 @@ fn modules_depend_downward_only_and_nothing_below_http_names_http() {
 }
 
 /// Within `http`, lowest first: the answer, keys, the configuration, what the layer shares
-/// with the extractors, the one enforcement site, then the two things built on it.
-const HTTP_ORDER: [&str; 10] = [
-    "response", "key", "config", "context", "enforce", "identity", "extract", "drain", "layer",
-    "metrics",
+/// with the extractors, the one enforcement site, identities, the attributes' specs, then
+/// the things built on them.
+const HTTP_ORDER: [&str; 11] = [
+    "response", "key", "config", "context", "enforce", "identity", "spec", "extract", "drain",
+    "layer", "metrics",
 ];
 
 #[test]
