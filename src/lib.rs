@@ -141,8 +141,9 @@ pub use ratelimit_core::*;
 /// - when it uses only the last argument (`cost = batch.len()` with `Json(batch)` last), that
 ///   argument becomes a `CostedArg<PredictLimit, Json<Vec<f32>>, 1>` (1: the number of
 ///   attributes), which finds the keys before the argument is extracted, then asks the
-///   spec's `Costed` impl for the costs from it and checks; the body binds the argument's
-///   pattern from it and is otherwise untouched, and so is the return type;
+///   spec's `Costed` impl for the costs from it and checks; the handler binds the
+///   argument's pattern inside it (`CostedArg(Json(batch), slots, _)`, the slots held until
+///   its future completes or is dropped), and the body and the return type are untouched;
 /// - otherwise the handler takes a `Deferred<PredictLimit, 1>` first, returns
 ///   `Result<T, Rejection>`, and checks the request at its cost before the original body,
 ///   which runs in place when nothing in it leaves early (no `return`, `?` or unknown macro)

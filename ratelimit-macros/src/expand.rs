@@ -692,10 +692,10 @@ fn contains_impl_type(ty: &syn::Type) -> bool {
 
 /// The handler with its last argument extracted by a `CostedArg`: keys and limits found
 /// before that argument is extracted (before the body is read), the check once the costs,
-/// computed from it by the spec's `Costed` impl, are known. The body is untouched but for
-/// one `let` that binds the argument's pattern and holds the request's slots while the body
-/// runs (dropped after the body's own locals, when it completes or is dropped); the return
-/// type is the handler's.
+/// computed from it by the spec's `Costed` impl, are known. The argument binds the user's
+/// pattern and holds the request's slots while the body runs (an argument, dropped after
+/// the body's own locals, when it completes or is dropped); the body is untouched but for
+/// a `let _ = &name;` per name only the costs used, and the return type is the handler's.
 fn gen_costed(
     options: &[Options],
     spec: &Ident,
@@ -718,12 +718,20 @@ fn gen_costed(
         inputs.extend(quote!(#input,));
     }
     inputs.extend(parts.argument);
-    let mut block = parts.binding;
-    block.extend([TokenTree::Group(function.block.clone())]);
-    function.block = Group::new(Delimiter::Brace, block);
+    function.block = with_binding(parts.binding, function.block.clone());
     let mut expanded = parts.item;
     expanded.extend(function.with_inputs(inputs));
     expanded
+}
+
+/// The handler's body behind the `let`s of a [`CostedParts`], if it has any.
+pub(crate) fn with_binding(binding: TokenStream, block: Group) -> Group {
+    if binding.is_empty() {
+        return block;
+    }
+    let mut body = binding;
+    body.extend([TokenTree::Group(block)]);
+    Group::new(Delimiter::Brace, body)
 }
 
 /// What a cost from the last argument (`pat: ty`) makes of a handler.
@@ -732,7 +740,8 @@ pub(crate) struct CostedParts {
     pub(crate) item: TokenStream,
     /// The argument that takes the last one's place.
     pub(crate) argument: TokenStream,
-    /// The `let` in front of the body that binds the argument's pattern and holds the slots.
+    /// What goes in front of the body: a `let _ = &name;` per name only the costs used (as
+    /// used in the body, where the costs were once computed).
     pub(crate) binding: TokenStream,
 }
 
@@ -758,7 +767,13 @@ pub(crate) fn gen_costed_parts(
             }
         }
     };
-    let mut argument = code(&format!("__ratelimit_argument: {p}::CostedArg<{spec},"));
+    // The pattern bound in the argument's first field, the slots in its second.
+    let mut argument = code(&format!("{p}::CostedArg"));
+    argument.extend([TokenTree::Group(Group::new(
+        Delimiter::Parenthesis,
+        quote!(#pat, __ratelimit_slots, _),
+    ))]);
+    argument.extend(code(&format!(": {p}::CostedArg<{spec},")));
     argument.extend(ty);
     argument.extend(code(&format!(", {len}>")));
     // The names the costs use count as used in the body, as they did when the costs were
@@ -778,7 +793,6 @@ pub(crate) fn gen_costed_parts(
         .into_iter()
         .map(|name| Ident::new(&name, Span::call_site()));
     let binding = quote! {
-        let (#pat, __ratelimit_slots) = __ratelimit_argument.into_parts();
         #(let _ = &#used;)*
     };
     CostedParts {

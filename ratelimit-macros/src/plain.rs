@@ -15,7 +15,7 @@ use syn::parse::Parser;
 use crate::attr::{Args, Errors};
 use crate::expand::{
     MAX_ATTRIBUTES, gen_checked_argument, gen_costed_parts, gen_guard, gen_spec, mentions,
-    names_any, pat_names, rebuild, spec_name,
+    names_any, pat_names, rebuild, spec_name, with_binding,
 };
 use crate::validate::{Key, Options, validate};
 
@@ -93,9 +93,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> Option<TokenStream
                 guarded.extend([TokenTree::Punct(Punct::new(',', Spacing::Alone))]);
             }
             guarded.extend(parts.argument);
-            let mut body = parts.binding;
-            body.extend([TokenTree::Group(block)]);
-            (guarded, Group::new(Delimiter::Brace, body))
+            (guarded, with_binding(parts.binding, block))
         }
         None => {
             // The first argument checked before it is extracted, or with none (or a key

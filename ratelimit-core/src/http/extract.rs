@@ -1039,22 +1039,12 @@ pub struct ViaCosted<M>(PhantomData<fn() -> M>);
 
 /// The last argument of a handler whose `cost` uses only that argument, extracted and
 /// then checked: keys and limits found before the argument is (before the body is read),
-/// the check once its costs are known. The handler's body is untouched (it binds the
-/// argument from [`into_parts`](CostedArg::into_parts)), and every `await` is in this
+/// the check once its costs are known. The handler binds the argument's pattern in the
+/// first field and the slots the request holds in the second (kept until its future
+/// completes or is dropped); its body is untouched, and every `await` is in this
 /// extractor's own future: generic code of this crate, not code of each handler.
-pub struct CostedArg<S, T, const N: usize> {
-    value: T,
-    slots: Leases,
-    _spec: PhantomData<fn() -> S>,
-}
-
-impl<S, T, const N: usize> CostedArg<S, T, N> {
-    /// The argument, and the slots the request holds (to keep while the body runs).
-    #[doc(hidden)]
-    pub fn into_parts(self) -> (T, Leases) {
-        (self.value, self.slots)
-    }
-}
+#[doc(hidden)]
+pub struct CostedArg<S, T, const N: usize>(pub T, pub Leases, pub PhantomData<fn() -> S>);
 
 impl<S, T, St, M, const N: usize> FromRequest<St, ViaCosted<M>> for CostedArg<S, T, N>
 where
@@ -1110,11 +1100,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().checking.poll(cx) {
-            Poll::Ready(Ok((value, slots))) => Poll::Ready(Ok(CostedArg {
-                value,
-                slots,
-                _spec: PhantomData,
-            })),
+            Poll::Ready(Ok((value, slots))) => {
+                Poll::Ready(Ok(CostedArg(value, slots, PhantomData)))
+            }
             Poll::Ready(Err(rejection)) => Poll::Ready(Err(rejection)),
             Poll::Pending => Poll::Pending,
         }
