@@ -23,7 +23,7 @@ use super::enforce::{
 use super::identity::{Identity, Who};
 use super::key::{Key, KeySource, missing_connect_info};
 use super::response::Rejection;
-use super::spec::{self, Hooks, KeyedSpec, Policy, Spec, SpecData};
+use super::spec::{KeyedSpec, Policy, Spec, SpecData, SpecRef, Specs};
 use crate::capacity::CapacityLimit;
 use crate::decision::Decision;
 use crate::limits::{Limits, LimitsRef};
@@ -67,7 +67,15 @@ async fn resolve_keyed<S: KeyedSpec, R: FromIterator<One>>(
     parts: &Parts,
 ) -> Result<R, Rejection> {
     let mut resolved: ArrayVec<One, MAX_SPECS> = ArrayVec::new();
-    for (index, spec) in spec::specs(S::TEXT, S::HOOKS).iter().enumerate() {
+    for (index, spec) in (&SpecRef {
+        text: S::TEXT,
+        hooks: S::HOOKS,
+    })
+        .specs()
+        .as_slice()
+        .iter()
+        .enumerate()
+    {
         let policy = spec.policy();
         let hooks = spec.hooks();
         let exempt = hooks.exempt.is_some_and(|exempt| exempt(parts));
@@ -456,7 +464,14 @@ impl<S: Spec, St: Send + Sync> FromRequestParts<St> for Guard<S> {
         _state: &St,
     ) -> impl Future<Output = Result<Guard<S>, Rejection>> + Send {
         Guarded::<Guard<S>> {
-            settling: guard_specs(parts, S::TEXT, S::HOOKS),
+            settling: guard_specs(
+                parts,
+                (&SpecRef {
+                    text: S::TEXT,
+                    hooks: S::HOOKS,
+                })
+                    .specs(),
+            ),
             _guard: PhantomData,
         }
     }
@@ -470,7 +485,14 @@ impl<S: Spec, St: Send + Sync> FromRequestParts<St> for HoldingGuard<S> {
         _state: &St,
     ) -> impl Future<Output = Result<HoldingGuard<S>, Rejection>> + Send {
         Guarded::<HoldingGuard<S>> {
-            settling: guard_specs(parts, S::TEXT, S::HOOKS),
+            settling: guard_specs(
+                parts,
+                (&SpecRef {
+                    text: S::TEXT,
+                    hooks: S::HOOKS,
+                })
+                    .specs(),
+            ),
             _guard: PhantomData,
         }
     }
@@ -569,7 +591,14 @@ where
         state: &St,
     ) -> impl Future<Output = Result<CheckedParts<S, T, H>, Response>> + Send {
         Checking::<CheckedParts<S, T, H>, _> {
-            checking: check_parts::<T, H, St>(parts, state, S::TEXT, S::HOOKS),
+            checking: check_parts::<T, H, St>(
+                parts,
+                state,
+                &SpecRef {
+                    text: S::TEXT,
+                    hooks: S::HOOKS,
+                },
+            ),
             _arg: PhantomData,
         }
     }
@@ -589,7 +618,14 @@ where
         state: &St,
     ) -> impl Future<Output = Result<Checked<S, T, H>, Response>> + Send {
         Checking::<Checked<S, T, H>, _> {
-            checking: check_request::<T, H, St, M>(req, state, S::TEXT, S::HOOKS),
+            checking: check_request::<T, H, St, M>(
+                req,
+                state,
+                &SpecRef {
+                    text: S::TEXT,
+                    hooks: S::HOOKS,
+                },
+            ),
             _arg: PhantomData,
         }
     }
@@ -599,15 +635,14 @@ where
 async fn check_parts<T, H, St>(
     parts: &mut Parts,
     state: &St,
-    text: &'static str,
-    hooks: &'static [Hooks],
+    spec: &'static SpecRef,
 ) -> Result<(T, H), Response>
 where
     T: FromRequestParts<St>,
     H: Held,
     St: Send + Sync,
 {
-    let answer = match guard_specs(parts, text, hooks) {
+    let answer = match guard_specs(parts, spec.specs()) {
         Settling::Ready(answer) => answer.expect("a check answered at once"),
         waiting => waiting.await,
     };
@@ -625,8 +660,7 @@ where
 async fn check_request<T, H, St, M>(
     req: Request,
     state: &St,
-    text: &'static str,
-    hooks: &'static [Hooks],
+    spec: &'static SpecRef,
 ) -> Result<(T, H), Response>
 where
     T: FromRequest<St, M>,
@@ -635,7 +669,7 @@ where
 {
     let (parts, body) = req.into_parts();
     // Answered at once (an in-memory store), the check is not awaited.
-    let answer = match guard_specs(&parts, text, hooks) {
+    let answer = match guard_specs(&parts, spec.specs()) {
         Settling::Ready(answer) => answer.expect("a check answered at once"),
         waiting => waiting.await,
     };
@@ -694,12 +728,8 @@ where
 
 /// [`Guard`]'s whole extraction, not generic: the attributes resolved through their hooks,
 /// then checked ([`guard`]).
-fn guard_specs<'a>(
-    parts: &'a Parts,
-    text: &'static str,
-    hooks: &'static [Hooks],
-) -> Settling<'a, Leases> {
-    let specs = spec::specs(text, hooks);
+fn guard_specs<'a>(parts: &'a Parts, specs: &'static Specs) -> Settling<'a, Leases> {
+    let specs = specs.as_slice();
     let (config, route) = enter(parts);
     // The common case, resolved and checked in place: one attribute of rates alone.
     if let [spec] = specs {
@@ -912,7 +942,14 @@ impl<S: Spec, St: Send + Sync, const N: usize> FromRequestParts<St> for Deferred
         _state: &St,
     ) -> impl Future<Output = Result<Deferred<S, N>, Rejection>> + Send {
         Deferring {
-            pending: Resolving::new(parts, S::TEXT, S::HOOKS),
+            pending: Resolving::new(
+                parts,
+                (&SpecRef {
+                    text: S::TEXT,
+                    hooks: S::HOOKS,
+                })
+                    .specs(),
+            ),
             _spec: PhantomData,
         }
     }
@@ -952,8 +989,8 @@ struct Resolving<'a, R> {
 }
 
 impl<'a, R: FromIterator<One>> Resolving<'a, R> {
-    fn new(parts: &'a Parts, text: &'static str, hooks: &'static [Hooks]) -> Resolving<'a, R> {
-        let specs = spec::specs(text, hooks);
+    fn new(parts: &'a Parts, specs: &'static Specs) -> Resolving<'a, R> {
+        let specs = specs.as_slice();
         let (config, route) = enter(parts);
         let mut ones = ArrayVec::new();
         let (resolved, layer) = match resolve_hooks(config, parts, specs, &mut ones) {
@@ -1062,7 +1099,15 @@ where
         state: &St,
     ) -> impl Future<Output = Result<CostedArg<S, T, N>, Response>> + Send {
         Checking::<CostedArg<S, T, N>, _> {
-            checking: costed::<T, St, M, N>(req, state, S::TEXT, S::HOOKS, S::costs),
+            checking: costed::<T, St, M, N>(
+                req,
+                state,
+                &SpecRef {
+                    text: S::TEXT,
+                    hooks: S::HOOKS,
+                },
+                S::costs,
+            ),
             _arg: PhantomData,
         }
     }
@@ -1074,15 +1119,14 @@ where
 async fn costed<T, St, M, const N: usize>(
     req: Request,
     state: &St,
-    text: &'static str,
-    hooks: &'static [Hooks],
+    spec: &'static SpecRef,
     costs: fn(T) -> (T, [u64; N]),
 ) -> Result<(T, Leases), Response>
 where
     T: FromRequest<St, M>,
     St: Send + Sync,
 {
-    let (req, pending) = resolve_request::<N>(req, text, hooks).await?;
+    let (req, pending) = resolve_request::<N>(req, spec.specs()).await?;
     let value = match T::from_request(req, state).await {
         Ok(value) => value,
         Err(rejection) => return Err(rejection.into_response()),
@@ -1113,12 +1157,11 @@ where
 /// the keys and limits (and what the layer left), then put back together.
 async fn resolve_request<const N: usize>(
     req: Request,
-    text: &'static str,
-    hooks: &'static [Hooks],
+    specs: &'static Specs,
 ) -> Result<(Request, Pending<Resolved<N>>), Response> {
     let (parts, body) = req.into_parts();
     let pending = {
-        let mut resolving: Resolving<'_, Resolved<N>> = Resolving::new(&parts, text, hooks);
+        let mut resolving: Resolving<'_, Resolved<N>> = Resolving::new(&parts, specs);
         std::future::poll_fn(|cx| resolving.poll_unpin(cx)).await
     };
     match pending {

@@ -175,83 +175,99 @@ impl SpecData {
     }
 }
 
-/// The attributes of the handler whose spec has `text` and `hooks` ([`Spec::TEXT`],
-/// [`Spec::HOOKS`]), made on the handler's first request and kept for the process in
-/// [`SPECS`], by the address of the text. The common case is one probe of that table: two
-/// loads, no lock.
-#[inline]
-pub(crate) fn specs(text: &'static str, hooks: &'static [Hooks]) -> &'static [SpecData] {
-    let first = first_slot(text);
-    let slot = &SPECS[first];
-    if std::ptr::eq(slot.text.load(Ordering::Relaxed), text.as_ptr()) {
-        if let Some(made) = slot.made.get() {
-            if std::ptr::eq(made.hooks, hooks) {
-                return &made.specs;
+/// A handler's spec as its extractor names it: its [`Spec::TEXT`] and [`Spec::HOOKS`] in a
+/// constant the extractor's code promotes, so that one pointer carries it into the future
+/// shared with every handler, and the address of that constant finds its attributes.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SpecRef {
+    /// [`Spec::TEXT`].
+    pub(super) text: &'static str,
+    /// [`Spec::HOOKS`].
+    pub(super) hooks: &'static [Hooks],
+}
+
+impl SpecRef {
+    /// The handler's attributes, made on its first request and kept for the process in
+    /// [`SPECS`], by the address of this constant. The common case is one probe of that
+    /// table: two loads, no lock.
+    #[inline]
+    pub(crate) fn specs(&'static self) -> &'static Specs {
+        let first = self.first_slot();
+        let slot = &SPECS[first];
+        if std::ptr::eq(slot.spec.load(Ordering::Relaxed), self) {
+            if let Some(made) = slot.made.get() {
+                return made;
             }
         }
+        self.specs_slow(first)
     }
-    specs_slow(text, hooks, first)
-}
 
-/// Where the probe for `text` starts in [`SPECS`].
-#[inline]
-fn first_slot(text: &'static str) -> usize {
-    (text.as_ptr().addr() >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15_u64 as usize)
-        >> (usize::BITS - SLOTS.trailing_zeros())
-}
+    /// Where the probe for this spec starts in [`SPECS`].
+    #[inline]
+    fn first_slot(&'static self) -> usize {
+        (std::ptr::from_ref(self).addr() >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15_u64 as usize)
+            >> (usize::BITS - SLOTS.trailing_zeros())
+    }
 
-/// [`specs`] past the first probe, or before the attributes are made. Two specs share a
-/// slot when their texts share an address (equal constants may) and their hooks do too;
-/// a text at two addresses makes two equal sets of policies, which count in the same state
-/// (named by scope and route, never by address).
-#[cold]
-fn specs_slow(text: &'static str, hooks: &'static [Hooks], first: usize) -> &'static [SpecData] {
-    let key = text.as_ptr().cast_mut();
-    for probe in 0..SLOTS {
-        let slot = &SPECS[(first + probe) % SLOTS];
-        let mut owner = slot.text.load(Ordering::Relaxed);
-        if owner.is_null() {
-            owner = match slot.text.compare_exchange(
-                std::ptr::null_mut(),
-                key,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => key,
-                Err(taken) => taken,
-            };
-        }
-        if owner == key {
-            // Two threads that race to make it each make one, and both use the one kept.
-            let made = slot
-                .made
-                .get_or_init(|| Box::leak(Box::new(make(text, hooks))));
-            if std::ptr::eq(made.hooks, hooks) {
-                return &made.specs;
+    /// [`specs`](SpecRef::specs) past the first probe, or before the attributes are made.
+    /// Equal constants may share an address, and then their attributes (made of nothing
+    /// else); one constant at two addresses makes two equal sets of policies, which count
+    /// in the same state (named by scope and route, never by address).
+    #[cold]
+    fn specs_slow(&'static self, first: usize) -> &'static Specs {
+        let key = std::ptr::from_ref(self).cast_mut();
+        for probe in 0..SLOTS {
+            let slot = &SPECS[(first + probe) % SLOTS];
+            let mut owner = slot.spec.load(Ordering::Relaxed);
+            if owner.is_null() {
+                owner = match slot.spec.compare_exchange(
+                    std::ptr::null_mut(),
+                    key,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => key,
+                    Err(taken) => taken,
+                };
+            }
+            if owner == key {
+                // Two threads that race to make it each make one, and both use the one kept.
+                return slot
+                    .made
+                    .get_or_init(|| Box::leak(Box::new(make(self.text, self.hooks))));
             }
         }
+        // More handlers than slots: the rest in a map.
+        static MORE: std::sync::OnceLock<dashmap::DashMap<usize, &'static Specs>> =
+            std::sync::OnceLock::new();
+        *MORE
+            .get_or_init(dashmap::DashMap::new)
+            .entry(key.addr())
+            .or_insert_with(|| Box::leak(Box::new(make(self.text, self.hooks))))
     }
-    // More handlers than slots: the rest in a map.
-    type More = dashmap::DashMap<(usize, usize), &'static Made>;
-    static MORE: std::sync::OnceLock<More> = std::sync::OnceLock::new();
-    let made = *MORE
-        .get_or_init(dashmap::DashMap::new)
-        .entry((key.addr(), hooks.as_ptr().addr()))
-        .or_insert_with(|| Box::leak(Box::new(make(text, hooks))));
-    &made.specs
 }
 
-/// The attributes of one spec, made.
-struct Made {
-    /// The hooks they were made with (their address tells specs of one text apart).
-    hooks: &'static [Hooks],
+/// A handler's attributes, made ready for requests: what [`SpecRef::specs`] finds (one thin
+/// reference, cheap to carry in the futures of the extractors).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Specs {
     specs: Box<[SpecData]>,
+}
+
+impl Specs {
+    /// Each attribute, in order.
+    #[inline]
+    pub(crate) fn as_slice(&'static self) -> &'static [SpecData] {
+        &self.specs
+    }
 }
 
 /// # Panics
 /// On a text that `#[rate_limit]` did not write (a generated constant: never), or hooks
 /// for more attributes than it has.
-fn make(text: &'static str, hooks: &'static [Hooks]) -> Made {
+fn make(text: &'static str, hooks: &'static [Hooks]) -> Specs {
     let (handler, attributes) = attribute::parse(text).unwrap_or_else(|error| {
         panic!("#[rate_limit]: the spec {text:?} was written by another version of the attribute ({error})")
     });
@@ -267,7 +283,7 @@ fn make(text: &'static str, hooks: &'static [Hooks]) -> Made {
             hooks: hooks.get(index).copied().unwrap_or(Hooks::NONE),
         })
         .collect();
-    Made { hooks, specs }
+    Specs { specs }
 }
 
 /// The policy of one attribute of the handler named `handler`.
@@ -324,17 +340,17 @@ fn policy(handler: &'static str, attribute: &AttributeText<'static>) -> Policy {
 /// Room for the specs of this many handlers in [`SPECS`] (a power of two).
 const SLOTS: usize = 1024;
 
-/// A handler's specs in [`SPECS`]: the address of its text (null: free), and the specs.
+/// A handler's attributes in [`SPECS`]: the address of its spec (null: free), and them.
 struct Slot {
-    text: AtomicPtr<u8>,
-    made: OnceRef<'static, Made>,
+    spec: AtomicPtr<SpecRef>,
+    made: OnceRef<'static, Specs>,
 }
 
 /// The specs of the handlers in use, by their text's address's hash (linear probing): a
 /// slot is taken once and for good, so that a reader needs no lock.
 static SPECS: [Slot; SLOTS] = [const {
     Slot {
-        text: AtomicPtr::new(std::ptr::null_mut()),
+        spec: AtomicPtr::new(std::ptr::null_mut()),
         made: OnceRef::new(),
     }
 }; SLOTS];
@@ -343,35 +359,43 @@ static SPECS: [Slot; SLOTS] = [const {
 mod tests {
     use super::*;
 
-    /// Texts of distinct handlers, more than the table has slots, leaked as the generated
-    /// constants are `'static`.
-    fn texts(count: usize) -> Vec<&'static str> {
+    /// The spec of `text` with `hooks`, leaked as the generated constants are `'static`.
+    fn spec(text: String, hooks: &'static [Hooks]) -> &'static SpecRef {
+        Box::leak(Box::new(SpecRef {
+            text: text.leak(),
+            hooks,
+        }))
+    }
+
+    /// Specs of distinct handlers, more than the table has slots.
+    fn handlers(count: usize) -> Vec<&'static SpecRef> {
         (0..count)
-            .map(|i| &*format!("tests::handler_{i}\nl9:10/minute;").leak())
+            .map(|i| spec(format!("tests::handler_{i}\nl9:10/minute;"), &[]))
             .collect()
     }
 
     #[test]
     fn each_handler_has_its_own_specs_made_once_in_the_table_and_past_it() {
-        let texts = texts(SLOTS + SLOTS / 2);
-        let made: Vec<&'static [SpecData]> = texts.iter().map(|text| specs(text, &[])).collect();
-        for (i, (text, specs)) in texts.iter().zip(&made).enumerate() {
-            assert_eq!(specs.len(), 1);
-            assert_eq!(specs[0].policy().handler, format!("tests::handler_{i}"));
-            assert!(std::ptr::eq(super::specs(text, &[]), *specs), "made again");
+        let handlers = handlers(SLOTS + SLOTS / 2);
+        let made: Vec<&'static Specs> = handlers.iter().map(|spec| spec.specs()).collect();
+        for (i, (spec, specs)) in handlers.iter().zip(&made).enumerate() {
+            assert_eq!(specs.as_slice().len(), 1);
+            let policy = specs.as_slice()[0].policy();
+            assert_eq!(policy.handler, format!("tests::handler_{i}"));
+            assert!(std::ptr::eq(spec.specs(), *specs), "made again");
         }
     }
 
     #[test]
     fn threads_that_race_for_a_handler_use_one_set_of_specs() {
-        let texts = texts(64);
+        let handlers = handlers(64);
         let made: Vec<Vec<usize>> = std::thread::scope(|scope| {
             let threads: Vec<_> = (0..4)
                 .map(|_| {
                     scope.spawn(|| {
-                        texts
+                        handlers
                             .iter()
-                            .map(|text| specs(text, &[]).as_ptr().addr())
+                            .map(|spec| std::ptr::from_ref(spec.specs()).addr())
                             .collect()
                     })
                 })
@@ -388,18 +412,17 @@ mod tests {
     }
 
     #[test]
-    fn one_text_with_other_hooks_is_another_handler() {
+    fn each_attribute_has_its_own_hooks() {
         static HOOKS: [Hooks; 1] = [Hooks {
             exempt: Some(never),
             ..Hooks::NONE
         }];
-        let text = texts(1)[0];
-        let plain = specs(text, &[]);
-        let hooked = specs(text, &HOOKS);
-        assert!(plain[0].hooks().exempt.is_none());
+        let text = "tests::hooked\nl9:10/minute;l8:100/hour;";
+        let hooked = spec(text.to_owned(), &HOOKS).specs().as_slice();
         assert!(hooked[0].hooks().exempt.is_some());
-        assert!(std::ptr::eq(specs(text, &HOOKS), hooked));
-        assert!(std::ptr::eq(specs(text, &[]), plain));
+        assert!(hooked[1].hooks().exempt.is_none(), "no hooks given: none");
+        let plain = spec(text.to_owned(), &[]).specs().as_slice();
+        assert!(plain[0].hooks().exempt.is_none());
     }
 
     #[test]
@@ -416,7 +439,7 @@ mod tests {
                 ..AttributeText::default()
             },
         );
-        let specs = specs(text.leak(), &[]);
+        let specs = spec(text, &[]).specs().as_slice();
         let policy = specs[0].policy();
         assert_eq!(policy.handler, "app::h");
         assert_eq!(policy.scope, Some("shared"));
