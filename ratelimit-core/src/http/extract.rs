@@ -67,15 +67,12 @@ async fn resolve_keyed<S: KeyedSpec, R: FromIterator<One>>(
     parts: &Parts,
 ) -> Result<R, Rejection> {
     let mut resolved: ArrayVec<One, MAX_SPECS> = ArrayVec::new();
-    for (index, spec) in (&SpecRef {
+    let specs = SpecRef {
         text: S::TEXT,
         hooks: S::HOOKS,
-    })
-        .specs()
-        .as_slice()
-        .iter()
-        .enumerate()
-    {
+    }
+    .specs();
+    for (index, spec) in specs.as_slice().iter().enumerate() {
         let policy = spec.policy();
         let hooks = spec.hooks();
         let exempt = hooks.exempt.is_some_and(|exempt| exempt(parts));
@@ -466,11 +463,11 @@ impl<S: Spec, St: Send + Sync> FromRequestParts<St> for Guard<S> {
         Guarded::<Guard<S>> {
             settling: guard_specs(
                 parts,
-                (&SpecRef {
+                SpecRef {
                     text: S::TEXT,
                     hooks: S::HOOKS,
-                })
-                    .specs(),
+                }
+                .specs(),
             ),
             _guard: PhantomData,
         }
@@ -487,11 +484,11 @@ impl<S: Spec, St: Send + Sync> FromRequestParts<St> for HoldingGuard<S> {
         Guarded::<HoldingGuard<S>> {
             settling: guard_specs(
                 parts,
-                (&SpecRef {
+                SpecRef {
                     text: S::TEXT,
                     hooks: S::HOOKS,
-                })
-                    .specs(),
+                }
+                .specs(),
             ),
             _guard: PhantomData,
         }
@@ -944,11 +941,11 @@ impl<S: Spec, St: Send + Sync, const N: usize> FromRequestParts<St> for Deferred
         Deferring {
             pending: Resolving::new(
                 parts,
-                (&SpecRef {
+                SpecRef {
                     text: S::TEXT,
                     hooks: S::HOOKS,
-                })
-                    .specs(),
+                }
+                .specs(),
             ),
             _spec: PhantomData,
         }
