@@ -67,11 +67,7 @@ async fn resolve_keyed<S: KeyedSpec, R: FromIterator<One>>(
     parts: &Parts,
 ) -> Result<R, Rejection> {
     let mut resolved: ArrayVec<One, MAX_SPECS> = ArrayVec::new();
-    let specs = SpecRef {
-        text: S::TEXT,
-        hooks: S::HOOKS,
-    }
-    .specs();
+    let specs = S::SPEC.specs();
     for (index, spec) in specs.as_slice().iter().enumerate() {
         let policy = spec.policy();
         let hooks = spec.hooks();
@@ -461,14 +457,7 @@ impl<S: Spec, St: Send + Sync> FromRequestParts<St> for Guard<S> {
         _state: &St,
     ) -> impl Future<Output = Result<Guard<S>, Rejection>> + Send {
         Guarded::<Guard<S>> {
-            settling: guard_specs(
-                parts,
-                SpecRef {
-                    text: S::TEXT,
-                    hooks: S::HOOKS,
-                }
-                .specs(),
-            ),
+            settling: guard_specs(parts, S::SPEC.specs()),
             _guard: PhantomData,
         }
     }
@@ -482,14 +471,7 @@ impl<S: Spec, St: Send + Sync> FromRequestParts<St> for HoldingGuard<S> {
         _state: &St,
     ) -> impl Future<Output = Result<HoldingGuard<S>, Rejection>> + Send {
         Guarded::<HoldingGuard<S>> {
-            settling: guard_specs(
-                parts,
-                SpecRef {
-                    text: S::TEXT,
-                    hooks: S::HOOKS,
-                }
-                .specs(),
-            ),
+            settling: guard_specs(parts, S::SPEC.specs()),
             _guard: PhantomData,
         }
     }
@@ -588,14 +570,7 @@ where
         state: &St,
     ) -> impl Future<Output = Result<CheckedParts<S, T, H>, Response>> + Send {
         Checking::<CheckedParts<S, T, H>, _> {
-            checking: check_parts::<T, H, St>(
-                parts,
-                state,
-                &SpecRef {
-                    text: S::TEXT,
-                    hooks: S::HOOKS,
-                },
-            ),
+            checking: check_parts::<T, H, St>(parts, state, &S::SPEC),
             _arg: PhantomData,
         }
     }
@@ -615,14 +590,7 @@ where
         state: &St,
     ) -> impl Future<Output = Result<Checked<S, T, H>, Response>> + Send {
         Checking::<Checked<S, T, H>, _> {
-            checking: check_request::<T, H, St, M>(
-                req,
-                state,
-                &SpecRef {
-                    text: S::TEXT,
-                    hooks: S::HOOKS,
-                },
-            ),
+            checking: check_request::<T, H, St, M>(req, state, &S::SPEC),
             _arg: PhantomData,
         }
     }
@@ -939,14 +907,7 @@ impl<S: Spec, St: Send + Sync, const N: usize> FromRequestParts<St> for Deferred
         _state: &St,
     ) -> impl Future<Output = Result<Deferred<S, N>, Rejection>> + Send {
         Deferring {
-            pending: Resolving::new(
-                parts,
-                SpecRef {
-                    text: S::TEXT,
-                    hooks: S::HOOKS,
-                }
-                .specs(),
-            ),
+            pending: Resolving::new(parts, S::SPEC.specs()),
             _spec: PhantomData,
         }
     }
@@ -1096,15 +1057,7 @@ where
         state: &St,
     ) -> impl Future<Output = Result<CostedArg<S, T, N>, Response>> + Send {
         Checking::<CostedArg<S, T, N>, _> {
-            checking: costed::<T, St, M, N>(
-                req,
-                state,
-                &SpecRef {
-                    text: S::TEXT,
-                    hooks: S::HOOKS,
-                },
-                S::costs,
-            ),
+            checking: costed::<T, St, M, N>(req, state, &S::SPEC, S::costs),
             _arg: PhantomData,
         }
     }

@@ -120,6 +120,12 @@ pub trait Spec: Send + Sync + 'static {
     const TEXT: &'static str;
     /// Each attribute's hooks, in order, when one at least has some (none by default).
     const HOOKS: &'static [Hooks] = &[];
+    /// Both, as the extractors carry them (not given by the generated code).
+    #[doc(hidden)]
+    const SPEC: SpecRef = SpecRef {
+        text: Self::TEXT,
+        hooks: Self::HOOKS,
+    };
 }
 
 /// A [`Spec`] of which one attribute at least has a key function (`key = path`), which may
@@ -175,9 +181,10 @@ impl SpecData {
     }
 }
 
-/// A handler's spec as its extractor names it: its [`Spec::TEXT`] and [`Spec::HOOKS`] in a
-/// constant the extractor's code promotes, so that one pointer carries it into the future
-/// shared with every handler, and the address of that constant finds its attributes.
+/// A handler's spec as its extractor names it ([`Spec::SPEC`]): its [`Spec::TEXT`] and
+/// [`Spec::HOOKS`] in a constant the extractor's code borrows for the whole program, so
+/// that one pointer carries it into the future shared with every handler, and the address
+/// of that constant finds its attributes.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct SpecRef {
