@@ -211,9 +211,11 @@ fn costed_last(options: &[Options], inputs: &[Input]) -> Option<Option<Pat>> {
         .iter()
         .filter_map(|o| o.cost.as_ref().map(ToTokens::to_token_stream))
         .collect();
+    if costs.is_empty() {
+        return Some(None);
+    }
     let uses = |names: &HashSet<String>| costs.iter().any(|cost| mentions(cost.clone(), names));
-    let all = idents(inputs.iter().flat_map(|input| &input.pat));
-    if costs.is_empty() || !uses(&all) {
+    if !uses(&idents(inputs.iter().flat_map(|input| &input.pat))) {
         return Some(None);
     }
     let keyed = options
