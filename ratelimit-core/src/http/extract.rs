@@ -432,7 +432,7 @@ fn note_limited_route(config: &HttpConfig, route: &str) {
 /// takes while the handler runs (the attribute chooses which).
 ///
 /// Its attributes have no key function (see [`KeyedGuard`]): they are resolved and checked
-/// by one function compiled once for every handler, from their [`Spec::SPECS`]; what is
+/// by one function compiled once for every handler, from their [`Spec::TEXT`](super::Spec::TEXT); what is
 /// generic per handler is a call and a small future around the answer.
 pub struct Guard<S: Spec> {
     _spec: PhantomData<fn() -> S>,

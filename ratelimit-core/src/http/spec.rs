@@ -71,7 +71,7 @@ impl Policy {
     }
 
     /// `reserve = EXPR`: the cost is an estimate, reserved and settled by the handler with
-    /// the [`Reservation`] it is given.
+    /// the [`Reservation`](crate::Reservation) it is given.
     pub fn reserves(mut self) -> Policy {
         self.reserves = true;
         self
