@@ -41,4 +41,4 @@ pub use key::{KeySource, TrustedProxies};
 pub use layer::{RateLimitLayer, RateLimitService};
 pub use metrics::{metrics_json, metrics_prometheus};
 pub use response::{HeaderStyle, RateLimited, Rejection};
-pub use spec::{Hooks, KeyedSpec, Policy, Spec, SpecData, SpecRef, Specs};
+pub use spec::{Hooks, KeyedSpec, Policy, Spec, SpecRef};

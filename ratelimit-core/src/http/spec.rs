@@ -160,9 +160,8 @@ impl Hooks {
 }
 
 /// One attribute, made ready for requests from its spec's text: its policy and its hooks.
-#[doc(hidden)]
 #[derive(Debug)]
-pub struct SpecData {
+pub(crate) struct SpecData {
     policy: Policy,
     hooks: Hooks,
 }
@@ -170,7 +169,7 @@ pub struct SpecData {
 impl SpecData {
     /// The attribute's policy.
     #[inline]
-    pub fn policy(&'static self) -> &'static Policy {
+    pub(crate) fn policy(&'static self) -> &'static Policy {
         &self.policy
     }
 
@@ -257,9 +256,8 @@ impl SpecRef {
 
 /// A handler's attributes, made ready for requests: what [`SpecRef::specs`] finds (one thin
 /// reference, cheap to carry in the futures of the extractors).
-#[doc(hidden)]
 #[derive(Debug)]
-pub struct Specs {
+pub(crate) struct Specs {
     specs: Box<[SpecData]>,
 }
 
