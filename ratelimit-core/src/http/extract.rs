@@ -1131,6 +1131,24 @@ async fn check_costs<const N: usize>(
         .map_err(IntoResponse::into_response)
 }
 
+/// The costed path's code generic over the number of attributes alone ([`resolve_request`],
+/// [`check_costs`] and all they call), compiled here for one attribute, as nearly every
+/// costed handler has: debug builds share generic code between crates (rustc's
+/// `share-generics`, on below `opt-level = 2`), so a crate of handlers links to this code
+/// instead of compiling it again. Never called; not in release builds, which share nothing.
+#[cfg(debug_assertions)]
+#[used]
+static COSTED_ONE: fn(&mut Context<'_>, Request, &'static Specs) = costed_one;
+
+#[cfg(debug_assertions)]
+fn costed_one(cx: &mut Context<'_>, req: Request, specs: &'static Specs) {
+    let work = async move {
+        let (_, pending) = resolve_request::<1>(req, specs).await?;
+        check_costs::<1>(pending, [1]).await
+    };
+    let _ = std::pin::pin!(work).poll(cx);
+}
+
 /// What the layer left for a [`Deferred`] check.
 fn layer_part<'a>(
     config: &'static HttpConfig,
