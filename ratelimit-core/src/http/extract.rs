@@ -521,12 +521,12 @@ impl<S: Spec> Future for Guarded<'_, HoldingGuard<S>> {
 /// binds the argument's pattern in the first field, and the slots (if `H` holds them) in
 /// the second, held until its future completes or is dropped.
 #[doc(hidden)]
-pub struct CheckedParts<S, T, H>(pub T, pub H, pub PhantomData<fn() -> S>);
+pub struct CheckedParts<S, T, H>(pub T, pub H, pub PhantomData<S>);
 
 /// [`CheckedParts`] for a handler's only argument, which may read the body (its check, too,
 /// comes before the body is read).
 #[doc(hidden)]
-pub struct Checked<S, T, H>(pub T, pub H, pub PhantomData<fn() -> S>);
+pub struct Checked<S, T, H>(pub T, pub H, pub PhantomData<S>);
 
 /// What a checked argument keeps of the check: nothing, or the slots ([`Leases`]).
 #[doc(hidden)]
@@ -655,7 +655,7 @@ pin_project_lite::pin_project! {
     struct Checking<A, F> {
         #[pin]
         checking: F,
-        _arg: PhantomData<fn() -> A>,
+        _arg: PhantomData<A>,
     }
 }
 
@@ -1039,7 +1039,7 @@ pub struct ViaCosted<M>(PhantomData<fn() -> M>);
 /// completes or is dropped); its body is untouched, and every `await` is in this
 /// extractor's own future: generic code of this crate, not code of each handler.
 #[doc(hidden)]
-pub struct CostedArg<S, T, const N: usize>(pub T, pub Leases, pub PhantomData<fn() -> S>);
+pub struct CostedArg<S, T, const N: usize>(pub T, pub Leases, pub PhantomData<S>);
 
 impl<S, T, St, M, const N: usize> FromRequest<St, ViaCosted<M>> for CostedArg<S, T, N>
 where
