@@ -10,9 +10,10 @@
 # RATELIMIT=/path/to/a/checkout builds the crates against another checkout (an older commit's
 # worktree, to compare). INSTRUCTIONS=1 also counts, under callgrind, the instructions rustc
 # executes for each crate from scratch (not incremental): `cargo check` (the front end, which
-# runs on one thread) and `cargo build` (all of it, every thread), and for the incremental
-# rebuild after touching the file (`touch`): deterministic to well under 1%, where the wall
-# time here moves by 10%.
+# runs on one thread) and `cargo build` (all of it, every thread; and its main thread alone,
+# `main`: what the wall clock follows on two cores), and for the incremental rebuild after
+# touching the file (`touch`): deterministic to well under 1%, where the wall time here moves
+# by 10%.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -118,9 +119,15 @@ name=""; prev=""
 for a in "$@"; do [ "$prev" = "--crate-name" ] && name=$a; prev=$a; done
 if [[ "$name" == handlers_* ]]; then
   out="$COUNTS/$name"
-  valgrind --tool=callgrind --callgrind-out-file="$out.cg" "$rustc" "$@" 2>"$out.log"
+  rm -f "$out".cg*
+  valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out.cg" "$rustc" "$@" \
+    2>"$out.log"
   rc=$?
   grep -o "Collected : [0-9]*" "$out.log" | awk '{print $3}' >"$out.count"
+  # The thread that ran the most: rustc's main thread (front end, collection of what to
+  # compile, LLVM IR), the part of the build that does not run on both cores.
+  for f in "$out".cg-*; do grep -m1 '^summary' "$f" | awk '{print $2}'; done | sort -n | tail -1 \
+    >"$out.main"
   exit $rc
 fi
 exec "$rustc" "$@"
@@ -137,10 +144,15 @@ for step in check build; do
     cargo clean -q -p "handlers_$v"
     CARGO_INCREMENTAL=0 RUSTC_WRAPPER="$wrapper" cargo "$step" -q >/dev/null 2>&1
     counts[$v]=$(cat "$COUNTS/handlers_$v.count")
+    counts[$v.main]=$(cat "$COUNTS/handlers_$v.main")
   done
   cd "$root"
   printf '%-8s %12d %12d %8.3f\n' "$step" $((counts[with] / 1000000)) $((counts[without] / 1000000)) \
     "$(echo "${counts[with]} / ${counts[without]}" | bc -l)"
+  [ "$step" = build ] || continue
+  # What the wall clock follows: the build's main thread.
+  printf '%-8s %12d %12d %8.3f\n' "  main" $((counts[with.main] / 1000000)) \
+    $((counts[without.main] / 1000000)) "$(echo "${counts[with.main]} / ${counts[without.main]}" | bc -l)"
 done
 # The incremental rebuild after touching the file, its cache made by a build beforehand.
 for v in with without; do
